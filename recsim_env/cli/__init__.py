@@ -1,0 +1,82 @@
+"""The `llm-usersim` command line: one subcommand per module in this package.
+
+Each subcommand module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Errors a user can fix (bad input, missing files) print one line on stderr and exit 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: dict[str, str] = {
+    "generate-logs": "recsim_env.cli.generate_logs",
+    "train-sim": "recsim_env.cli.train_sim",
+    "validate": "recsim_env.cli.validate",
+    "benchmark": "recsim_env.cli.benchmark",
+    "train-agent": "recsim_env.cli.train_agent",
+    "speed": "recsim_env.cli.speed",
+    "import": "recsim_env.cli.import_data",
+    "soak": "recsim_env.cli.soak",
+}
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one line, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="llm-usersim",
+        description="Simulated users for slate recommendation: logs, GPT-2 simulators, agents.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks on errors",
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("llm-usersim: interrupted", file=sys.stderr)
+        return 130
+    except (
+        UsageError,
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        PermissionError,
+        KeyError,
+    ) as exc:
+        if getattr(args, "debug", False):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"llm-usersim {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

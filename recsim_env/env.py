@@ -1,0 +1,157 @@
+"""Single-user slate envs: SlateUserEnv and its two faces, ParametricUserSim and LLMUserSim."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from recsim_env.config import EnvConfig
+from recsim_env.sessions import SlateSessionBatch, validate_actions
+from recsim_env.spaces import make_action_space, make_observation_space
+
+_ROW = np.zeros(1, dtype=np.int64)
+
+
+def split_env_kwargs(kwargs: dict[str, Any]) -> tuple[EnvConfig, dict[str, Any]]:
+    """Split plain keyword arguments into an EnvConfig and the rest (simulator options)."""
+    names = {f.name for f in fields(EnvConfig)}
+    cfg = EnvConfig(**{k: v for k, v in kwargs.items() if k in names})
+    return cfg, {k: v for k, v in kwargs.items() if k not in names}
+
+
+class SlateUserEnv(gym.Env):
+    """A simulated user answering slates, one session per episode.
+
+    ## Description
+    Each step the agent sees `num_candidates` candidate items and shows `slate_size` of them.
+    The user answers every slot with skip, click or buy (at most what the simulator allows;
+    responses are sampled slot by slot, each conditioned on the earlier ones) and then continues
+    or leaves.
+
+    ## Action Space
+    `MultiDiscrete([num_candidates] * slate_size)`: candidate indices in display order. Repeats
+    are replaced by the lowest free candidate (`duplicate_policy='dedupe'`, default) or raise
+    ValueError (`'error'`). Wrong shape, dtype, NaN or out-of-range values raise ValueError.
+
+    ## Observation Space
+    See `recsim_env.spaces.make_observation_space`: profile multi-hot, candidate ids and
+    features, the last `history_length` slates and responses, clicked-item feature mean and
+    session features.
+
+    ## Rewards
+    `click_reward` (1.0) per click plus `buy_reward` (3.0) per purchase (a purchase is a click).
+
+    ## Starting State
+    A user drawn from the simulator's population, with an empty history.
+
+    ## Episode End
+    Terminated when the user leaves; truncated after `max_episode_steps` (50) by `gym.make`.
+
+    ## Arguments
+    Any EnvConfig field as a keyword, plus the simulator's own (see subclasses).
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, simulator: Any, config: EnvConfig | None = None) -> None:
+        """Wrap a batched simulator as a single-user env."""
+        self.config = cfg = config or EnvConfig()
+        self.simulator = simulator
+        self._batch = SlateSessionBatch(simulator, cfg, 1)
+        self.action_space = make_action_space(cfg)
+        self.observation_space = make_observation_space(
+            cfg, self._batch.num_items, self._batch.num_profile_tokens, self._batch.num_features
+        )
+        self._needs_reset = True
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start a new session with a freshly drawn user."""
+        super().reset(seed=seed)
+        self._batch.reset_rows(_ROW, [int(self.np_random.integers(2**63))])
+        self._needs_reset = False
+        return self._get_obs(), {}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Show a slate; see the class docstring for the contract."""
+        if self._needs_reset:
+            raise RuntimeError(
+                "step() called before reset() or after the episode ended; call reset() first"
+            )
+        actions = validate_actions(action, None, self.config)
+        out, rewards, slates = self._batch.step(_ROW, actions)
+        terminated = bool(out.leave[0])
+        self._needs_reset = terminated
+        info = {
+            "item_ids": slates[0],
+            "responses": out.responses[0],
+            "response_probs": out.response_probs[0],
+            "leave_prob": float(out.leave_prob[0]),
+        }
+        return self._get_obs(), float(rewards[0]), terminated, False, info
+
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self._batch.observations(_ROW).items()}
+
+    def close(self) -> None:
+        """Free the simulator (and its device memory)."""
+        close = getattr(self.simulator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_parametric_simulator(world: Any = None) -> Any:
+    """The ground-truth world from a WorldConfig, a dict, or an existing model."""
+    from simulators.parametric import ParametricUserModel, WorldConfig
+
+    if world is None or isinstance(world, WorldConfig):
+        return ParametricUserModel(world)
+    if isinstance(world, dict):
+        return ParametricUserModel(WorldConfig(**world))
+    if isinstance(world, ParametricUserModel):
+        return world
+    raise ValueError(
+        f"world must be a WorldConfig, a dict of its fields or a ParametricUserModel, got {type(world)}"
+    )
+
+
+class ParametricUserSimEnv(SlateUserEnv):
+    """`ParametricUserSim-v0`: the ground-truth world as an env (see SlateUserEnv).
+
+    Arguments: EnvConfig fields and `world` (a WorldConfig, dict or ParametricUserModel).
+    """
+
+    def __init__(self, world: Any = None, **kwargs: Any) -> None:
+        """Build the world and the env."""
+        cfg, rest = split_env_kwargs(kwargs)
+        if rest:
+            raise TypeError(f"unexpected arguments {sorted(rest)}; EnvConfig fields or world=")
+        super().__init__(make_parametric_simulator(world), cfg)
+
+
+class LLMUserSimEnv(SlateUserEnv):
+    """`LLMUserSim-v0`: users played by a fine-tuned GPT-2 (see SlateUserEnv).
+
+    Arguments: EnvConfig fields, `simulator` (None for the embedded default, a checkpoint
+    directory, or a GPT2UserSimulator), `device` ('cpu', 'cuda', ...), `dtype`.
+    """
+
+    def __init__(
+        self, simulator: Any = None, device: str = "cpu", dtype: str = "float32", **kwargs: Any
+    ) -> None:
+        """Load the simulator and build the env."""
+        from simulators.gpt2_user import load_batched_simulator
+
+        cfg, rest = split_env_kwargs(kwargs)
+        if rest:
+            raise TypeError(
+                f"unexpected arguments {sorted(rest)}; EnvConfig fields, simulator=, device=, dtype="
+            )
+        super().__init__(load_batched_simulator(simulator, device=device, dtype=dtype), cfg)

@@ -1,0 +1,187 @@
+"""SlateSessionBatch: the env logic for a batch of user sessions, shared by every env class.
+
+The single env is a batch of one, the native vector env a batch of N; both simulators
+(ground truth and GPT-2) plug in behind the `BatchedUserSimulator` protocol. Random numbers come
+from per-row counter-based streams (`simulators.rng`), so row i's trajectory depends only on its
+own seed and actions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsim_env.config import EnvConfig
+from recsim_env.spaces import FEATURE_BOUND
+from simulators.base import Response, StepOutcome
+from simulators.rng import distinct_choices, uniforms
+
+
+def seed_to_key(seed: int) -> np.uint64:
+    """A row's stream key from an integer seed (any Python int)."""
+    return np.uint64(np.random.SeedSequence(int(seed) % (2**128)).generate_state(1, np.uint64)[0])
+
+
+def validate_actions(action: object, batch: int | None, cfg: EnvConfig) -> np.ndarray:
+    """Check a slate action and return it as int64 (batch, slate_size).
+
+    Args:
+        action: one slate (slate_size,) for the single env (batch None), or (batch, slate_size).
+        batch: number of rows expected, or None for a single env.
+        cfg: env config (slate_size, num_candidates, duplicate_policy).
+
+    Raises:
+        ValueError: with what was wrong and what is allowed.
+    """
+    expected = (cfg.slate_size,) if batch is None else (batch, cfg.slate_size)
+    allowed = (
+        f"allowed: integer candidate indices in [0, {cfg.num_candidates}) with shape {expected}"
+    )
+    try:
+        arr = np.asarray(action)
+    except Exception as exc:
+        raise ValueError(f"action could not be read as an array ({exc}); {allowed}") from None
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ValueError(f"action has dtype {arr.dtype}; {allowed}")
+    if arr.shape != expected:
+        raise ValueError(f"action has shape {arr.shape}; {allowed}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(
+                f"action has non-integer or non-finite values {arr.tolist()}; {allowed}"
+            )
+    arr = arr.astype(np.int64).reshape(-1, cfg.slate_size)
+    if arr.min() < 0 or arr.max() >= cfg.num_candidates:
+        bad = arr[(arr < 0) | (arr >= cfg.num_candidates)]
+        raise ValueError(f"action has out-of-range candidate indices {bad.tolist()}; {allowed}")
+    srt = np.sort(arr, axis=1)
+    dup_rows = np.nonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))[0]
+    if len(dup_rows):
+        if cfg.duplicate_policy == "error":
+            raise ValueError(
+                f"action repeats a candidate in a slate ({arr[dup_rows[0]].tolist()}); "
+                f"{allowed}, all distinct (duplicate_policy='error')"
+            )
+        arr = arr.copy()
+        for r in dup_rows:
+            arr[r] = dedupe_slate(arr[r], cfg.num_candidates)
+    return arr
+
+
+def dedupe_slate(slate: np.ndarray, num_candidates: int) -> np.ndarray:
+    """Replace each repeat by the lowest-index candidate not already in the slate."""
+    seen: set[int] = set()
+    out = slate.copy()
+    free = (c for c in range(num_candidates) if c not in set(slate.tolist()))
+    for j, c in enumerate(slate.tolist()):
+        if c in seen:
+            out[j] = next(free)
+        else:
+            seen.add(c)
+    return out
+
+
+class SlateSessionBatch:
+    """N independent user sessions against one batched simulator."""
+
+    def __init__(self, simulator: object, cfg: EnvConfig, num_rows: int) -> None:
+        """Allocate per-row buffers for num_rows sessions."""
+        self.sim = simulator
+        self.cfg = cfg
+        self.n = num_rows
+        self.num_items = int(simulator.num_items)
+        if cfg.num_candidates > self.num_items:
+            raise ValueError(
+                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({self.num_items} items)"
+            )
+        self.item_features = np.clip(
+            np.asarray(simulator.item_features, dtype=np.float32), -FEATURE_BOUND, FEATURE_BOUND
+        )
+        self.num_features = self.item_features.shape[1]
+        self.num_profile_tokens = len(simulator.profile_encoder.vocab)
+        hk = cfg.history_length * cfg.slate_size
+        self.keys = np.zeros(num_rows, dtype=np.uint64)
+        self.counters = np.zeros(num_rows, dtype=np.uint64)
+        self.profiles = np.full((num_rows, simulator.profile_encoder.slots), -1, dtype=np.int64)
+        self.candidates = np.zeros((num_rows, cfg.num_candidates), dtype=np.int64)
+        self.history_items = np.full((num_rows, hk), -1, dtype=np.int64)
+        self.history_responses = np.full((num_rows, hk), -1, dtype=np.int64)
+        self.clicked_sum = np.zeros((num_rows, self.num_features), dtype=np.float32)
+        self.clicked_count = np.zeros(num_rows, dtype=np.int64)
+        self.steps = np.zeros(num_rows, dtype=np.int64)
+        self.since_click = np.zeros(num_rows, dtype=np.int64)
+
+    def reset_rows(self, rows: np.ndarray, seeds: list[int]) -> None:
+        """Start new sessions in rows, each with its own seed (profile, candidates, responses)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.keys[rows] = [seed_to_key(s) for s in seeds]
+        self.counters[rows] = 0
+        pick = uniforms(self.keys[rows], self.counters[rows], 1)[:, 0]
+        self.counters[rows] += np.uint64(1)
+        population = self.sim.population
+        self.profiles[rows] = population[(pick * len(population)).astype(np.int64)]
+        self.sim.start_sessions(rows, self.profiles[rows])
+        self.history_items[rows] = -1
+        self.history_responses[rows] = -1
+        self.clicked_sum[rows] = 0.0
+        self.clicked_count[rows] = 0
+        self.steps[rows] = 0
+        self.since_click[rows] = 0
+        self._draw_candidates(rows)
+
+    def _draw_candidates(self, rows: np.ndarray) -> None:
+        keys, ctr = self.keys[rows], self.counters[rows]
+        self.candidates[rows] = distinct_choices(keys, ctr, self.num_items, self.cfg.num_candidates)
+        self.counters[rows] = ctr
+
+    def step(
+        self, rows: np.ndarray, actions: np.ndarray
+    ) -> tuple[StepOutcome, np.ndarray, np.ndarray]:
+        """Show the slates picked by actions (len(rows), k) and advance those rows.
+
+        Returns:
+            (outcome, rewards (len(rows),) float64, slates (len(rows), k) item ids).
+        """
+        cfg = self.cfg
+        k = cfg.slate_size
+        slates = np.take_along_axis(self.candidates[rows], actions, axis=1)
+        u = uniforms(self.keys[rows], self.counters[rows], k + 1)
+        self.counters[rows] += np.uint64(k + 1)
+        out = self.sim.step(rows, slates, u)
+        clicked = out.responses != Response.SKIP
+        bought = out.responses == Response.BUY
+        rewards = cfg.click_reward * clicked.sum(axis=1) + cfg.buy_reward * bought.sum(axis=1)
+        self.history_items[rows] = np.concatenate([self.history_items[rows][:, k:], slates], axis=1)
+        self.history_responses[rows] = np.concatenate(
+            [self.history_responses[rows][:, k:], out.responses], axis=1
+        )
+        feats = (self.item_features[slates] * clicked[..., None]).sum(axis=1)
+        self.clicked_sum[rows] += feats
+        self.clicked_count[rows] += clicked.sum(axis=1)
+        self.steps[rows] += 1
+        any_click = clicked.any(axis=1)
+        self.since_click[rows] = np.where(any_click, 0, self.since_click[rows] + 1)
+        self._draw_candidates(rows)
+        return out, rewards.astype(np.float64), slates
+
+    def observations(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Batched observation arrays for rows (all rows when None)."""
+        rows = np.arange(self.n) if rows is None else rows
+        cand = self.candidates[rows]
+        count = np.maximum(self.clicked_count[rows], 1)[:, None].astype(np.float32)
+        return {
+            "profile": self.sim.profile_encoder.multi_hot(self.profiles[rows]),
+            "candidate_ids": cand.copy(),
+            "candidate_features": self.item_features[cand].reshape(len(rows), -1),
+            "history_items": self.history_items[rows].copy(),
+            "history_responses": self.history_responses[rows].copy(),
+            "clicked_features_mean": np.clip(self.clicked_sum[rows] / count, -5, 5),
+            "session_features": np.stack(
+                [
+                    np.minimum(self.steps[rows] / self.cfg.max_episode_steps, 1.0),
+                    np.minimum(self.since_click[rows] / 10.0, 1.0),
+                ],
+                axis=1,
+            ).astype(np.float32),
+        }

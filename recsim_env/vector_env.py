@@ -1,0 +1,166 @@
+"""SlateUserVectorEnv: N users in one batch, one simulator call per step (native vector env)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from recsim_env.config import EnvConfig
+from recsim_env.env import make_parametric_simulator, split_env_kwargs
+from recsim_env.sessions import SlateSessionBatch, validate_actions
+from recsim_env.spaces import make_action_space, make_observation_space
+
+
+class SlateUserVectorEnv(VectorEnv):
+    """N independent sessions stepped together.
+
+    Row i reset with seed s + i behaves exactly like the single env reset with seed s + i (same
+    user, candidates and responses under the same actions). Episodes end on leave (terminated)
+    or after `max_episode_steps` (truncated). Autoreset follows Gymnasium's NEXT_STEP mode by
+    default: the step after an episode ends resets that row and ignores its action;
+    `autoreset_mode=AutoresetMode.SAME_STEP` resets at once and puts the last observation in
+    `info["final_obs"]` (what stable-baselines3's VecEnv expects).
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
+
+    def __init__(
+        self,
+        simulator: Any,
+        num_envs: int,
+        config: EnvConfig | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    ) -> None:
+        """Wrap a batched simulator for num_envs users."""
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.config = cfg = config or EnvConfig()
+        self.simulator = simulator
+        self.num_envs = num_envs
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        self._batch = SlateSessionBatch(simulator, cfg, num_envs)
+        self.single_action_space = make_action_space(cfg)
+        self.single_observation_space = make_observation_space(
+            cfg, self._batch.num_items, self._batch.num_profile_tokens, self._batch.num_features
+        )
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._all = np.arange(num_envs)
+        self._started = False
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset every row; row i is seeded with seed + i (or seed[i])."""
+        if isinstance(seed, int):
+            seeds = [seed + i for i in range(self.num_envs)]
+        elif seed is None:
+            seeds = [None] * self.num_envs
+        else:
+            if len(seed) != self.num_envs:
+                raise ValueError(f"got {len(seed)} seeds for {self.num_envs} envs")
+            seeds = list(seed)
+        for i, s in enumerate(seeds):
+            if s is not None or not self._started:
+                self._rngs[i] = seeding.np_random(s)[0]
+        self._reset_rows(self._all)
+        self._autoreset[:] = False
+        self._started = True
+        return self._batch.observations(), {}
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        self._batch.reset_rows(rows, [int(self._rngs[i].integers(2**63)) for i in rows])
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step all rows with actions (num_envs, slate_size)."""
+        if not self._started:
+            raise RuntimeError("step() called before reset(); call reset() first")
+        cfg = self.config
+        acts = validate_actions(actions, self.num_envs, cfg)
+        n, k = self.num_envs, cfg.slate_size
+        rewards = np.zeros(n)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        info: dict[str, Any] = {
+            "item_ids": np.full((n, k), -1, dtype=np.int64),
+            "responses": np.full((n, k), -1, dtype=np.int64),
+            "response_probs": np.zeros((n, k, 3)),
+            "leave_prob": np.zeros(n),
+        }
+        resetting = np.nonzero(self._autoreset)[0]
+        active = np.nonzero(~self._autoreset)[0]
+        if len(resetting):
+            self._reset_rows(resetting)
+        if len(active):
+            out, r, slates = self._batch.step(active, acts[active])
+            rewards[active] = r
+            terminated[active] = out.leave
+            truncated[active] = ~out.leave & (self._batch.steps[active] >= cfg.max_episode_steps)
+            info["item_ids"][active] = slates
+            info["responses"][active] = out.responses
+            info["response_probs"][active] = out.response_probs
+            info["leave_prob"][active] = out.leave_prob
+        mask = np.zeros(n, dtype=bool)
+        mask[active] = True
+        for key in ("item_ids", "responses", "response_probs", "leave_prob"):
+            info[f"_{key}"] = mask
+        done = terminated | truncated
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
+            finished = np.nonzero(done)[0]
+            final = self._batch.observations()
+            info["final_obs"] = np.array(
+                [{key: v[i] for key, v in final.items()} if done[i] else None for i in range(n)],
+                dtype=object,
+            )
+            info["_final_obs"] = done.copy()
+            self._reset_rows(finished)
+            self._autoreset[:] = False
+        else:
+            self._autoreset = done
+        return self._batch.observations(), rewards, terminated, truncated, info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Free the simulator."""
+        close = getattr(self.simulator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_parametric_vector_env(
+    num_envs: int = 1, world: Any = None, **kwargs: Any
+) -> SlateUserVectorEnv:
+    """Vector entry point of ParametricUserSim-v0."""
+    autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
+    kwargs.pop("render_mode", None)
+    cfg, rest = split_env_kwargs(kwargs)
+    if rest:
+        raise TypeError(f"unexpected arguments {sorted(rest)}")
+    return SlateUserVectorEnv(make_parametric_simulator(world), num_envs, cfg, autoreset_mode)
+
+
+def make_llm_vector_env(
+    num_envs: int = 1,
+    simulator: Any = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    **kwargs: Any,
+) -> SlateUserVectorEnv:
+    """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users)."""
+    from simulators.gpt2_user import load_batched_simulator
+
+    autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
+    kwargs.pop("render_mode", None)
+    cfg, rest = split_env_kwargs(kwargs)
+    if rest:
+        raise TypeError(f"unexpected arguments {sorted(rest)}")
+    sim = load_batched_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
+    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)

@@ -1,0 +1,394 @@
+"""The ground-truth world: a parametric user model whose every probability is known exactly.
+
+Design choice for fidelity measurement: the world's state is *identifiable* from what a simulator
+sees. A user's initial interests are a deterministic function of the profile (no hidden noise),
+and interest drift and fatigue are deterministic functions of the slates shown and the responses
+given. So a simulator that sees the profile and the history can, in principle, match the true
+probabilities exactly: the KL floor is 0 (up to the context window, see `simulators.tokenization`).
+
+Per slate of k items (item i in slot j) for a user with interests u and fatigue f:
+  - utility   s_j = a_int * u[topic_i] + a_q * quality_i + pos_bias * j
+  - no-click  s_0 = no_click + a_fat * f
+  - choice    multinomial logit over {no click, slot 1..k}: at most one click per slate
+  - buy | click  sigmoid(buy_bias + b_int * u[topic_i] + b_q * quality_i - ps * log(price_i))
+    with price sensitivity ps from age band and region
+  - fatigue   f' = fatigue_decay * f + [no click] - fatigue_relief * [buy], floored at 0
+  - drift     on a click u[topic] += drift * (u_max - u[topic]) (twice on a buy)
+  - leave     sigmoid(leave_bias + leave_fatigue * f' - leave_click * [click] - leave_buy * [buy])
+Responses are sampled slot by slot from p(r_j | r_<j); `response_probs` gives the marginals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from simulators.base import NUM_RESPONSES, Response, StepOutcome, sample_categorical
+from simulators.catalog import PROFILE_PAD, ProfileEncoder, item_feature_matrix
+
+TOPICS: tuple[str, ...] = (
+    "jazz", "rock", "hiphop", "classical", "cooking", "baking", "fitness", "yoga", "travel",
+    "camping", "gaming", "anime", "scifi", "fantasy", "gardening", "photography", "fashion",
+    "sneakers", "finance", "history", "poetry", "chess", "cycling", "coffee", "pets", "comics",
+    "knitting", "astronomy", "theatre", "football",
+)  # fmt: skip
+NOUNS: tuple[str, ...] = ("album", "guide", "kit", "set", "course", "book", "collection", "pack")
+STYLES: tuple[str, ...] = (
+    "vintage", "modern", "deluxe", "compact", "illustrated", "limited", "family", "pocket",
+)  # fmt: skip
+QUALITY_WORDS: tuple[str, ...] = (
+    "budget",
+    "basic",
+    "everyday",
+    "popular",
+    "premium",
+    "award-winning",
+)
+AGE_BANDS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
+GENDERS: tuple[str, ...] = ("f", "m")
+REGIONS: tuple[str, ...] = ("north", "south", "east", "west")
+PROFILE_FIELDS: tuple[str, ...] = ("age_band", "gender", "region", "interests")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorldConfig:
+    """Parameters of the ground-truth world (catalog and behaviour)."""
+
+    num_items: int = 500
+    """Catalog size."""
+    num_topics: int = 20
+    """Number of topics (at most len(TOPICS))."""
+    seed: int = 0
+    """Seed of the catalog and of the demographic interest offsets (not of users)."""
+    population_size: int = 20_000
+    """Users in the population the env samples episodes from."""
+    a_int: float = 1.3
+    """Weight of interest in click utility."""
+    a_q: float = 0.8
+    """Weight of item quality in click utility."""
+    pos_bias: float = -0.25
+    """Utility change per slot further down the slate."""
+    no_click: float = 1.5
+    """Utility of not clicking."""
+    a_fat: float = 0.35
+    """Fatigue's weight on the no-click utility."""
+    buy_bias: float = -1.6
+    """Intercept of the buy-given-click logit."""
+    b_int: float = 0.6
+    """Interest weight in the buy logit."""
+    b_q: float = 0.8
+    """Quality weight in the buy logit."""
+    fatigue_decay: float = 0.7
+    """Fatigue kept from the previous step."""
+    fatigue_relief: float = 0.5
+    """Fatigue removed by a purchase."""
+    drift: float = 0.2
+    """Fraction of the gap to u_max closed when an item of a topic is clicked."""
+    u_max: float = 3.0
+    """Ceiling of interest drift."""
+    leave_bias: float = -2.6
+    """Intercept of the leave logit."""
+    leave_fatigue: float = 0.9
+    """Fatigue weight in the leave logit."""
+    leave_click: float = 0.6
+    """Reduction of the leave logit after a click."""
+    leave_buy: float = 0.4
+    """Further reduction after a purchase."""
+
+    def __post_init__(self) -> None:
+        """Validate ranges."""
+        if not 1 <= self.num_topics <= len(TOPICS):
+            raise ValueError(f"num_topics must be in [1, {len(TOPICS)}], got {self.num_topics}")
+        if self.num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        if self.population_size < 1:
+            raise ValueError(f"population_size must be >= 1, got {self.population_size}")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class ParametricUserModel:
+    """The ground-truth world as a batched user simulator with exact probabilities.
+
+    Args:
+        config: world parameters.
+        capacity: initial number of rows (grows on demand).
+    """
+
+    def __init__(self, config: WorldConfig | None = None, capacity: int = 1) -> None:
+        """Build the catalog and demographic tables from `config.seed`."""
+        self.config = cfg = config or WorldConfig()
+        rng = np.random.default_rng(cfg.seed)
+        t = cfg.num_topics
+        self.topic_names = TOPICS[:t]
+        self.num_items = cfg.num_items
+        self.slate_size_max = None
+        self.item_topic = rng.integers(0, t, cfg.num_items)
+        self.item_quality = np.clip(rng.normal(0.0, 0.6, cfg.num_items), -1.5, 1.5)
+        self.item_price = np.round(np.exp(rng.normal(np.log(20.0), 0.7, cfg.num_items)), 2)
+        self.item_log_price = np.log(self.item_price)
+        self._item_style = rng.integers(0, len(STYLES), cfg.num_items)
+        self._item_noun = rng.integers(0, len(NOUNS), cfg.num_items)
+        self.age_offset = rng.normal(0.0, 0.35, (len(AGE_BANDS), t))
+        self.gender_offset = rng.normal(0.0, 0.25, (len(GENDERS), t))
+        self.region_offset = rng.normal(0.0, 0.25, (len(REGIONS), t))
+        self.age_price_sens = np.array([0.9, 0.7, 0.5, 0.45, 0.65])
+        self.region_price_sens = np.array([0.0, 0.1, -0.1, 0.15])
+        self.profile_encoder = ProfileEncoder(
+            [f"age_band={a}" for a in AGE_BANDS]
+            + [f"gender={g}" for g in GENDERS]
+            + [f"region={r}" for r in REGIONS]
+            + [f"interests={n}" for n in self.topic_names],
+            PROFILE_FIELDS,
+            slots=6,
+        )
+        self._interest_token = np.array(
+            [self.profile_encoder.index[f"interests={n}"] for n in self.topic_names]
+        )
+        self.item_features = item_feature_matrix(self.items_table())
+        self.population = self.sample_profiles(
+            cfg.population_size, np.random.default_rng(cfg.seed + 1)
+        )
+        self._alloc(capacity)
+
+    # ----------------------------------------------------------------- catalog and profiles
+    def item_titles(self) -> list[str]:
+        """Short text titles from quality, style and topic (text carries topic and quality)."""
+        qbin = np.digitize(self.item_quality, [-0.9, -0.4, 0.0, 0.4, 0.9])
+        return [
+            f"{QUALITY_WORDS[q]} {STYLES[s]} {self.topic_names[t]} {NOUNS[n]}"
+            for q, s, t, n in zip(qbin, self._item_style, self.item_topic, self._item_noun)
+        ]
+
+    def items_table(self) -> pd.DataFrame:
+        """The items table of the log format (internal index == position == item_id order)."""
+        return pd.DataFrame(
+            {
+                "item_id": [f"i{i}" for i in range(self.num_items)],
+                "title": self.item_titles(),
+                "category": [self.topic_names[t] for t in self.item_topic],
+                "price": self.item_price,
+            }
+        )
+
+    def sample_profiles(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw n user profiles: (n, 6) token indices into `profile_encoder.vocab`."""
+        enc = self.profile_encoder
+        t = self.config.num_topics
+        out = np.full((n, enc.slots), PROFILE_PAD, dtype=np.int64)
+        out[:, 0] = [enc.index[f"age_band={AGE_BANDS[a]}"] for a in rng.integers(0, 5, n)]
+        out[:, 1] = [enc.index[f"gender={GENDERS[g]}"] for g in rng.integers(0, 2, n)]
+        out[:, 2] = [enc.index[f"region={REGIONS[r]}"] for r in rng.integers(0, 4, n)]
+        counts = rng.choice([1, 2, 3], size=n, p=[0.3, 0.4, 0.3])
+        for i in range(n):
+            topics = np.sort(rng.choice(t, counts[i], replace=False))
+            out[i, 3 : 3 + counts[i]] = self._interest_token[topics]
+        return out
+
+    def users_table(self, user_ids: list[str], profiles: np.ndarray) -> pd.DataFrame:
+        """The users table of the log format for the given profiles."""
+        vocab = self.profile_encoder.vocab
+        rows = []
+        for uid, prof in zip(user_ids, profiles):
+            toks = [vocab[i] for i in prof if i >= 0]
+            fields = {f: [] for f in PROFILE_FIELDS}
+            for tok in toks:
+                field, value = tok.split("=", 1)
+                fields[field].append(value)
+            rows.append({"user_id": uid, **{f: "|".join(v) for f, v in fields.items()}})
+        return pd.DataFrame(rows, columns=["user_id", *PROFILE_FIELDS])
+
+    def _decode_profiles(self, profiles: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Profile token indices -> (age, gender, region, interest multi-hot (n, T))."""
+        vocab = self.profile_encoder.vocab
+        n = len(profiles)
+        age = np.zeros(n, dtype=np.int64)
+        gender = np.zeros(n, dtype=np.int64)
+        region = np.zeros(n, dtype=np.int64)
+        interests = np.zeros((n, self.config.num_topics))
+        topic_index = {name: i for i, name in enumerate(self.topic_names)}
+        for i, prof in enumerate(profiles):
+            for tok_id in prof:
+                if tok_id < 0:
+                    continue
+                field, value = vocab[tok_id].split("=", 1)
+                if field == "age_band":
+                    age[i] = AGE_BANDS.index(value)
+                elif field == "gender":
+                    gender[i] = GENDERS.index(value)
+                elif field == "region":
+                    region[i] = REGIONS.index(value)
+                else:
+                    interests[i, topic_index[value]] = 1.0
+        return age, gender, region, interests
+
+    def initial_state(self, profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic initial interests (n, T) and price sensitivity (n,) of profiles."""
+        age, gender, region, interests = self._decode_profiles(profiles)
+        u = (
+            1.5 * interests
+            + self.age_offset[age]
+            + self.gender_offset[gender]
+            + self.region_offset[region]
+        )
+        ps = self.age_price_sens[age] + self.region_price_sens[region]
+        return u, ps
+
+    # ----------------------------------------------------------------- batched state
+    def _alloc(self, capacity: int) -> None:
+        t = self.config.num_topics
+        self.capacity = capacity
+        self.interest = np.zeros((capacity, t))
+        self.fatigue = np.zeros(capacity)
+        self.price_sens = np.zeros(capacity)
+
+    def ensure_capacity(self, capacity: int) -> None:
+        """Grow the row arrays (existing rows are kept)."""
+        if capacity <= self.capacity:
+            return
+        old = (self.interest, self.fatigue, self.price_sens, self.capacity)
+        self._alloc(capacity)
+        n = old[3]
+        self.interest[:n], self.fatigue[:n], self.price_sens[:n] = old[0], old[1], old[2]
+
+    def start_sessions(self, rows: np.ndarray, profiles: np.ndarray) -> None:
+        """Begin fresh sessions for `rows` with profiles (len(rows), 6)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.ensure_capacity(int(rows.max()) + 1 if len(rows) else 0)
+        u, ps = self.initial_state(profiles)
+        self.interest[rows] = u
+        self.price_sens[rows] = ps
+        self.fatigue[rows] = 0.0
+
+    def _slot_params(self, rows: np.ndarray, slates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Choice probabilities P_j (B, k) (MNL incl. no-click) and buy-given-click b_j (B, k)."""
+        cfg = self.config
+        k = slates.shape[1]
+        topic = self.item_topic[slates]  # (B, k)
+        u = np.take_along_axis(self.interest[rows], topic, axis=1)  # (B, k)
+        s = cfg.a_int * u + cfg.a_q * self.item_quality[slates] + cfg.pos_bias * np.arange(k)
+        s0 = cfg.no_click + cfg.a_fat * self.fatigue[rows]
+        m = np.maximum(s.max(axis=1), s0)
+        e = np.exp(s - m[:, None])
+        e0 = np.exp(s0 - m)
+        choice = e / (e0 + e.sum(axis=1))[:, None]
+        buy = _sigmoid(
+            cfg.buy_bias
+            + cfg.b_int * u
+            + cfg.b_q * self.item_quality[slates]
+            - self.price_sens[rows, None] * self.item_log_price[slates]
+            + 2.5  # centre: log(20) * typical sensitivity
+        )
+        return choice, buy
+
+    def response_probs(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        """Exact marginal probabilities of every response: (B, k, 3), rows sum to 1."""
+        choice, buy = self._slot_params(np.asarray(rows), np.asarray(slates))
+        return np.stack([1.0 - choice, choice * (1.0 - buy), choice * buy], axis=-1)
+
+    def conditional_response_probs(
+        self, rows: np.ndarray, slates: np.ndarray, responses: np.ndarray
+    ) -> np.ndarray:
+        """Exact p(r_j | state, slate, r_<j) along given responses: (B, k, 3)."""
+        choice, buy = self._slot_params(np.asarray(rows), np.asarray(slates))
+        return self._conditionals(choice, buy, responses)
+
+    @staticmethod
+    def _conditionals(choice: np.ndarray, buy: np.ndarray, responses: np.ndarray) -> np.ndarray:
+        clicked_before = np.cumsum(responses != Response.SKIP, axis=1) - (
+            responses != Response.SKIP
+        )
+        remaining = 1.0 - (np.cumsum(choice, axis=1) - choice)
+        c = np.where(clicked_before > 0, 0.0, choice / np.maximum(remaining, 1e-12))
+        c = np.clip(c, 0.0, 1.0)
+        return np.stack([1.0 - c, c * (1.0 - buy), c * buy], axis=-1)
+
+    def leave_probability(self, rows: np.ndarray, responses: np.ndarray) -> np.ndarray:
+        """p(leave) after `responses` (B, k), without changing state."""
+        cfg = self.config
+        clicked = (responses != Response.SKIP).any(axis=1)
+        bought = (responses == Response.BUY).any(axis=1)
+        f = self._next_fatigue(rows, clicked, bought)
+        return _sigmoid(
+            cfg.leave_bias
+            + cfg.leave_fatigue * f
+            - cfg.leave_click * clicked
+            - cfg.leave_buy * bought
+        )
+
+    def _next_fatigue(
+        self, rows: np.ndarray, clicked: np.ndarray, bought: np.ndarray
+    ) -> np.ndarray:
+        cfg = self.config
+        f = cfg.fatigue_decay * self.fatigue[rows] + (~clicked) - cfg.fatigue_relief * bought
+        return np.maximum(f, 0.0)
+
+    def step(
+        self,
+        rows: np.ndarray,
+        slates: np.ndarray,
+        uniforms: np.ndarray | None = None,
+        forced_responses: np.ndarray | None = None,
+        forced_leave: np.ndarray | None = None,
+    ) -> StepOutcome:
+        """Answer slates (B, k) for rows, sampling with uniforms (B, k + 1), and update state.
+
+        `forced_responses` / `forced_leave` replay logged behaviour instead of sampling (the
+        returned probabilities are then those of the logged events).
+        """
+        cfg = self.config
+        rows = np.asarray(rows, dtype=np.int64)
+        slates = np.asarray(slates, dtype=np.int64)
+        b, k = slates.shape
+        choice, buy = self._slot_params(rows, slates)
+        if forced_responses is not None:
+            responses = np.asarray(forced_responses, dtype=np.int64)
+            probs = self._conditionals(choice, buy, responses)
+        else:
+            responses = np.zeros((b, k), dtype=np.int64)
+            probs = np.zeros((b, k, NUM_RESPONSES))
+            clicked = np.zeros(b, dtype=bool)
+            remaining = np.ones(b)
+            for j in range(k):
+                c = np.where(
+                    clicked, 0.0, np.clip(choice[:, j] / np.maximum(remaining, 1e-12), 0, 1)
+                )
+                probs[:, j] = np.stack([1.0 - c, c * (1.0 - buy[:, j]), c * buy[:, j]], axis=-1)
+                responses[:, j] = sample_categorical(probs[:, j], uniforms[:, j])
+                clicked |= responses[:, j] != Response.SKIP
+                remaining = remaining - choice[:, j]
+        was_clicked = responses != Response.SKIP
+        clicked_any = was_clicked.any(axis=1)
+        bought_any = (responses == Response.BUY).any(axis=1)
+        f = self._next_fatigue(rows, clicked_any, bought_any)
+        leave_prob = _sigmoid(
+            cfg.leave_bias
+            + cfg.leave_fatigue * f
+            - cfg.leave_click * clicked_any
+            - cfg.leave_buy * bought_any
+        )
+        if forced_leave is not None:
+            leave = np.asarray(forced_leave, dtype=bool)
+        else:
+            leave = uniforms[:, k] < leave_prob
+        # drift toward consumed topics (a buy counts twice)
+        weight = was_clicked.astype(np.float64) + (responses == Response.BUY)
+        if weight.any():
+            topic = self.item_topic[slates]
+            for j in range(k):
+                w = weight[:, j]
+                hit = np.nonzero(w)[0]
+                if len(hit):
+                    r, tp = rows[hit], topic[hit, j]
+                    gap = cfg.u_max - self.interest[r, tp]
+                    self.interest[r, tp] += (1.0 - (1.0 - cfg.drift) ** w[hit]) * gap
+        self.fatigue[rows] = f
+        return StepOutcome(responses, probs, leave, leave_prob)
