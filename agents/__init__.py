@@ -1,0 +1,1 @@
+"""Slate recommendation agents with stable-baselines3's `predict` interface."""

@@ -1,0 +1,18 @@
+"""RandomAgent: a uniformly random slate of distinct candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.base import SlateAgent
+
+
+class RandomAgent(SlateAgent):
+    """Shows slate_size distinct candidates chosen uniformly at random."""
+
+    name = "random"
+
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool) -> np.ndarray:
+        """Random distinct candidate indices."""
+        n, c = obs["candidate_ids"].shape
+        return np.argsort(self.rng.random((n, c)), axis=1)[:, : self.slate_size]
