@@ -55,31 +55,24 @@ def validate_actions(action: object, batch: int | None, cfg: EnvConfig) -> np.nd
     if arr.min() < 0 or arr.max() >= cfg.num_candidates:
         bad = arr[(arr < 0) | (arr >= cfg.num_candidates)]
         raise ValueError(f"action has out-of-range candidate indices {bad.tolist()}; {allowed}")
-    srt = np.sort(arr, axis=1)
-    dup_rows = np.nonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))[0]
-    if len(dup_rows):
+    used = np.zeros((len(arr), cfg.num_candidates), dtype=bool)
+    is_dup = np.zeros(arr.shape, dtype=bool)
+    rows = np.arange(len(arr))
+    for j in range(cfg.slate_size):
+        is_dup[:, j] = used[rows, arr[:, j]]
+        used[rows, arr[:, j]] = True
+    if is_dup.any():
         if cfg.duplicate_policy == "error":
+            r = int(np.nonzero(is_dup.any(axis=1))[0][0])
             raise ValueError(
-                f"action repeats a candidate in a slate ({arr[dup_rows[0]].tolist()}); "
+                f"action repeats a candidate in a slate ({arr[r].tolist()}); "
                 f"{allowed}, all distinct (duplicate_policy='error')"
             )
-        arr = arr.copy()
-        for r in dup_rows:
-            arr[r] = dedupe_slate(arr[r], cfg.num_candidates)
+        # each repeat takes the lowest-index candidate not yet in its slate, in slot order
+        free = np.argsort(used, axis=1, kind="stable")
+        rank = np.cumsum(is_dup, axis=1) - 1
+        arr = np.where(is_dup, np.take_along_axis(free, np.maximum(rank, 0), axis=1), arr)
     return arr
-
-
-def dedupe_slate(slate: np.ndarray, num_candidates: int) -> np.ndarray:
-    """Replace each repeat by the lowest-index candidate not already in the slate."""
-    seen: set[int] = set()
-    out = slate.copy()
-    free = (c for c in range(num_candidates) if c not in set(slate.tolist()))
-    for j, c in enumerate(slate.tolist()):
-        if c in seen:
-            out[j] = next(free)
-        else:
-            seen.add(c)
-    return out
 
 
 class SlateSessionBatch:

@@ -138,15 +138,21 @@ def generate(
 
 def summarize(logs: InteractionLogs) -> dict:
     """Click rate, buy rate, session length and click rate per position of a log set."""
-    resp = np.stack(logs.steps["responses"].map(np.asarray).to_numpy())
-    lengths = logs.steps.groupby("session_id").size()
+    slates = [np.asarray(r, dtype=np.int64) for r in logs.steps["responses"]]
+    k = max(len(r) for r in slates)
+    resp = np.full((len(slates), k), -1, dtype=np.int64)  # -1 where a slate is shorter
+    for i, r in enumerate(slates):
+        resp[i, : len(r)] = r
+    shown = resp >= 0
+    lengths = logs.steps.groupby(["user_id", "session_id"]).size()
+    per_position = (resp > Response.SKIP).sum(axis=0) / np.maximum(shown.sum(axis=0), 1)
     return {
         "sessions": len(lengths),
         "steps": len(logs.steps),
-        "click_rate": float((resp != Response.SKIP).mean()),
-        "buy_rate": float((resp == Response.BUY).mean()),
+        "click_rate": float((resp > Response.SKIP).sum() / shown.sum()),
+        "buy_rate": float((resp == Response.BUY).sum() / shown.sum()),
         "mean_session_length": float(lengths.mean()),
-        "click_rate_per_position": (resp != Response.SKIP).mean(axis=0).round(4).tolist(),
+        "click_rate_per_position": per_position.round(4)[:10].tolist(),
     }
 
 

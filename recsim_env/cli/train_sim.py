@@ -1,0 +1,88 @@
+"""`llm-usersim train-sim`: fine-tune a GPT-2 user simulator on interaction logs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from recsim_env.cli._common import progress_enabled, write_json
+from simulators.finetune import SimulatorTrainer, TrainConfig
+from simulators.logs import read_logs
+from simulators.user_lm import MODEL_SIZES, SimulatorConfig
+
+HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of train-sim."""
+    d = TrainConfig()
+    p.add_argument("--logs", required=True, help="log directory (generate-logs or import)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument(
+        "--base-model", default=None, help="start from pretrained GPT-2: 'gpt2' or a local path"
+    )
+    p.add_argument(
+        "--size",
+        default=d.size,
+        choices=sorted(MODEL_SIZES),
+        help="network size without a base model",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--max-steps", type=int, default=None, help="optimiser step budget")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--context-length", type=int, default=d.context_length)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/training/state.safetensors"
+    )
+    p.add_argument("--json", default=None, help="write the training summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and report the best validation loss."""
+    logging.basicConfig(level=logging.WARNING)
+    cfg = TrainConfig(
+        size=args.size,
+        base_model=args.base_model,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        bf16=args.bf16,
+        context_length=args.context_length,
+    )
+    logs = read_logs(args.logs)
+    trainer = SimulatorTrainer(
+        logs,
+        args.out,
+        cfg,
+        SimulatorConfig(context_length=args.context_length),
+        progress=progress_enabled(),
+    )
+    state = trainer.train(resume=args.resume)
+    n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
+    summary = {
+        "best_val_loss": state["best_val"],
+        "best_step": state.get("best_step"),
+        "steps": state["step"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "parameters": n_params,
+        "history": state["history"],
+    }
+    print(
+        f"trained {state['step']} steps in {state['train_seconds']:.0f}s ({n_params:,} parameters); "
+        f"best validation loss {state['best_val']:.4f} at step {state.get('best_step')}; saved to {args.out}"
+    )
+    write_json(args.json, summary)
+    return 0

@@ -1,0 +1,536 @@
+"""Fine-tuning the GPT-2 user on interaction logs.
+
+logs -> sessions -> token windows -> packed rows -> loss on the user's tokens only.
+
+- Sessions are packed into rows of `context_length` tokens with a block-diagonal causal mask and
+  positions restarting per session (length-sorted batches hurt leave prediction; packing wastes
+  nothing). A session longer than the context is cut into windows exactly as inference refills
+  its cache: profile + the last `window_steps` steps as context (no loss), then new steps.
+- Validation is split by user. Early stopping on validation loss; the best model is saved as a
+  simulator checkpoint in OUT, the latest training state (weights, AdamW moments, counters) in
+  OUT/training/state.safetensors: one file, written atomically, so a crash leaves either the old
+  or the new state. `resume=True` continues from it and reproduces the uninterrupted run: batch
+  order is a function of (seed, epoch) and item dropout of (seed, step).
+- accelerate drives devices and precision, so `accelerate launch` runs the same code on several
+  GPUs or machines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from simulators.catalog import ProfileEncoder
+from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
+from simulators.logs import InteractionLogs, atomic_write
+from simulators.tokenization import UNK_ITEM, EncodedSession, SimTokenizer, step_block_length
+from simulators.user_lm import SimulatorConfig, UserLM, packed_loss
+
+log = logging.getLogger(__name__)
+CHANNELS = (
+    "input_ids",
+    "roles",
+    "slots",
+    "items",
+    "position_ids",
+    "segment_ids",
+    "target_kind",
+    "target",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Hyperparameters of train-sim."""
+
+    size: str = "small"
+    """Network size (see simulators.user_lm.MODEL_SIZES) when no base model is given."""
+    base_model: str | None = None
+    """'gpt2', another hub name or a local directory to start from pretrained GPT-2 weights."""
+    epochs: int = 20
+    """Maximum passes over the training sessions."""
+    max_minutes: float | None = None
+    """Stop after this much training time (then keep the best model)."""
+    batch_size: int = 16
+    """Packed rows per optimiser step."""
+    lr: float = 2e-3
+    """Peak learning rate (linear warm-up, cosine decay)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Warm-up steps."""
+    val_fraction: float = 0.1
+    """Share of users held out for validation."""
+    eval_every: int = 200
+    """Optimiser steps between validations (and checkpoints)."""
+    patience: int = 5
+    """Validations without improvement before stopping early."""
+    seed: int = 0
+    """Seed of the split, the batch order, item dropout and the initial weights."""
+    bf16: bool = False
+    """bfloat16 autocast (fast on recent CPUs and GPUs)."""
+    context_length: int = 512
+    """Tokens per user context (GPT-2 n_positions)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (tests and smoke runs)."""
+
+    def __post_init__(self) -> None:
+        """Validate ranges."""
+        for name in ("epochs", "batch_size", "eval_every", "patience", "warmup_steps"):
+            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class SessionData:
+    """Encoded sessions of a log set and the vocabulary they were encoded with."""
+
+    tokenizer: SimTokenizer
+    profile_encoder: ProfileEncoder
+    sessions: list[EncodedSession]
+    users: list[str]
+    profiles: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def encode_logs(
+    logs: InteractionLogs,
+    profile_encoder: ProfileEncoder | None = None,
+    known_items: np.ndarray | None = None,
+) -> SessionData:
+    """Encode every session of a log set (items indexed by their row in the items table)."""
+    encoder = profile_encoder or ProfileEncoder.from_users(logs.users)
+    item_index = logs.item_index()
+    tok = SimTokenizer(encoder.vocab, len(item_index), encoder.slots)
+    users = logs.users.assign(user_id=logs.users["user_id"].astype(str)).drop_duplicates("user_id")
+    prof = dict(zip(users["user_id"], encoder.encode(users)))
+    steps = logs.steps.sort_values(["user_id", "session_id", "step"], kind="stable")
+    sessions, session_users, profiles = [], [], []
+    for (uid, _sid), g in steps.groupby(["user_id", "session_id"], sort=False):
+        slates = [np.array([item_index[i] for i in items], dtype=np.int64) for items in g["items"]]
+        resp = [np.asarray(r, dtype=np.int64) for r in g["responses"]]
+        p = prof[uid]
+        sessions.append(tok.encode_session(p, slates, resp, bool(g["leave"].iloc[-1]), known_items))
+        session_users.append(uid)
+        profiles.append(p)
+    return SessionData(
+        tok, encoder, sessions, session_users, np.asarray(profiles).reshape(len(profiles), -1)
+    )
+
+
+def split_by_user(users: list[str], val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation sessions: a seeded random subset of users."""
+    uniq = sorted(set(users))
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(val_fraction * len(uniq))) if len(uniq) > 1 else 0
+    val_users = set(rng.permutation(np.array(uniq, dtype=object))[:n_val].tolist())
+    return np.array([u in val_users for u in users], dtype=bool)
+
+
+def session_windows(
+    s: EncodedSession, context: int, window_steps: int, prefix: int
+) -> list[dict[str, np.ndarray]]:
+    """Cut a session into windows that fit the context, mirroring the inference refill."""
+    total = len(s.input_ids)
+    channels = {
+        "input_ids": s.input_ids,
+        "roles": s.roles,
+        "slots": s.slots,
+        "items": s.items,
+        "target_kind": s.target_kind,
+        "target": s.target,
+    }
+    if total <= context:
+        return [channels]
+    starts = [*list(s.step_start), total]
+    out = []
+    first = 0  # first step of the window (context from window_steps earlier)
+    n_steps = len(s.step_start)
+    while first < n_steps:
+        ctx_first = max(0, first - window_steps) if first > 0 else 0
+        begin = starts[ctx_first]
+        end_step = first
+        while end_step < n_steps and prefix + starts[end_step + 1] - begin <= context:
+            end_step += 1
+        if end_step == first:
+            raise ValueError(
+                f"one step of {starts[first + 1] - starts[first]} tokens does not fit the context {context}"
+            )
+        stop = starts[end_step] if end_step < n_steps else total
+        w = {}
+        for name, arr in channels.items():
+            piece = np.concatenate([arr[:prefix], arr[begin:stop]])
+            w[name] = piece
+        if ctx_first < first:  # context steps carry no loss: the model only reads them
+            w["target_kind"] = w["target_kind"].copy()
+            w["target_kind"][prefix : prefix + starts[first] - begin] = 0
+        out.append(w)
+        first = end_step
+    return out
+
+
+def pack_rows(
+    windows: list[dict[str, np.ndarray]], context: int, order: np.ndarray
+) -> list[dict[str, np.ndarray]]:
+    """First-fit packing of windows (in `order`) into rows of `context` tokens."""
+    rows: list[dict[str, np.ndarray]] = []
+    cur: list[dict[str, np.ndarray]] = []
+    used = 0
+
+    def flush() -> None:
+        row = {name: np.zeros(context, dtype=np.int64) for name in CHANNELS}
+        row["items"][:] = -1
+        row["segment_ids"][:] = -1
+        pos = 0
+        for seg, w in enumerate(cur):
+            n = len(w["input_ids"])
+            for name in ("input_ids", "roles", "slots", "items", "target_kind", "target"):
+                row[name][pos : pos + n] = w[name]
+            row["position_ids"][pos : pos + n] = np.arange(n)
+            row["segment_ids"][pos : pos + n] = seg
+            pos += n
+        rows.append(row)
+
+    for i in order:
+        w = windows[i]
+        n = len(w["input_ids"])
+        if used + n > context and cur:
+            flush()
+            cur, used = [], 0
+        cur.append(w)
+        used += n
+    if cur:
+        flush()
+    return rows
+
+
+def collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack packed rows into (B, T) tensors."""
+    return {name: torch.from_numpy(np.stack([r[name] for r in rows])) for name in CHANNELS}
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 10% (a pure function of the step: nothing to save)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class SimulatorTrainer:
+    """Trains a UserLM on encoded sessions; see the module docstring."""
+
+    def __init__(
+        self,
+        logs: InteractionLogs,
+        out: str | Path,
+        cfg: TrainConfig,
+        sim_config: SimulatorConfig | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Encode the logs, split by user and build the model (nothing is trained yet)."""
+        self.cfg = cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
+        self.logs = logs
+        data = encode_logs(logs)
+        self.data = data
+        is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
+        prefix = 1 + data.tokenizer.profile_slots
+        self.prefix = prefix
+        win = lambda idx: [
+            w
+            for i in idx
+            for w in session_windows(
+                data.sessions[i],
+                self.sim_config.context_length,
+                self.sim_config.window_steps,
+                prefix,
+            )
+        ]
+        self.train_windows = win(np.nonzero(~is_val)[0])
+        self.val_windows = win(np.nonzero(is_val)[0])
+        if not self.train_windows or not self.val_windows:
+            raise ValueError("need sessions of at least two users to split training and validation")
+        self.val_rows = pack_rows(
+            self.val_windows, self.sim_config.context_length, np.arange(len(self.val_windows))
+        )
+        train_users = sorted({u for u, v in zip(data.users, is_val) if not v})
+        seen = np.zeros(data.tokenizer.num_items, dtype=bool)
+        for s, v in zip(data.sessions, is_val):
+            if not v:
+                seen[s.items[s.items >= 0]] = True
+        self.item_known = seen
+        self.population = data.profiles[~is_val]
+        self.train_users = train_users
+        torch.manual_seed(cfg.seed)
+        self.model: UserLM = build_user_lm(
+            data.tokenizer, logs.items, self.sim_config, cfg.size, cfg.base_model, item_known=seen
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "best_val": None,
+            "bad_evals": 0,
+            "history": [],
+            "train_seconds": 0.0,
+            "done": False,
+        }
+        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / cfg.batch_size)
+
+    # ------------------------------------------------------------------ data
+    def _epoch_rows(self, epoch: int) -> list[dict[str, np.ndarray]]:
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_windows))
+        return pack_rows(self.train_windows, self.sim_config.context_length, order)
+
+    def _dropout_items(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        p = self.sim_config.item_dropout
+        if p <= 0:
+            return batch
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        drop = (torch.rand(batch["items"].shape, generator=gen) < p) & (batch["items"] >= 0)
+        batch = dict(batch)
+        batch["input_ids"] = torch.where(
+            drop, torch.full_like(batch["input_ids"], UNK_ITEM), batch["input_ids"]
+        )
+        return batch
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean NLL per user token on the validation users (and its response/leave parts)."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        tot = resp = leave = n = 0.0
+        n_resp = 0.0
+        dev = self.accelerator.device
+        for i in range(0, len(self.val_rows), 32):
+            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + 32]).items()}
+            with self.accelerator.autocast():
+                _, r, lv, cnt = packed_loss(model, batch)
+            resp += float(r)
+            leave += float(lv)
+            n += float(cnt)
+            n_resp += float((batch["target_kind"] == 1).sum())
+        model.train()
+        tot = (resp + leave) / max(n, 1)
+        return {
+            "val_loss": tot,
+            "val_response_nll": resp / max(n_resp, 1),
+            "val_leave_nll": leave / max(n - n_resp, 1),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def state_path(self) -> Path:
+        """The training-state file."""
+        return self.out / "training" / "state.safetensors"
+
+    def save_state(self) -> None:
+        """Write weights, AdamW moments and counters to one safetensors file (atomically)."""
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
+        opt = self.optimizer.state_dict()
+        for pid, st in opt["state"].items():
+            for key, val in st.items():
+                tensors[f"optim.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
+        meta = {
+            "state": json.dumps(self.state),
+            "train_config": json.dumps(asdict(self.cfg)),
+            "param_groups": json.dumps(
+                [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+            ),
+        }
+        atomic_write(self.state_path, lambda p: save_file(tensors, p, metadata=meta))
+
+    def load_state(self) -> None:
+        """Restore weights, AdamW moments and counters written by save_state."""
+        path = self.state_path
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path}: no training state to resume from (train without --resume first)"
+            )
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise ValueError(f"{path}: corrupt or truncated training state ({exc})") from None
+        model = self.accelerator.unwrap_model(self.model)
+        model.load_state_dict(
+            {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
+        )
+        opt = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        groups = json.loads(meta["param_groups"])
+        for g, saved in zip(opt["param_groups"], groups):
+            g.update(saved)
+        opt["state"] = state
+        self.optimizer.load_state_dict(opt)
+        self.state = json.loads(meta["state"])
+
+    def save_simulator(self, directory: Path, extra: dict[str, Any]) -> GPT2UserSimulator:
+        """Save the current weights as a loadable simulator checkpoint."""
+        model = self.accelerator.unwrap_model(self.model)
+        sim = GPT2UserSimulator(
+            model,
+            self.data.tokenizer,
+            self.data.profile_encoder,
+            self.population,
+            self.logs.items[
+                [c for c in ("item_id", "title", "category", "price") if c in self.logs.items]
+            ],
+            extra=extra,
+            capacity=1,
+        )
+        sim.save_pretrained(directory)
+        model.train()
+        return sim
+
+    # ------------------------------------------------------------------ training
+    def train(self, resume: bool = False, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Run (or continue) training; returns the final state with the best validation loss."""
+        cfg = self.cfg
+        if resume:
+            self.load_state()
+        if self.state["done"]:
+            return self.state
+        total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        model = self.model
+        model.train()
+        dev = self.accelerator.device
+        writer = _summary_writer(self.out / "training" / "tb")
+        bar = tqdm(
+            total=total,
+            initial=self.state["step"],
+            desc="train-sim",
+            unit="step",
+            disable=not self.progress,
+        )
+        t_start = time.time() - self.state["train_seconds"]
+        steps_this_call = 0
+        stop = False
+        while self.state["epoch"] < cfg.epochs and not stop:
+            rows = self._epoch_rows(self.state["epoch"])
+            for b in range(self.state["batch_in_epoch"], self.steps_per_epoch):
+                step = self.state["step"]
+                chunk = rows[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if not chunk:
+                    break
+                batch = {k: v.to(dev) for k, v in self._dropout_items(collate(chunk), step).items()}
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr_at(step, total, cfg)
+                with self.accelerator.autocast():
+                    loss, *_ = packed_loss(self.accelerator.unwrap_model(model), batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.accelerator.backward(loss)
+                self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                self.optimizer.step()
+                self.state["step"] = step + 1
+                self.state["batch_in_epoch"] = b + 1
+                self.state["train_seconds"] = time.time() - t_start
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss.item(), step)
+                steps_this_call += 1
+                out_of_time = (
+                    cfg.max_minutes is not None
+                    and self.state["train_seconds"] > 60 * cfg.max_minutes
+                )
+                last = self.state["step"] >= total or out_of_time
+                if self.state["step"] % cfg.eval_every == 0 or last:
+                    if self._evaluate(writer):
+                        stop = True
+                    self.save_state()
+                if last:
+                    stop = True
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    bar.close()
+                    return self.state  # simulate an interruption (tests)
+                if stop:
+                    break
+            if not stop:
+                self.state["epoch"] += 1
+                self.state["batch_in_epoch"] = 0
+        self.state["done"] = True
+        self.save_state()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return self.state
+
+    def _evaluate(self, writer: Any) -> bool:
+        """Validate, keep the best model; True when patience is exhausted."""
+        metrics = self.validate()
+        step = self.state["step"]
+        self.state["history"].append(
+            {"step": step, **metrics, "seconds": round(self.state["train_seconds"], 1)}
+        )
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"val/{k}", v, step)
+        best = self.state["best_val"]
+        if best is None or metrics["val_loss"] < best - 1e-6:
+            self.state["best_val"] = metrics["val_loss"]
+            self.state["best_step"] = step
+            self.state["bad_evals"] = 0
+            self.save_simulator(
+                self.out,
+                extra={
+                    "training": {
+                        "best_val_loss": metrics["val_loss"],
+                        **{k: v for k, v in metrics.items()},
+                        "step": step,
+                        "train_config": asdict(self.cfg),
+                        "log_meta": self.logs.meta,
+                        "train_users": len(self.train_users),
+                        "train_windows": len(self.train_windows),
+                    }
+                },
+            )
+        else:
+            self.state["bad_evals"] += 1
+        log.info("step %d: %s", step, metrics)
+        return self.state["bad_evals"] >= self.cfg.patience
+
+
+def _summary_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training alive without it
+        return None
+    return SummaryWriter(str(path))
+
+
+def block_length_of(logs: InteractionLogs) -> int:
+    """Tokens per step of the longest slate in the logs."""
+    return step_block_length(int(logs.steps["items"].map(len).max()))

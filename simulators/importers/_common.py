@@ -1,0 +1,303 @@
+"""Pieces every importer shares: errors, id/response/timestamp parsing, sessions, tables.
+
+Every importer builds the whole log set in memory and only then calls `write_logs`, so a bad
+input row never leaves a half-written output directory behind.
+
+Row numbers in error messages are 1-based data rows as a user sees them in the file: row 1 is
+the first row after a CSV header (CSV line 2), the first row of a Parquet file, or the first
+line of a JSON-lines file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from simulators.base import RESPONSE_NAMES, Response
+from simulators.logs import STEP_COLUMNS, InteractionLogs, LogFormatError
+
+logger = logging.getLogger(__name__)
+
+MAX_SLATE_ITEMS = 300
+"""Longest slate kept; longer slates are cut to their first MAX_SLATE_ITEMS items (a warning)."""
+
+DEFAULT_SESSION_GAP_MINUTES = 30.0
+"""A user's next slate starts a new session when it comes more than this long after the last."""
+
+_RESPONSE_WORDS: dict[str, int] = {
+    **{name: int(code) for name, code in zip(RESPONSE_NAMES, Response)},
+    **{str(int(code)): int(code) for code in Response},
+}
+
+
+class ImportFormatError(LogFormatError):
+    """An input file of an importer is malformed; the message names file, row and column.
+
+    Rows are 1-based data rows (CSV: not counting the header, so row N is line N + 1).
+    A subclass of `LogFormatError`, hence of `ValueError`.
+    """
+
+
+def fail(file: str | Path, row: int | None, column: str | None, problem: str) -> ImportFormatError:
+    """Build an ImportFormatError `"FILE, row R, column 'C': problem"` (row is 1-based)."""
+    where = str(file)
+    if row is not None:
+        where += f", row {row}"
+    if column is not None:
+        where += f", column '{column}'"
+    return ImportFormatError(f"{where}: {problem}")
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN/NaT and pandas NA (but not for lists or arrays)."""
+    if value is None:
+        return True
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def to_id(value: Any) -> str:
+    """One id cell as a string: `7`, `7.0` and `"7"` all give `"7"`; missing gives `""`."""
+    if is_missing(value):
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def split_cell(value: Any) -> list[Any]:
+    """A list cell: a space-separated string, or a list/array (Parquet); missing gives []."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    if is_missing(value):
+        return []
+    return [value]
+
+
+def response_code(token: Any) -> int | None:
+    """`skip`/`click`/`buy` (any case) or 0/1/2 -> the Response code; None when unknown."""
+    if isinstance(token, (bool, np.bool_)):
+        return None
+    if isinstance(token, (int, np.integer)) or (
+        isinstance(token, (float, np.floating)) and float(token).is_integer()
+    ):
+        code = int(token)
+        return code if 0 <= code < len(Response) else None
+    if isinstance(token, bytes):
+        token = token.decode("utf-8", "replace")
+    if isinstance(token, str):
+        return _RESPONSE_WORDS.get(token.strip().lower())
+    return None
+
+
+def parse_timestamps(values: pd.Series, file: str | Path, column: str) -> np.ndarray:
+    """Unix seconds or ISO 8601 datetimes (naive ones read as UTC) -> float64 unix seconds.
+
+    Raises:
+        ImportFormatError: naming the first empty or unparseable cell (1-based row).
+    """
+    values = values.reset_index(drop=True)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        dt = pd.to_datetime(values, utc=True)
+        out = ((dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(float)
+    else:
+        if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
+            values.dtype
+        ):
+            num = pd.to_numeric(values, errors="coerce").astype(float)
+        else:
+            text = values.map(lambda v: "" if is_missing(v) else str(v).strip())
+            num = pd.to_numeric(text.where(text != "", None), errors="coerce").astype(float)
+            rest = num.isna() & (text != "")
+            if rest.any():
+                dt = pd.to_datetime(text[rest], utc=True, format="ISO8601", errors="coerce")
+                num[rest] = (dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        out = num.to_numpy(float)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raw = values.iloc[r]
+        if is_missing(raw) or str(raw).strip() == "":
+            raise fail(file, r + 1, column, "timestamp is empty")
+        raise fail(
+            file,
+            r + 1,
+            column,
+            f"cannot parse {raw!r} as unix seconds or an ISO 8601 datetime",
+        )
+    if len(out) and np.nanmedian(out) > 1e11:
+        logger.warning(
+            "%s: column '%s' looks like milliseconds; timestamps are read as unix seconds, "
+            "so session gaps will be 1000 times too short",
+            file,
+            column,
+        )
+    return out
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], file: str | Path) -> None:
+    """Raise ImportFormatError naming the first required column that is missing."""
+    for col in columns:
+        if col not in df.columns:
+            raise fail(
+                file,
+                None,
+                col,
+                f"required column is missing (columns: {list(map(str, df.columns))})",
+            )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (strings only, nothing turned into NaN) or Parquet (typed) input table."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if p.is_dir():
+        raise ImportFormatError(f"{path}: is a directory, expected a CSV or Parquet file")
+    name = p.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        try:
+            return pq.read_table(p).to_pandas()
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise ImportFormatError(f"{path}: not a readable Parquet file ({exc})") from None
+    if name.endswith((".csv", ".csv.gz", ".txt")):
+        try:
+            return pd.read_csv(
+                p, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
+            )
+        except pd.errors.EmptyDataError:
+            raise ImportFormatError(f"{path}: the file is empty (expected a header row)") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            msg = str(exc).strip().splitlines()[0]
+            raise ImportFormatError(f"{path}: not a readable CSV file ({msg})") from None
+    raise ImportFormatError(f"{path}: unknown file type (expected .csv, .csv.gz or .parquet)")
+
+
+def session_numbers(users: Sequence[str], times: np.ndarray, gap_seconds: float) -> np.ndarray:
+    """Per-row session number within its user, for rows sorted by (user, time).
+
+    A row starts a new session when its user differs from the previous row's, or when it comes
+    strictly more than `gap_seconds` after the previous row.
+    """
+    users = np.asarray(users, dtype=object)
+    times = np.asarray(times, dtype=float)
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = users[1:] != users[:-1]
+    new_session = new_user.copy()
+    new_session[1:] |= (times[1:] - times[:-1]) > gap_seconds
+    counter = np.cumsum(new_session)
+    first_of_user = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
+    return (counter - counter[first_of_user]).astype(np.int64)
+
+
+def finish_steps(slates: pd.DataFrame) -> pd.DataFrame:
+    """Number the steps of a slates table and set `leave`.
+
+    `slates` has columns user_id, session_id, time (unix seconds), order (a tie-breaker, e.g.
+    the input row), items and responses. Sessions come grouped by user (users in order of first appearance), then by start time;
+    steps are numbered 0.. by (time, order) within a session, and the last step of every
+    session has leave=True.
+    """
+    df = slates.copy()
+    df["_user_first"] = df.groupby("user_id", sort=False)["order"].transform("min")
+    df["_session_start"] = df.groupby("session_id", sort=False)["time"].transform("min")
+    df = df.sort_values(
+        ["_user_first", "_session_start", "session_id", "time", "order"], kind="stable"
+    ).reset_index(drop=True)
+    df["step"] = df.groupby("session_id", sort=False).cumcount().astype(np.int32)
+    df["leave"] = ~df["session_id"].duplicated(keep="last")
+    return df[list(STEP_COLUMNS)]
+
+
+def truncate_slates(
+    items: list[list[str]], responses: list[list[int]], file: str | Path, rows: Sequence[int]
+) -> int:
+    """Cut slates longer than MAX_SLATE_ITEMS in place; log one warning; return how many."""
+    cut = [i for i, its in enumerate(items) if len(its) > MAX_SLATE_ITEMS]
+    for i in cut:
+        items[i] = items[i][:MAX_SLATE_ITEMS]
+        responses[i] = responses[i][:MAX_SLATE_ITEMS]
+    if cut:
+        logger.warning(
+            "%s: %d slate(s) longer than %d items were truncated to their first %d items "
+            "(first at row %d)",
+            file,
+            len(cut),
+            MAX_SLATE_ITEMS,
+            MAX_SLATE_ITEMS,
+            rows[cut[0]],
+        )
+    return len(cut)
+
+
+def items_with_missing(items: pd.DataFrame, referenced: Iterable[str]) -> tuple[pd.DataFrame, int]:
+    """Append rows (empty title/category, NaN price) for referenced ids missing from items."""
+    known = set(items["item_id"].tolist())
+    missing = list(dict.fromkeys(i for i in referenced if i not in known))
+    if missing:
+        extra = pd.DataFrame({"item_id": missing, "title": "", "category": "", "price": np.nan})
+        for col in items.columns:
+            if col not in extra.columns:
+                extra[col] = np.nan if pd.api.types.is_numeric_dtype(items[col].dtype) else ""
+        items = pd.concat([items, extra[items.columns]], ignore_index=True)
+    return items.reset_index(drop=True), len(missing)
+
+
+def users_with_missing(users: pd.DataFrame, referenced: Iterable[str]) -> tuple[pd.DataFrame, int]:
+    """Append rows (empty profile fields) for referenced user ids missing from users."""
+    known = set(users["user_id"].tolist())
+    missing = list(dict.fromkeys(u for u in referenced if u not in known))
+    if missing:
+        extra = pd.DataFrame({c: "" for c in users.columns}, index=range(len(missing)))
+        extra["user_id"] = missing
+        users = pd.concat([users, extra], ignore_index=True)
+    return users.reset_index(drop=True), len(missing)
+
+
+def summarize(logs: InteractionLogs) -> dict:
+    """Counts and rates of an imported log set (slates may have any length).
+
+    `click_rate` counts clicks and buys (any non-skip) per shown item, `buy_rate` buys only.
+    """
+    steps = logs.steps
+    lengths = steps["items"].map(len).to_numpy()
+    resp = (
+        np.concatenate([np.asarray(r, dtype=np.int64) for r in steps["responses"]])
+        if len(steps)
+        else np.zeros(0, dtype=np.int64)
+    )
+    per_session = steps.groupby("session_id", sort=False).size()
+    return {
+        "users": int(steps["user_id"].nunique()),
+        "sessions": len(per_session),
+        "steps": len(steps),
+        "shown_items": len(resp),
+        "catalog_items": len(logs.items),
+        "click_rate": float((resp != Response.SKIP).mean()) if len(resp) else 0.0,
+        "buy_rate": float((resp == Response.BUY).mean()) if len(resp) else 0.0,
+        "mean_slate_length": float(lengths.mean()) if len(lengths) else 0.0,
+        "max_slate_length": int(lengths.max()) if len(lengths) else 0,
+        "mean_session_steps": float(per_session.mean()) if len(per_session) else 0.0,
+        "max_session_steps": int(per_session.max()) if len(per_session) else 0,
+    }

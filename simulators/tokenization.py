@@ -1,0 +1,216 @@
+"""SimTokenizer: sessions as one token sequence, with role, slot and item channels.
+
+A session is encoded as::
+
+    BOS p_1 .. p_S | X s_1 .. s_k  i_1 r_1  i_2 r_2 .. i_k r_k | X s_1 .. | ... [LEAVE]
+
+- ``p_*``: profile tokens (``field=value``), padded to S slots with PROFILE_PAD.
+- ``X``: START before the first slate, CONT before every later one (the user stayed).
+- ``s_j``: the slate's items in display order (the recommender's tokens: never a target).
+- ``i_j r_j``: each item re-stated right before the user's response to it, so the response is
+  predicted at the item it answers while the whole slate and the earlier responses are in view.
+- ``LEAVE``: the session ended because the user left (absent when it was cut by a step limit).
+
+Targets are only what the user writes: at each ``i_j`` the next token ``r_j`` (one of SKIP, CLICK,
+BUY) and at each ``r_k`` the next token CONT or LEAVE. Beside the token id every position carries a
+role (profile, slate item, re-stated item, response, control), a slot (1-based slot of the item a
+token belongs to, 0 otherwise) and an item index (-1 for non-item tokens), from which the model
+adds role/slot embeddings and item side information (features and title text), so an item never
+seen in training still gets a meaningful input through its text and features.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+PAD, BOS, START, CONT, LEAVE, SKIP, CLICK, BUY, UNK_ITEM, PROFILE_PAD = range(10)
+SPECIAL_TOKENS = (
+    "<pad>",
+    "<bos>",
+    "<start>",
+    "<cont>",
+    "<leave>",
+    "<skip>",
+    "<click>",
+    "<buy>",
+    "<unk_item>",
+    "<profile_pad>",
+)
+PROFILE_BASE = len(SPECIAL_TOKENS)
+RESPONSE_TOKENS = np.array([SKIP, CLICK, BUY])  # indexed by Response
+OUTPUT_TOKENS = (SKIP, CLICK, BUY, CONT, LEAVE)  # the head's 5 outputs, in this order
+
+ROLE_CONTROL, ROLE_PROFILE, ROLE_SLATE, ROLE_RESTATED, ROLE_RESPONSE = range(5)
+NUM_ROLES = 5
+
+# target kinds at a position
+TARGET_NONE, TARGET_RESPONSE, TARGET_LEAVE = 0, 1, 2
+
+
+def step_block_length(k: int) -> int:
+    """Tokens one step of a k-item slate takes: X, k slate items, k (item, response) pairs."""
+    return 1 + 3 * k
+
+
+@dataclass
+class EncodedSession:
+    """Parallel arrays of one encoded session (length T)."""
+
+    input_ids: np.ndarray  # (T,) int64
+    roles: np.ndarray  # (T,) int64
+    slots: np.ndarray  # (T,) int64
+    items: np.ndarray  # (T,) int64 item index or -1
+    target_kind: np.ndarray  # (T,) TARGET_*: what the token at t + 1 is
+    target: np.ndarray  # (T,) int64 class of the next token (0..2 response, 0..1 cont/leave)
+    step_start: np.ndarray  # (num_steps,) position of each step's X token
+
+
+def text_buckets(title: str, num_buckets: int, max_words: int) -> list[int]:
+    """Hash a title's lower-cased words (and word pairs) into buckets 1..num_buckets-1 (0 = pad)."""
+    words = [w for w in "".join(c if c.isalnum() else " " for c in title.lower()).split() if w]
+    grams = words + [f"{a}_{b}" for a, b in itertools.pairwise(words)]
+    return [1 + zlib.crc32(g.encode()) % (num_buckets - 1) for g in grams[:max_words]]
+
+
+class SimTokenizer:
+    """Closed vocabulary: specials, profile tokens, one token per known item."""
+
+    def __init__(self, profile_vocab: list[str], num_items: int, profile_slots: int) -> None:
+        """Vocabulary from the profile tokens and the catalog size."""
+        self.profile_vocab = list(profile_vocab)
+        self.num_items = int(num_items)
+        self.profile_slots = int(profile_slots)
+        self.item_base = PROFILE_BASE + len(self.profile_vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        """Total number of token ids."""
+        return self.item_base + self.num_items
+
+    def vocab(self) -> list[str]:
+        """Token strings by id (saved as vocab.json)."""
+        return (
+            list(SPECIAL_TOKENS)
+            + [f"<profile:{t}>" for t in self.profile_vocab]
+            + [f"<item:{i}>" for i in range(self.num_items)]
+        )
+
+    def item_tokens(self, items: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """Item indices -> token ids; items not `known` (cold) map to UNK_ITEM."""
+        items = np.asarray(items, dtype=np.int64)
+        tok = self.item_base + items
+        if known is not None:
+            tok = np.where(known[items], tok, UNK_ITEM)
+        return tok
+
+    def prefix(self, profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BOS + padded profile tokens: (ids, roles), length 1 + profile_slots."""
+        prof = np.asarray(profile, dtype=np.int64)[: self.profile_slots]
+        ids = np.full(1 + self.profile_slots, PROFILE_PAD, dtype=np.int64)
+        ids[0] = BOS
+        ids[1 : 1 + len(prof)] = np.where(prof >= 0, PROFILE_BASE + prof, PROFILE_PAD)
+        roles = np.full(len(ids), ROLE_PROFILE, dtype=np.int64)
+        roles[0] = ROLE_CONTROL
+        return ids, roles
+
+    def encode_session(
+        self,
+        profile: np.ndarray,
+        slates: list[np.ndarray],
+        responses: list[np.ndarray],
+        left: bool,
+        known: np.ndarray | None = None,
+    ) -> EncodedSession:
+        """Encode one session (item indices per step, Response codes per step)."""
+        pid, prole = self.prefix(profile)
+        ids, roles, slots, items = (
+            [pid],
+            [prole],
+            [np.zeros(len(pid), np.int64)],
+            [np.full(len(pid), -1)],
+        )
+        kinds, targets = [np.zeros(len(pid), np.int64)], [np.zeros(len(pid), np.int64)]
+        starts = []
+        pos = len(pid)
+        for t, (slate, resp) in enumerate(zip(slates, responses)):
+            slate = np.asarray(slate, dtype=np.int64)
+            resp = np.asarray(resp, dtype=np.int64)
+            k = len(slate)
+            n = step_block_length(k)
+            b_ids = np.empty(n, np.int64)
+            b_role = np.empty(n, np.int64)
+            b_slot = np.zeros(n, np.int64)
+            b_item = np.full(n, -1, np.int64)
+            b_kind = np.zeros(n, np.int64)
+            b_tgt = np.zeros(n, np.int64)
+            b_ids[0], b_role[0] = (START if t == 0 else CONT), ROLE_CONTROL
+            tok = self.item_tokens(slate, known)
+            b_ids[1 : 1 + k], b_role[1 : 1 + k] = tok, ROLE_SLATE
+            b_slot[1 : 1 + k] = np.arange(1, k + 1)
+            b_item[1 : 1 + k] = slate
+            pair = 1 + k + 2 * np.arange(k)
+            b_ids[pair], b_role[pair], b_slot[pair], b_item[pair] = (
+                tok,
+                ROLE_RESTATED,
+                np.arange(1, k + 1),
+                slate,
+            )
+            b_ids[pair + 1] = RESPONSE_TOKENS[resp]
+            b_role[pair + 1], b_slot[pair + 1] = ROLE_RESPONSE, np.arange(1, k + 1)
+            b_kind[pair], b_tgt[pair] = TARGET_RESPONSE, resp
+            last = t == len(slates) - 1
+            if not last or left:
+                b_kind[-1], b_tgt[-1] = TARGET_LEAVE, int(last and left)
+            ids.append(b_ids)
+            roles.append(b_role)
+            slots.append(b_slot)
+            items.append(b_item)
+            kinds.append(b_kind)
+            targets.append(b_tgt)
+            starts.append(pos)
+            pos += n
+        if left:
+            ids.append(np.array([LEAVE]))
+            roles.append(np.array([ROLE_CONTROL]))
+            slots.append(np.zeros(1, np.int64))
+            items.append(np.full(1, -1))
+            kinds.append(np.zeros(1, np.int64))
+            targets.append(np.zeros(1, np.int64))
+        cat = np.concatenate
+        return EncodedSession(
+            cat(ids),
+            cat(roles),
+            cat(slots),
+            cat(items).astype(np.int64),
+            cat(kinds),
+            cat(targets),
+            np.asarray(starts, dtype=np.int64),
+        )
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        """Token ids -> token strings (for debugging and round-trip tests)."""
+        vocab = self.vocab()
+        return [vocab[i] for i in np.asarray(ids).tolist()]
+
+    def to_dict(self) -> dict:
+        """JSON form (vocab.json also holds the full token list)."""
+        return {
+            "profile_vocab": self.profile_vocab,
+            "num_items": self.num_items,
+            "profile_slots": self.profile_slots,
+            "tokens": self.vocab(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SimTokenizer:
+        """Inverse of to_dict; checks the stored token list matches."""
+        tok = cls(d["profile_vocab"], d["num_items"], d["profile_slots"])
+        if "tokens" in d and d["tokens"] != tok.vocab():
+            raise ValueError(
+                "vocabulary token list does not match its profile vocab and item count"
+            )
+        return tok

@@ -1,0 +1,53 @@
+"""Tiny shared fixtures: a small world, its logs and a tiny trained GPT-2 simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsim_env.cli.generate_logs import generate
+from recsim_env.config import EnvConfig
+from simulators.finetune import SimulatorTrainer, TrainConfig
+from simulators.logs import write_logs
+from simulators.parametric import ParametricUserModel, WorldConfig
+from simulators.user_lm import SimulatorConfig
+
+torch.set_num_threads(1)
+
+TINY_WORLD = WorldConfig(num_items=50, num_topics=5, population_size=200, seed=3)
+TINY_ENV = EnvConfig(slate_size=3, num_candidates=8, history_length=4, max_episode_steps=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> ParametricUserModel:
+    """A 50-item, 5-topic ground-truth world."""
+    return ParametricUserModel(TINY_WORLD)
+
+
+@pytest.fixture(scope="session")
+def tiny_logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Logs of 120 users of the tiny world (random policy)."""
+    world = ParametricUserModel(TINY_WORLD)
+    logs = generate(120, "random", 0, TINY_ENV, world)
+    return write_logs(logs, tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 simulator (2 layers, 32 dims) briefly trained on the tiny logs."""
+    from simulators.logs import read_logs
+
+    out = tmp_path_factory.mktemp("sim")
+    cfg = TrainConfig(
+        size="tiny", max_steps=8, eval_every=4, batch_size=4, context_length=128, lr=3e-3
+    )
+    SimulatorTrainer(
+        read_logs(tiny_logs_dir),
+        out,
+        cfg,
+        SimulatorConfig(context_length=128, window_steps=3),
+        progress=False,
+    ).train()
+    return out
