@@ -275,8 +275,13 @@ class GPT2UserSimulator:
         uniforms: np.ndarray | None = None,
         forced_responses: np.ndarray | None = None,
         forced_leave: np.ndarray | None = None,
+        peek: bool = False,
     ) -> StepOutcome:
         """Answer slates (len(rows), k) of item indices; see BatchedUserSimulator.
+
+        With `peek=True` nothing advances: the probabilities of a hypothetical slate are
+        computed at the current state (what a model-based agent asks), and the next real step
+        overwrites the scratch positions.
 
         Every cache row runs the forward (rows not in `rows` get padding that is overwritten
         later and do not advance), which keeps the hot path free of gathers.
@@ -348,8 +353,9 @@ class GPT2UserSimulator:
                 ids, roles = r_tok, zeros1 + ROLE_RESPONSE
                 slots, items = zeros1 + k, zeros1 - 1
         leave_prob = torch.softmax(logits[:, 3:5], dim=-1)[:, 1]
-        self.cache.lengths = torch.where(active, cur, self.cache.lengths)
-        self.steps_done = self.steps_done + active.long()
+        if not peek:
+            self.cache.lengths = torch.where(active, cur, self.cache.lengths)
+            self.steps_done = self.steps_done + active.long()
         sel = slice(None) if all_rows else rows_t
         responses_np = responses[sel].cpu().numpy()
         probs_np = probs[sel].double().cpu().numpy()
