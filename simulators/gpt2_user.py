@@ -385,7 +385,7 @@ class GPT2UserSimulator:
         )
         atomic_write(
             out / "population.safetensors",
-            lambda p: save_file({"population": torch.from_numpy(self.population.copy())}, p),
+            lambda p: save_file({"population": torch.from_numpy(self.population.astype(np.int16))}, p),
         )
         atomic_write_text(out / "config.json", self.model.config.to_json_string())
         atomic_write_text(out / "vocab.json", json.dumps(self.tokenizer.to_dict()) + "\n")

@@ -83,5 +83,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m recsim_env.cli
     sys.exit(main())
