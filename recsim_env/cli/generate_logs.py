@@ -75,8 +75,17 @@ def generate(
     world: ParametricUserModel,
     batch_size: int = 1024,
     progress: bool = False,
+    simulator: object | None = None,
 ) -> InteractionLogs:
-    """Simulate one session per fresh user and return the logs."""
+    """Simulate one session per fresh user and return the logs.
+
+    Users (profiles) and the popularity ranking come from the world; the responses come from
+    `simulator` when given (e.g. a GPT-2 user whose profile vocabulary is the world's), so the
+    same users and policy can be rolled out in the world and in a learned simulator.
+    """
+    dynamics = world if simulator is None else simulator
+    if simulator is not None and simulator.profile_encoder.vocab != world.profile_encoder.vocab:
+        raise ValueError("the simulator's profile vocabulary differs from the world's")
     if users < 1:
         raise ValueError(f"--users must be >= 1, got {users}")
     if policy not in POLICIES:
@@ -90,11 +99,11 @@ def generate(
     bar = tqdm(total=users, desc="generate-logs", unit="user", disable=not progress)
     for start in range(0, users, batch_size):
         ids = np.arange(start, min(start + batch_size, users))
-        batch = SlateSessionBatch(world, cfg, len(ids))
+        batch = SlateSessionBatch(dynamics, cfg, len(ids))
         rows = np.arange(len(ids))
         batch.reset_rows(rows, [int(s) for s in rng.integers(0, 2**63, len(ids))])
         batch.profiles[:] = profiles[ids]
-        world.start_sessions(rows, profiles[ids])
+        dynamics.start_sessions(rows, profiles[ids])
         greedy_rows = (batch.keys & np.uint64(1)).astype(bool)
         alive = rows
         for step in range(cfg.max_episode_steps):
