@@ -421,9 +421,12 @@ class SimulatorTrainer:
         cfg = self.cfg
         if resume:
             self.load_state()
+        total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        if self.state["done"] and resume and self._budget_left(total):
+            self.state["done"] = False  # resumed with a larger budget: keep training
+            self.state["bad_evals"] = 0
         if self.state["done"]:
             return self.state
-        total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         model = self.model
         model.train()
         dev = self.accelerator.device
@@ -487,6 +490,15 @@ class SimulatorTrainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _budget_left(self, total: int) -> bool:
+        """True while steps, epochs and minutes all remain."""
+        minutes = self.cfg.max_minutes
+        return (
+            self.state["step"] < total
+            and self.state["epoch"] < self.cfg.epochs
+            and (minutes is None or self.state["train_seconds"] < 60 * minutes)
+        )
 
     def _evaluate(self, writer: Any) -> bool:
         """Validate, keep the best model; True when patience is exhausted."""
