@@ -156,3 +156,18 @@ def test_llm_env_takes_device_and_rejects_unknown_dtype(tiny_sim_dir):
     env.reset(seed=0)
     with pytest.raises(ValueError, match="dtype"):
         LLMUserSimEnv(simulator=str(tiny_sim_dir), dtype="float8", **SMALL)
+
+
+def test_default_llm_env_works_offline_with_no_arguments(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = gym.make("LLMUserSim-v0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped)
+    assert not caught, [str(w.message) for w in caught]
+    same = gym.make("recsim_env:LLMUserSim-v0")
+    assert same.observation_space == gym.make("ParametricUserSim-v0").observation_space
+    obs, _ = env.reset(seed=3)
+    obs, reward, term, trunc, info = env.step(np.arange(5))
+    assert info["response_probs"].shape == (5, 3)
