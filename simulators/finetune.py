@@ -484,6 +484,8 @@ class SimulatorTrainer:
             if not stop:
                 self.state["epoch"] += 1
                 self.state["batch_in_epoch"] = 0
+        if not self.state["history"] or self.state["history"][-1]["step"] != self.state["step"]:
+            self._evaluate(writer)  # the epochs ran out between two validations
         self.state["done"] = True
         self.save_state()
         bar.close()
