@@ -95,6 +95,14 @@ class PeekResponseModel(OracleResponseModel):
         first = np.searchsorted(srt, srt, side="left")
         occurrence = np.empty(len(rows), dtype=np.int64)
         occurrence[order] = np.arange(len(rows)) - first
+        if len(rows) and hasattr(sim, "cache") and hasattr(sim, "model"):
+            # the GPT-2 user: all candidates of all rows in one forward (same probabilities)
+            from simulators.candidate_scoring import candidate_probs
+
+            uniq, inv = np.unique(rows, return_inverse=True)
+            grid = np.zeros((len(uniq), int(occurrence.max()) + 1), dtype=np.int64)
+            grid[inv, occurrence] = slates[:, 0]
+            return candidate_probs(sim, uniq, grid)[inv, occurrence][:, None, :]
         out = np.zeros((len(rows), 1, 3))
         for r in range(int(occurrence.max()) + 1 if len(rows) else 0):
             sel = np.nonzero(occurrence == r)[0]
