@@ -1,0 +1,233 @@
+"""Small single-purpose wrappers for the slate envs (single env and native vector env).
+
+- `DiscreteSlateWrapper` / `DiscreteSlateVectorWrapper`: a `Discrete(num_candidates)` action
+  for algorithms that need one (DQN). Action `c` shows candidate `c` in the top slot and fills
+  the other slots with the candidates most similar to it ("more like this", see
+  `discrete_to_slate`).
+- `RewardWeights` / `RewardWeightsVector`: recompute the reward from the step's responses with
+  other weights (e.g. clicks only, or a bonus per step the user stays).
+
+Example:
+    >>> import gymnasium as gym, recsim_env
+    >>> env = DiscreteSlateWrapper(gym.make("ParametricUserSim-v0"))
+    >>> obs, _ = env.reset(seed=0)
+    >>> obs, reward, terminated, truncated, info = env.step(3)
+    >>> info["slate_action"].shape
+    (5,)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv, VectorWrapper
+
+from simulators.base import Response
+
+DISCRETE_SLATE_RULE = "top1_similar"
+"""Name of the Discrete-to-slate rule, stored with saved models that use it."""
+
+
+def discrete_to_slate(
+    candidate_features: np.ndarray, index: np.ndarray, slate_size: int
+) -> np.ndarray:
+    """Map Discrete actions to slates: the chosen candidate first, then its nearest neighbours.
+
+    Slot 0 holds candidate `index`; slots 1..slate_size-1 hold the other candidates in order of
+    decreasing cosine similarity of their item features (category one-hot, standardised log
+    price) to it, ties broken by the lower candidate index. The rule reads only the observation,
+    so a DQN agent picks "the item to lead with" and the slate is "more like this"; it is the
+    same rule at training time (the wrappers) and when a saved model is loaded
+    (`agents.sb3.load_sb3_model`).
+
+    Args:
+        candidate_features: (n, num_candidates, F) float features (the observation's flat
+            `candidate_features` reshaped), or (num_candidates, F) with a scalar index.
+        index: (n,) int candidate indices, or a scalar.
+        slate_size: slots to fill.
+
+    Returns:
+        int64 (n, slate_size) candidate indices, distinct in each row ((slate_size,) when
+        unbatched).
+    """
+    idx = np.asarray(index, dtype=np.int64)
+    feats = np.asarray(candidate_features, dtype=np.float64)
+    single = idx.ndim == 0
+    if single:
+        idx, feats = idx[None], feats[None]
+    if feats.ndim != 3 or feats.shape[0] != len(idx):
+        raise ValueError(
+            f"candidate_features must be (n, num_candidates, F) for {len(idx)} actions "
+            f"(or (num_candidates, F) with a scalar action), got shape {feats.shape[int(single) :]}"
+        )
+    n = len(idx)
+    c = feats.shape[1]
+    if slate_size > c:
+        raise ValueError(f"slate_size ({slate_size}) exceeds num_candidates ({c})")
+    if idx.min(initial=0) < 0 or idx.max(initial=0) >= c:
+        raise ValueError(f"discrete action out of range [0, {c}): {idx.tolist()}")
+    unit = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+    lead = unit[np.arange(n), idx]  # (n, F)
+    sim = np.einsum("ncf,nf->nc", unit, lead)  # (n, C)
+    sim[np.arange(n), idx] = np.inf  # the chosen candidate goes first
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :slate_size]
+    return order[0] if single else order
+
+
+def _candidate_matrix(obs: dict[str, np.ndarray], num_candidates: int) -> np.ndarray:
+    feats = np.asarray(obs["candidate_features"])
+    lead = feats.shape[:-1]
+    return feats.reshape(*lead, num_candidates, -1)
+
+
+class DiscreteSlateWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """`Discrete(num_candidates)` actions on a single slate env (see `discrete_to_slate`).
+
+    The slate actually requested is in `info["slate_action"]`.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        """Replace the MultiDiscrete slate action by a Discrete lead-candidate action."""
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        nvec = np.asarray(env.action_space.nvec)
+        self.slate_size = len(nvec)
+        self.num_candidates = int(nvec[0])
+        self.action_space = spaces.Discrete(self.num_candidates)
+        self._obs: dict[str, np.ndarray] | None = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset and remember the observation the next action refers to."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._obs = obs
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Expand the Discrete action into a slate and step."""
+        if self._obs is None:
+            raise RuntimeError("step() called before reset(); call reset() first")
+        feats = _candidate_matrix(self._obs, self.num_candidates)[None]
+        slate = discrete_to_slate(feats, np.asarray([int(action)]), self.slate_size)[0]
+        obs, reward, terminated, truncated, info = self.env.step(slate)
+        self._obs = obs
+        info = {**info, "slate_action": slate}
+        return obs, reward, terminated, truncated, info
+
+
+class DiscreteSlateVectorWrapper(VectorWrapper):
+    """`Discrete(num_candidates)` actions on a native vector env (see `discrete_to_slate`).
+
+    `step` takes (num_envs,) integers; the slates requested are in `info["slate_action"]`.
+    """
+
+    def __init__(self, env: VectorEnv) -> None:
+        """Replace the batched slate action by a batched Discrete action."""
+        super().__init__(env)
+        nvec = np.asarray(env.single_action_space.nvec)
+        self.slate_size = len(nvec)
+        self.num_candidates = int(nvec[0])
+        self.single_action_space = spaces.Discrete(self.num_candidates)
+        self.action_space = spaces.MultiDiscrete(np.full(env.num_envs, self.num_candidates))
+        self._obs: dict[str, np.ndarray] | None = None
+
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset and remember the observations the next actions refer to."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._obs = obs
+        return obs, info
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Expand the Discrete actions into slates and step."""
+        if self._obs is None:
+            raise RuntimeError("step() called before reset(); call reset() first")
+        feats = _candidate_matrix(self._obs, self.num_candidates)
+        slates = discrete_to_slate(feats, np.asarray(actions).reshape(-1), self.slate_size)
+        obs, reward, terminated, truncated, info = self.env.step(slates)
+        self._obs = obs
+        info = {**info, "slate_action": slates}
+        return obs, reward, terminated, truncated, info
+
+
+def weighted_reward(
+    responses: np.ndarray, click_reward: float, buy_reward: float, step_reward: float = 0.0
+) -> np.ndarray:
+    """Reward of slates from their responses: (..., k) int -> (...,) float64.
+
+    `click_reward` per click (a purchase is also a click), `buy_reward` more per purchase, and
+    `step_reward` per slate answered; slots of -1 (no transition) earn nothing, and a slate of
+    only -1 earns no step reward either.
+    """
+    r = np.asarray(responses)
+    clicks = (r >= Response.CLICK).sum(axis=-1)
+    buys = (r == Response.BUY).sum(axis=-1)
+    answered = (r >= Response.SKIP).any(axis=-1)
+    return click_reward * clicks + buy_reward * buys + step_reward * answered
+
+
+class RewardWeights(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Recompute a single env's reward with other click/buy weights and a per-step term.
+
+    The original reward stays in `info["env_reward"]`.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        click_reward: float = 1.0,
+        buy_reward: float = 3.0,
+        step_reward: float = 0.0,
+    ) -> None:
+        """Store the weights (see `weighted_reward`)."""
+        gym.utils.RecordConstructorArgs.__init__(
+            self, click_reward=click_reward, buy_reward=buy_reward, step_reward=step_reward
+        )
+        gym.Wrapper.__init__(self, env)
+        self.weights = (float(click_reward), float(buy_reward), float(step_reward))
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Step and replace the reward."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        new = float(weighted_reward(info["responses"], *self.weights))
+        return obs, new, terminated, truncated, {**info, "env_reward": reward}
+
+
+class RewardWeightsVector(VectorWrapper):
+    """`RewardWeights` for a native vector env (rows being reset earn 0)."""
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        click_reward: float = 1.0,
+        buy_reward: float = 3.0,
+        step_reward: float = 0.0,
+    ) -> None:
+        """Store the weights (see `weighted_reward`)."""
+        super().__init__(env)
+        self.weights = (float(click_reward), float(buy_reward), float(step_reward))
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step and replace the rewards."""
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        new = weighted_reward(info["responses"], *self.weights).astype(np.float64)
+        return obs, new, terminated, truncated, {**info, "env_reward": reward}
+
+
+__all__ = [
+    "DISCRETE_SLATE_RULE",
+    "DiscreteSlateVectorWrapper",
+    "DiscreteSlateWrapper",
+    "RewardWeights",
+    "RewardWeightsVector",
+    "discrete_to_slate",
+    "weighted_reward",
+]

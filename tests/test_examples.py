@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "train_ppo.py": "mean return",
+    "custom_agent.py": "more_of_the_same - random",
+    "finetune_simulator.py": "step 0:",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Run every example with --smoke, all at once (each mostly waits on imports)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = {}
+    for script in EXAMPLES:
+        cwd = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        args = [sys.executable, str(ROOT / "examples" / script), "--smoke"]
+        if script != "custom_agent.py":
+            args += ["--out", str(cwd / "out")]
+        procs[script] = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    results = {}
+    for script, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[script] = (proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs_with_smoke(script, smoke_runs):
+    code, out, err = smoke_runs[script]
+    assert code == 0, err[-3000:]
+    assert EXAMPLES[script] in out
