@@ -35,7 +35,7 @@ from simulators.base import Response
 
 HELP = "Evaluate baseline agents and SB3 models on simulated users (table, JSON, CSV, plot)."
 DEFAULT_ENV = "LLMUserSim-v0"
-DEFAULT_USERS = 500
+DEFAULT_USERS = 200  # the no-argument main job fits in ~2 minutes on 2 CPU cores
 LOG_SEED_OFFSET = 10**9
 METRICS: tuple[str, ...] = (
     "return",
