@@ -1,12 +1,15 @@
 """GPT2UserSimulator: the GPT-2 user model as a batched simulator with a persistent KV cache.
 
-One `step` answers a slate for every row of the batch with k + 1 forwards of a few tokens each
-(the slate and the first re-stated item, then one (response, next item) pair per slot, then the
-last response to read the leave decision). Responses are sampled on the device from
-env-supplied uniforms, so rows never influence each other. History is never re-encoded: keys and
-values stay in a preallocated cache. When a row's context is full it is refilled with its profile
-and its last `window_steps` steps (the documented sliding-window scheme; training windows long
-sessions the same way), so memory is bounded whatever the episode length.
+One `step` answers a slate for every row of the batch. The step's whole block (the slate, each
+item re-stated before its response, the responses) is decoded speculatively: one forward runs
+all 1 + 3k tokens with every response drafted as SKIP, responses are sampled slot by slot from
+env-supplied uniforms until one differs from its draft, and only those rows run again from that
+token (a slate with at most one click: two forwards instead of the k + 1 of slot-by-slot
+decoding, with identical probabilities). Rows never influence each other. History is never
+re-encoded: keys and values stay in a preallocated cache. When a row's context is full it is
+refilled with its profile and its last `window_steps` steps (the documented sliding-window
+scheme; training windows long sessions the same way), so memory is bounded whatever the episode
+length.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from simulators.base import NUM_RESPONSES, StepOutcome
 from simulators.catalog import ProfileEncoder, item_feature_matrix
 from simulators.logs import atomic_write, atomic_write_text
 from simulators.tokenization import (
+    BOS,
     CONT,
     PAD,
+    PROFILE_BASE,
+    PROFILE_PAD,
     RESPONSE_TOKENS,
     ROLE_CONTROL,
+    ROLE_PROFILE,
     ROLE_RESPONSE,
     ROLE_RESTATED,
     ROLE_SLATE,
@@ -40,7 +47,14 @@ from simulators.tokenization import (
     step_block_length,
     text_buckets,
 )
-from simulators.user_lm import SimulatorConfig, StaticKVCache, UserLM, make_gpt2_config
+from simulators.user_lm import (
+    CachedAttention,
+    SimulatorConfig,
+    StaticKVCache,
+    UserLM,
+    _FreshRowsAttention,
+    make_gpt2_config,
+)
 
 DEFAULT_SIMULATOR_DIR = Path(__file__).resolve().parent / "default"
 CHECKPOINT_FILES = (
@@ -51,6 +65,8 @@ CHECKPOINT_FILES = (
     "simulator_config.json",
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CPU_TOKENS_PER_FORWARD = 4096
+"""Tokens per forward on CPU (larger batches run in row blocks)."""
 
 
 class CheckpointError(ValueError):
@@ -142,6 +158,14 @@ class GPT2UserSimulator:
         self._resp_tokens = torch.as_tensor(RESPONSE_TOKENS, device=self.device)
         self.capacity = 0
         self.cache: StaticKVCache | None = None
+        self._side: torch.Tensor | None = None
+        self._side_key: tuple | None = None
+        self._out_w: torch.Tensor | None = None
+        self._out_key: tuple | None = None
+        self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.stats: dict[str, float] = {"flops": 0.0, "tokens": 0, "forwards": 0}
+        """Work done by the forwards so far: matmul FLOPs (attention over each query's causal
+        length), tokens and forward calls (read by `llm-usersim speed`)."""
         self._alloc(max(capacity, 1))
 
     # --------------------------------------------------------------------------- catalog
@@ -177,6 +201,55 @@ class GPT2UserSimulator:
         known = self.model.item_known[items]
         return torch.where(known, self._item_base + items, torch.full_like(items, UNK_ITEM))
 
+    # --------------------------------------------------------------------------- hot path
+    def _item_side(self) -> torch.Tensor:
+        """(num_items + 1, d) item side embeddings (row 0: none), recomputed when weights change.
+
+        `UserLM.embed` averages up to text_max_words word embeddings per item token; at inference
+        the weights are fixed, so the per-item sum is computed once (the training path keeps
+        the original).
+        """
+        m = self.model
+        params = (m.feat_proj.weight, m.word_emb.weight, m.item_features, m.item_text)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._side_key != key:
+            with torch.inference_mode():
+                words = m.item_text  # (N, W)
+                count = (words > 0).sum(-1, keepdim=True).clamp(min=1).float()
+                side = m.feat_proj(m.item_features.float()) + m.word_emb(words).sum(-2) / count
+                self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
+            self._side_key = key
+        return self._side
+
+    def _embed(
+        self, ids: torch.Tensor, roles: torch.Tensor, slots: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """`UserLM.embed` with the per-item side embeddings precomputed; (B, T, d) in self.dtype."""
+        m = self.model
+        x = m.gpt2.transformer.wte(ids).float()
+        x = x + m.role_emb(roles) + m.slot_emb(slots.clamp(max=self.sim_config.max_slots))
+        x = x + self._item_side()[items + 1]
+        return x.to(self.dtype)
+
+    def _output_weight(self) -> torch.Tensor:
+        """(5, d) float32 rows of lm_head read by UserLM.output_logits."""
+        m = self.model
+        w = m.gpt2.lm_head.weight
+        key = (w.data_ptr(), w._version)
+        if self._out_key != key:
+            with torch.inference_mode():
+                self._out_w = w[m.output_ids].float()
+            self._out_key = key
+        return self._out_w
+
+    def _count_flops(self, rows: int, t: int, attended: float) -> None:
+        """Add the matmul FLOPs of a forward of `rows` x `t` tokens (attended: keys summed over queries)."""
+        cfg = self.model.config
+        d, nl = cfg.n_embd, cfg.n_layer
+        self.stats["tokens"] += rows * t
+        self.stats["forwards"] += 1
+        self.stats["flops"] += rows * t * (24 * d * d * nl + 10 * d) + 4 * d * nl * attended
+
     @torch.inference_mode()
     def start_sessions(self, rows: np.ndarray, profiles: np.ndarray) -> None:
         """Encode BOS + profile for rows into the cache (the rest of each row is discarded)."""
@@ -186,10 +259,13 @@ class GPT2UserSimulator:
         if self.cache is None or rows_np.max() >= self.capacity:
             self._alloc(max(int(rows_np.max()) + 1, self.capacity))
         n, p = len(rows_np), self.prefix_length
-        ids = np.empty((n, p), dtype=np.int64)
-        roles = np.empty((n, p), dtype=np.int64)
-        for i, prof in enumerate(np.asarray(profiles)):
-            ids[i], roles[i] = self.tokenizer.prefix(prof)
+        # SimTokenizer.prefix, vectorised over rows
+        prof = np.asarray(profiles, dtype=np.int64).reshape(n, -1)[:, : p - 1]
+        ids = np.full((n, p), PROFILE_PAD, dtype=np.int64)
+        ids[:, 0] = BOS
+        ids[:, 1 : 1 + prof.shape[1]] = np.where(prof >= 0, PROFILE_BASE + prof, PROFILE_PAD)
+        roles = np.full((n, p), ROLE_PROFILE, dtype=np.int64)
+        roles[:, 0] = ROLE_CONTROL
         rows_t = torch.as_tensor(rows_np, device=self.device)
         self._encode_rows(
             rows_t,
@@ -208,12 +284,17 @@ class GPT2UserSimulator:
         slots: torch.Tensor,
         items: torch.Tensor,
     ) -> None:
-        """Encode whole sequences (n, T) from position 0 into the cache rows."""
+        """Encode whole sequences (n, T) from position 0 into the cache rows (in row blocks)."""
         n, t = ids.shape
-        pos = torch.arange(t, device=self.device).expand(n, t)
-        x = self.model.embed(ids, roles, slots, items).to(self.dtype)
-        mask = torch.ones(t, t, dtype=torch.bool, device=self.device).tril().expand(n, 1, t, t)
-        self.model.transformer(x, pos, mask, cache=self.cache, write_positions=pos, rows=rows)
+        block = n if self.device.type != "cpu" else max(1, _CPU_TOKENS_PER_FORWARD // t)
+        nh = self.model.config.n_head
+        for lo in range(0, n, block):
+            hi = min(n, lo + block)
+            pos = torch.arange(t, device=self.device).expand(hi - lo, t)
+            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
+            # UserLM.transformer(x, pos, causal mask, cache, pos, rows) with is_causal attention
+            self.model._blocks(x, pos, _FreshRowsAttention(nh, self.cache, rows[lo:hi], pos, None))
+            self._count_flops(hi - lo, t, (hi - lo) * t * (t + 1) / 2)
         for buf, val in (
             (self.tok_ids, ids),
             (self.tok_roles, roles),
@@ -244,28 +325,43 @@ class GPT2UserSimulator:
 
     def _forward(
         self,
-        cur: torch.Tensor,
+        rows: torch.Tensor | None,
+        start: torch.Tensor,
         ids: torch.Tensor,
         roles: torch.Tensor,
         slots: torch.Tensor,
         items: torch.Tensor,
     ) -> torch.Tensor:
-        """Append tokens (B, t) at each row's offset `cur`; return output logits at the last one."""
-        _b, t = ids.shape
-        pos = cur[:, None] + torch.arange(t, device=self.device)
-        n = int(cur.max()) + t
-        n = min(self.sim_config.context_length, 32 * math.ceil(n / 32))
-        mask = torch.arange(n, device=self.device)[None, None, None, :] <= pos[:, None, :, None]
-        x = self.model.embed(ids, roles, slots, items).to(self.dtype)
-        h = self.model.transformer(x, pos, mask, cache=self.cache, write_positions=pos, kv_length=n)
-        for buf, val in (
-            (self.tok_ids, ids),
-            (self.tok_roles, roles),
-            (self.tok_slots, slots),
-            (self.tok_items, items),
-        ):
-            buf.scatter_(1, pos, val)
-        return self.model.output_logits(h[:, -1]).float()
+        """Append tokens (R, t) to cache rows `rows` (all rows if None) at offsets start (R,).
+
+        Returns the five output logits at every new position, (R, t, 5) float32. On CPU, large
+        batches run in row blocks of about _CPU_TOKENS_PER_FORWARD tokens (temporaries stay
+        small enough to be recycled instead of page-faulted in fresh every call).
+        """
+        r, t = ids.shape
+        dev = self.device
+        pos = start[:, None] + torch.arange(t, device=dev)  # (R, t)
+        out = torch.empty(r, t, 5, device=dev)
+        block = r if dev.type != "cpu" else max(1, _CPU_TOKENS_PER_FORWARD // t)
+        c = self.sim_config.context_length
+        for lo in range(0, r, block):
+            hi = min(r, lo + block)
+            p = pos[lo:hi]
+            last = p[:, -1]
+            n = min(c, 32 * math.ceil((int(last.max()) + 1) / 32))
+            keys = torch.arange(n, device=dev)
+            bias = torch.zeros(hi - lo, 1, t, n, dtype=self.dtype, device=dev)
+            bias.masked_fill_(keys > p[:, None, :, None], float("-inf"))
+            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
+            sub = None if rows is None else rows[lo:hi]
+            attend = CachedAttention(self.cache, p, sub, n, bias, row_offset=lo)
+            h = self.model._blocks(x, p, attend)  # UserLM.transformer's cache path
+            # UserLM.output_logits in float32: a bfloat16 matmul would build a oneDNN kernel
+            # for every distinct row count
+            out[lo:hi] = h.float() @ self._output_weight().t()
+            attended = float((last + 1).sum()) * t - (hi - lo) * t * (t - 1) / 2
+            self._count_flops(hi - lo, t, attended)
+        return out
 
     @torch.inference_mode()
     def step(
@@ -283,8 +379,18 @@ class GPT2UserSimulator:
         computed at the current state (what a model-based agent asks), and the next real step
         overwrites the scratch positions.
 
-        Every cache row runs the forward (rows not in `rows` get padding that is overwritten
-        later and do not advance), which keeps the hot path free of gathers.
+        The step is decoded speculatively: the whole block (slate, re-stated items, responses,
+        1 + 3k tokens) goes through the model in one forward with every response drafted as
+        SKIP (or as the forced response). Slot j's probabilities are exact as long as the
+        responses before it match their drafts, so responses are sampled slot by slot until the
+        first one that differs from its draft; only rows with such a slot run again, from that
+        token on, with the sampled response in place. Results equal the slot-by-slot decoding
+        (each probability is conditioned on exactly the same tokens); a slate with at most one
+        click costs two forwards instead of k + 1, and the cache is read twice instead of
+        k + 1 times.
+
+        When most rows step, every cache row runs the first forward (rows not in `rows` get
+        padding that is overwritten later and do not advance), which keeps it free of gathers.
         """
         rows_np = np.asarray(rows, dtype=np.int64)
         slates_np = np.asarray(slates, dtype=np.int64)
@@ -299,67 +405,83 @@ class GPT2UserSimulator:
         self._refill(block)
         all_rows = nb == cap and np.array_equal(rows_np, np.arange(cap))
         rows_t = torch.as_tensor(rows_np, device=dev)
-        active = torch.zeros(cap, dtype=torch.bool, device=dev)
-        active[rows_t] = True
-        slate_full = torch.zeros(cap, k, dtype=torch.long, device=dev)
-        slate_full[rows_t] = torch.as_tensor(slates_np, device=dev)
-        u = torch.zeros(cap, k + 1, dtype=torch.float32, device=dev)
+        # the first forward: every cache row (no gathers) unless few rows step
+        first = None if 2 * nb > cap else rows_t
+        m = cap if first is None else nb
+        slate_m = torch.zeros(m, k, dtype=torch.long, device=dev)
+        u = torch.zeros(m, k + 1, dtype=torch.float32, device=dev)
+        draft = torch.zeros(m, k, dtype=torch.long, device=dev)  # Response.SKIP
+        sel = rows_t if first is None else slice(None)
+        slate_m[sel] = torch.as_tensor(slates_np, device=dev)
         if uniforms is not None:
-            u[rows_t] = torch.as_tensor(np.asarray(uniforms, dtype=np.float32), device=dev)
-        forced = None
-        if forced_responses is not None:
-            forced = torch.zeros(cap, k, dtype=torch.long, device=dev)
-            forced[rows_t] = torch.as_tensor(
-                np.asarray(forced_responses, dtype=np.int64), device=dev
-            )
-        item_tok = self._item_tokens(slate_full)  # (B, k)
-        slot_ids = torch.arange(1, k + 1, device=dev).expand(cap, k)
-        cur = self.cache.lengths.clone()
-        x_tok = torch.where(self.steps_done == 0, START, CONT)[:, None]
-        zeros1 = torch.zeros(cap, 1, dtype=torch.long, device=dev)
-        ids = torch.cat([x_tok, item_tok, item_tok[:, :1]], dim=1)
-        roles = torch.cat(
-            [
-                zeros1 + ROLE_CONTROL,
-                torch.full((cap, k), ROLE_SLATE, device=dev),
-                zeros1 + ROLE_RESTATED,
-            ],
-            dim=1,
+            u[sel] = torch.as_tensor(np.asarray(uniforms, dtype=np.float32), device=dev)
+        forced = forced_responses is not None
+        if forced:
+            draft[sel] = torch.as_tensor(np.asarray(forced_responses, dtype=np.int64), device=dev)
+        state_rows = torch.arange(cap, device=dev) if first is None else rows_t
+        cur = self.cache.lengths[state_rows]  # (m,) block start
+        ids, roles, slots, items = self._block_tokens(
+            slate_m, draft, self.steps_done[state_rows] == 0
         )
-        slots = torch.cat([zeros1, slot_ids, zeros1 + 1], dim=1)
-        items = torch.cat([zeros1 - 1, slate_full, slate_full[:, :1]], dim=1)
-        probs = torch.zeros(cap, k, NUM_RESPONSES, device=dev)
-        responses = torch.zeros(cap, k, dtype=torch.long, device=dev)
-        for j in range(k + 1):
-            logits = self._forward(cur, ids, roles, slots, items)
-            cur = cur + ids.shape[1]
-            if j == k:
+        resp_pos = k + 2 + 2 * torch.arange(k, device=dev)  # r_j in the block
+        item_pos = resp_pos - 1  # re-stated i_j
+        probs = torch.zeros(m, k, NUM_RESPONSES, device=dev)
+        responses = draft.clone()
+        leave_prob = torch.zeros(m, device=dev)
+        fixed = torch.zeros(m, dtype=torch.long, device=dev)  # slots already decided
+        todo = torch.arange(m, device=dev)  # local indices still decoding
+        w0 = 0  # first block position recomputed this round
+        while len(todo):
+            whole = len(todo) == m
+            if whole:  # first round
+                cache_rows, loc = first, slice(None)
+            else:
+                cache_rows, loc = state_rows[todo], todo
+            logits = self._forward(
+                cache_rows,
+                cur[loc] + w0,
+                ids[loc, w0:],
+                roles[loc, w0:],
+                slots[loc, w0:],
+                items[loc, w0:],
+            )  # (R, block - w0, 5)
+            j0 = max(0, -(-(w0 - k - 1) // 2))  # first slot whose i_j is in the window
+            if j0 < k:
+                js = torch.arange(j0, k, device=dev)
+                p = torch.softmax(logits[:, item_pos[j0:] - w0, :3], dim=-1)  # (R, k - j0, 3)
+                if forced:
+                    sampled = draft[loc, j0:]
+                else:
+                    cdf = torch.cumsum(p, dim=-1)[..., :-1]
+                    sampled = (u[loc, j0:k, None] >= cdf).sum(-1)
+                open_ = js[None, :] >= fixed[loc][:, None]
+                miss = open_ & (sampled != responses[loc, j0:])
+                stop = torch.where(miss.any(1), miss.int().argmax(1) + j0, k)  # first miss or k
+                take = open_ & (js[None, :] <= stop[:, None])
+                probs[loc, j0:] = torch.where(take[..., None], p, probs[loc, j0:])
+                responses[loc, j0:] = torch.where(take, sampled, responses[loc, j0:])
+            else:  # only the leave decision is left
+                stop = torch.full((len(todo),), k, dtype=torch.long, device=dev)
+            done = stop == k
+            lp = torch.softmax(logits[:, -1, 3:5], dim=-1)[:, 1]
+            leave_prob[loc] = torch.where(done, lp, leave_prob[loc])
+            # rows that diverged: put the sampled response in the block, go again from there
+            if bool(done.all()):
                 break
-            pj = torch.softmax(logits[:, :3], dim=-1)
-            probs[:, j] = pj
-            if forced is not None:
-                rj = forced[:, j]
-            else:
-                rj = (u[:, j : j + 1] >= torch.cumsum(pj, dim=-1)[:, :-1]).sum(-1)
-            responses[:, j] = rj
-            r_tok = self._resp_tokens[rj][:, None]
-            if j + 1 < k:
-                nxt = j + 1
-                ids = torch.cat([r_tok, item_tok[:, nxt : nxt + 1]], dim=1)
-                roles = torch.tensor([ROLE_RESPONSE, ROLE_RESTATED], device=dev).expand(cap, 2)
-                slots = torch.tensor([j + 1, j + 2], device=dev).expand(cap, 2)
-                items = torch.cat([zeros1 - 1, slate_full[:, nxt : nxt + 1]], dim=1)
-            else:
-                ids, roles = r_tok, zeros1 + ROLE_RESPONSE
-                slots, items = zeros1 + k, zeros1 - 1
-        leave_prob = torch.softmax(logits[:, 3:5], dim=-1)[:, 1]
+            again = todo[~done]
+            s_again = stop[~done]
+            fixed[again] = s_again + 1
+            ids[again, resp_pos[s_again]] = self._resp_tokens[responses[again, s_again]]
+            todo = again
+            w0 = int(resp_pos[s_again].min())
+        self._finish_block(state_rows, cur, ids, roles, slots, items)
         if not peek:
-            self.cache.lengths = torch.where(active, cur, self.cache.lengths)
-            self.steps_done = self.steps_done + active.long()
-        sel = slice(None) if all_rows else rows_t
-        responses_np = responses[sel].cpu().numpy()
-        probs_np = probs[sel].double().cpu().numpy()
-        leave_prob_np = leave_prob[sel].double().cpu().numpy()
+            self.cache.lengths[rows_t] += block
+            self.steps_done[rows_t] += 1
+        out_sel = slice(None) if (all_rows or first is not None) else rows_t
+        responses_np = responses[out_sel].cpu().numpy()
+        probs_np = probs[out_sel].double().cpu().numpy()
+        leave_prob_np = leave_prob[out_sel].double().cpu().numpy()
         if forced_leave is not None:
             leave = np.asarray(forced_leave, dtype=bool)
         elif uniforms is not None:
@@ -367,6 +489,68 @@ class GPT2UserSimulator:
         else:
             leave = np.zeros(nb, dtype=bool)
         return StepOutcome(responses_np, probs_np, leave, leave_prob_np)
+
+    def _block_tokens(
+        self, slate: torch.Tensor, responses: torch.Tensor, first_step: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's tokens (R, 1 + 3k) in four channels (see SimTokenizer.encode_session)."""
+        r, k = slate.shape
+        dev = self.device
+        item_tok = self._item_tokens(slate)  # (R, k)
+        ids = torch.empty(r, 1 + 3 * k, dtype=torch.long, device=dev)
+        ids[:, 0] = torch.where(first_step, START, CONT)
+        ids[:, 1 : 1 + k] = item_tok
+        ids[:, 1 + k :: 2] = item_tok
+        ids[:, 2 + k :: 2] = self._resp_tokens[responses]
+        roles, slots, items = self._block_layout(k)
+        return ids, roles.expand(r, -1), slots.expand(r, -1), self._block_items(slate, items)
+
+    def _block_layout(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Roles, slots (1, 1 + 3k) and the item gather index into [-1, slate...] of a block."""
+        if k not in self._layouts:
+            n = 1 + 3 * k
+            roles = np.empty(n, np.int64)
+            slots = np.zeros(n, np.int64)
+            gather = np.zeros(n, np.int64)  # 0: no item, j + 1: slate item j
+            roles[0] = ROLE_CONTROL
+            roles[1 : 1 + k] = ROLE_SLATE
+            slots[1 : 1 + k] = np.arange(1, k + 1)
+            gather[1 : 1 + k] = np.arange(1, k + 1)
+            roles[1 + k :: 2] = ROLE_RESTATED
+            roles[2 + k :: 2] = ROLE_RESPONSE
+            slots[1 + k :: 2] = np.arange(1, k + 1)
+            slots[2 + k :: 2] = np.arange(1, k + 1)
+            gather[1 + k :: 2] = np.arange(1, k + 1)
+            self._layouts[k] = tuple(
+                torch.as_tensor(a, device=self.device)[None] for a in (roles, slots, gather)
+            )
+        return self._layouts[k]
+
+    def _block_items(self, slate: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([torch.full_like(slate[:, :1], -1), slate], dim=1)
+        return torch.gather(padded, 1, gather.expand(len(slate), -1))
+
+    def _finish_block(
+        self,
+        state_rows: torch.Tensor,
+        cur: torch.Tensor,
+        ids: torch.Tensor,
+        roles: torch.Tensor,
+        slots: torch.Tensor,
+        items: torch.Tensor,
+    ) -> None:
+        """Record the block's final tokens (for the sliding-window refill)."""
+        pos = cur[:, None] + torch.arange(ids.shape[1], device=self.device)
+        for buf, val in (
+            (self.tok_ids, ids),
+            (self.tok_roles, roles),
+            (self.tok_slots, slots),
+            (self.tok_items, items),
+        ):
+            if len(state_rows) == self.capacity:
+                buf.scatter_(1, pos, val)
+            else:
+                buf[state_rows[:, None], pos] = val
 
     # --------------------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -48,11 +48,11 @@ def test_variable_slate_lengths_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda s: s.assign(responses=[[0, 1]] + s["responses"].tolist()[1:]), r"row 0, column 'responses'"),
-        (lambda s: s.assign(items=[["nope"] * 3] + s["items"].tolist()[1:]), r"row 0, column 'items': item 'nope'"),
-        (lambda s: s.assign(step=[-1] + s["step"].tolist()[1:]), r"row 0, column 'step'"),
+        (lambda s: s.assign(responses=[[0, 1], *s["responses"].tolist()[1:]]), r"row 0, column 'responses'"),
+        (lambda s: s.assign(items=[["nope"] * 3, *s["items"].tolist()[1:]]), r"row 0, column 'items': item 'nope'"),
+        (lambda s: s.assign(step=[-1, *s["step"].tolist()[1:]]), r"row 0, column 'step'"),
         (lambda s: s.drop(columns=["leave"]), r"column 'leave': required column is missing"),
-        (lambda s: s.assign(responses=[[0, 7, 0]] + s["responses"].tolist()[1:]), r"response code 7"),
+        (lambda s: s.assign(responses=[[0, 7, 0], *s["responses"].tolist()[1:]]), r"response code 7"),
     ],
 )
 def test_malformed_logs_name_file_row_and_column(tmp_path, mutate, match):
