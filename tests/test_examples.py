@@ -10,6 +10,7 @@ EXAMPLES = {
     "train_ppo.py": "mean return",
     "custom_agent.py": "more_of_the_same - random",
     "finetune_simulator.py": "step 0:",
+    "real_data_movielens.py": "click_auc:",
 }
 
 
