@@ -96,8 +96,9 @@ class SlateUserVectorEnv(VectorEnv):
             "response_probs": np.zeros((n, k, 3)),
             "leave_prob": np.zeros(n),
         }
-        resetting = np.nonzero(self._autoreset)[0]
-        active = np.nonzero(~self._autoreset)[0]
+        live = self._live_rows()
+        resetting = np.nonzero(self._autoreset & live)[0]
+        active = np.nonzero(~self._autoreset & live)[0]
         if len(resetting):
             self._reset_rows(resetting)
         if len(active):
@@ -127,6 +128,10 @@ class SlateUserVectorEnv(VectorEnv):
         else:
             self._autoreset = done
         return self._batch.observations(), rewards, terminated, truncated, info
+
+    def _live_rows(self) -> np.ndarray:
+        """(num_envs,) bool: rows that step (subclasses may park rows that are done for good)."""
+        return np.ones(self.num_envs, dtype=bool)
 
     def close_extras(self, **kwargs: Any) -> None:
         """Free the simulator."""

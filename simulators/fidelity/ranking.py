@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from recsim_env.sessions import validate_actions
 from recsim_env.vector_env import SlateUserVectorEnv
 
 log = logging.getLogger(__name__)
@@ -115,46 +114,16 @@ class QuotaVectorEnv(SlateUserVectorEnv):
         self.episodes[:] = 0
         return super().reset(seed=seed, options=options)
 
+    def _live_rows(self) -> np.ndarray:
+        return self.live
+
     def step(
         self, actions: Any
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step the live rows (parked rows get no transition: `info["_item_ids"]` False)."""
-        if not self._started:
-            raise RuntimeError("step() called before reset(); call reset() first")
-        cfg = self.config
-        acts = validate_actions(actions, self.num_envs, cfg)
-        n, k = self.num_envs, cfg.slate_size
-        rewards = np.zeros(n)
-        terminated = np.zeros(n, dtype=bool)
-        truncated = np.zeros(n, dtype=bool)
-        info: dict[str, Any] = {
-            "item_ids": np.full((n, k), -1, dtype=np.int64),
-            "responses": np.full((n, k), -1, dtype=np.int64),
-            "response_probs": np.zeros((n, k, 3)),
-            "leave_prob": np.zeros(n),
-        }
-        live = self.live
-        resetting = np.nonzero(self._autoreset & live)[0]
-        active = np.nonzero(~self._autoreset & live)[0]
-        if len(resetting):
-            self._reset_rows(resetting)
-        if len(active):
-            out, r, slates = self._batch.step(active, acts[active])
-            rewards[active] = r
-            terminated[active] = out.leave
-            truncated[active] = ~out.leave & (self._batch.steps[active] >= cfg.max_episode_steps)
-            info["item_ids"][active] = slates
-            info["responses"][active] = out.responses
-            info["response_probs"][active] = out.response_probs
-            info["leave_prob"][active] = out.leave_prob
-        mask = np.zeros(n, dtype=bool)
-        mask[active] = True
-        for key in ("item_ids", "responses", "response_probs", "leave_prob"):
-            info[f"_{key}"] = mask
-        done = terminated | truncated
-        self.episodes[done] += 1
-        self._autoreset = done
-        return self._batch.observations(), rewards, terminated, truncated, info
+        obs, rewards, terminated, truncated, info = super().step(actions)
+        self.episodes[terminated | truncated] += 1
+        return obs, rewards, terminated, truncated, info
 
 
 def play(agent: Any, vec: Any, seed: int) -> np.ndarray:
