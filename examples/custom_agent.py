@@ -15,12 +15,12 @@ Run:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from _args import parse_dataclass  # examples/_args.py
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from agents.base import SlateAgent, candidate_matrix, top_k
@@ -63,15 +63,7 @@ class Args:
 
 def parse_args() -> Args:
     """Args from the command line (one flag per field, CleanRL style)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_dataclass(Args, __doc__)
     if args.smoke:
         args = dataclasses.replace(args, episodes=8, num_envs=4)
     return args

@@ -16,7 +16,6 @@ Run:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from _args import parse_dataclass  # examples/_args.py
 
 import recsim_env  # noqa: F401  (registers the env ids)
 from recsim_env.cli.generate_logs import generate, summarize
@@ -61,15 +61,7 @@ class Args:
 
 def parse_args() -> Args:
     """Args from the command line (one flag per field, CleanRL style)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_dataclass(Args, __doc__)
     if args.smoke:
         args = dataclasses.replace(
             args, users=60, size="tiny", max_steps=6, batch_size=4, context_length=128

@@ -11,10 +11,11 @@ regression) and splits the figures into warm and cold items and users.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from _args import parse_dataclass  # examples/_args.py
 
 from recsim_env.cli import main as cli
 
@@ -34,16 +35,7 @@ class Args:
 
 def parse() -> Args:
     """Args from the command line."""
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for name, value in vars(Args()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, action="store_true")
-        else:
-            p.add_argument(flag, type=type(value), default=value)
-    return Args(**vars(p.parse_args()))
+    return parse_dataclass(Args, __doc__)
 
 
 def run(args: Args) -> dict:

@@ -17,7 +17,6 @@ Run:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _args import parse_dataclass  # examples/_args.py
 
 from agents.random_agent import RandomAgent
 from agents.sb3 import evaluate_returns, make_model, make_sb3_vec_env, mean_ci95
@@ -55,15 +55,7 @@ class Args:
 
 def parse_args() -> Args:
     """Args from the command line (one flag per field, CleanRL style)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_dataclass(Args, __doc__)
     if args.smoke:
         args = dataclasses.replace(args, total_timesteps=128, num_envs=4, eval_users=8)
     return args
