@@ -19,7 +19,9 @@ from simulators.logs import atomic_write_text
 from simulators.parametric import ParametricUserModel, WorldConfig
 
 
-def compare_rates(ckpt: str | Path, users: int = 5000, seed: int = 424242, policy: str = "mixed") -> dict:
+def compare_rates(
+    ckpt: str | Path, users: int = 5000, seed: int = 424242, policy: str = "mixed"
+) -> dict:
     """Click rate, buy rate, session length and per-position click rate: world vs simulator."""
     sim = GPT2UserSimulator.from_pretrained(ckpt, capacity=1024)
     training = sim.extra.get("training", {})
@@ -31,8 +33,15 @@ def compare_rates(ckpt: str | Path, users: int = 5000, seed: int = 424242, polic
     t1 = time.time()
     simulated = summarize(generate(users, policy, seed, cfg, world, simulator=sim))
     t2 = time.time()
-    return {"users": users, "seed": seed, "policy": policy, "true": true, "simulated": simulated,
-            "seconds_world": round(t1 - t0, 1), "seconds_simulator": round(t2 - t1, 1)}
+    return {
+        "users": users,
+        "seed": seed,
+        "policy": policy,
+        "true": true,
+        "simulated": simulated,
+        "seconds_world": round(t1 - t0, 1),
+        "seconds_simulator": round(t2 - t1, 1),
+    }
 
 
 def render(ckpt: Path, rates: dict, command: str) -> str:

@@ -12,10 +12,14 @@ import recsim_env  # noqa: F401
 SMALL = {"slate_size": 3, "num_candidates": 8, "history_length": 4, "max_episode_steps": 12}
 WORLD = {"world": {"num_items": 50, "num_topics": 5, "population_size": 100}}
 
-valid_action = st.lists(st.integers(0, 7), min_size=3, max_size=3).map(lambda v: np.array(v, dtype=np.int64))
+valid_action = st.lists(st.integers(0, 7), min_size=3, max_size=3).map(
+    lambda v: np.array(v, dtype=np.int64)
+)
 invalid_action = st.one_of(
     st.lists(st.integers(0, 7), min_size=0, max_size=6).filter(lambda v: len(v) != 3).map(np.array),
-    st.lists(st.integers(-5, 20), min_size=3, max_size=3).filter(lambda v: min(v) < 0 or max(v) > 7).map(np.array),
+    st.lists(st.integers(-5, 20), min_size=3, max_size=3)
+    .filter(lambda v: min(v) < 0 or max(v) > 7)
+    .map(np.array),
     arrays(np.float64, 3, elements=st.sampled_from([np.nan, np.inf, 0.5, 1.25])),
     st.just(np.array(["a", "b", "c"])),
     st.just(np.array([True, False, True])),
@@ -31,7 +35,9 @@ def _env(kind, tiny_sim_dir):
 
 
 @pytest.mark.parametrize("kind", ["parametric", "llm"])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 2**31), script=moves)
 def test_single_env_only_raises_documented_errors(kind, tiny_sim_dir, seed, script):
     env = _env(kind, tiny_sim_dir)
@@ -57,7 +63,9 @@ def test_single_env_only_raises_documented_errors(kind, tiny_sim_dir, seed, scri
 
 
 @pytest.mark.parametrize("kind", ["parametric", "llm"])
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 2**31), steps=st.integers(1, 30), dup=st.booleans())
 def test_vector_env_observations_stay_in_space(kind, tiny_sim_dir, seed, steps, dup):
     kwargs = {**SMALL, **(WORLD if kind == "parametric" else {"simulator": str(tiny_sim_dir)})}

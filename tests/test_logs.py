@@ -26,7 +26,9 @@ def test_same_seed_gives_identical_files_and_rows_round_trip(tmp_path):
     for col in ("user_id", "session_id", "step", "leave"):
         assert back.steps[col].tolist() == original.steps[col].tolist()
     assert [list(x) for x in back.steps["items"]] == [list(x) for x in original.steps["items"]]
-    assert [list(x) for x in back.steps["responses"]] == [list(x) for x in original.steps["responses"]]
+    assert [list(x) for x in back.steps["responses"]] == [
+        list(x) for x in original.steps["responses"]
+    ]
     assert back.meta["version"] == 1 and back.meta["format"] == "llm-usersim-logs"
 
 
@@ -35,11 +37,19 @@ def test_different_seed_differs():
 
 
 def test_variable_slate_lengths_round_trip(tmp_path):
-    items = pd.DataFrame({"item_id": [f"x{i}" for i in range(400)], "title": "t", "category": "c", "price": 1.0})
-    steps = pd.DataFrame({
-        "user_id": ["u", "u", "u"], "session_id": ["s", "s", "s"], "step": [0, 1, 2],
-        "items": [["x1"], [f"x{i}" for i in range(300)], ["x2", "x3"]],
-        "responses": [[1], [0] * 299 + [2], [0, 0]], "leave": [False, False, True]})
+    items = pd.DataFrame(
+        {"item_id": [f"x{i}" for i in range(400)], "title": "t", "category": "c", "price": 1.0}
+    )
+    steps = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u"],
+            "session_id": ["s", "s", "s"],
+            "step": [0, 1, 2],
+            "items": [["x1"], [f"x{i}" for i in range(300)], ["x2", "x3"]],
+            "responses": [[1], [0] * 299 + [2], [0, 0]],
+            "leave": [False, False, True],
+        }
+    )
     write_logs(InteractionLogs(steps, items, pd.DataFrame({"user_id": ["u"]})), tmp_path)
     back = read_logs(tmp_path)
     assert [len(x) for x in back.steps["items"]] == [1, 300, 2]
@@ -48,11 +58,20 @@ def test_variable_slate_lengths_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda s: s.assign(responses=[[0, 1], *s["responses"].tolist()[1:]]), r"row 0, column 'responses'"),
-        (lambda s: s.assign(items=[["nope"] * 3, *s["items"].tolist()[1:]]), r"row 0, column 'items': item 'nope'"),
+        (
+            lambda s: s.assign(responses=[[0, 1], *s["responses"].tolist()[1:]]),
+            r"row 0, column 'responses'",
+        ),
+        (
+            lambda s: s.assign(items=[["nope"] * 3, *s["items"].tolist()[1:]]),
+            r"row 0, column 'items': item 'nope'",
+        ),
         (lambda s: s.assign(step=[-1, *s["step"].tolist()[1:]]), r"row 0, column 'step'"),
         (lambda s: s.drop(columns=["leave"]), r"column 'leave': required column is missing"),
-        (lambda s: s.assign(responses=[[0, 7, 0], *s["responses"].tolist()[1:]]), r"response code 7"),
+        (
+            lambda s: s.assign(responses=[[0, 7, 0], *s["responses"].tolist()[1:]]),
+            r"response code 7",
+        ),
     ],
 )
 def test_malformed_logs_name_file_row_and_column(tmp_path, mutate, match):

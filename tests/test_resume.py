@@ -10,14 +10,41 @@ import time
 import pytest
 from safetensors import safe_open
 
-ARGS = ["--size", "tiny", "--max-steps", "60", "--eval-every", "5", "--batch-size", "2",
-        "--context-length", "128", "--seed", "4"]
+ARGS = [
+    "--size",
+    "tiny",
+    "--max-steps",
+    "60",
+    "--eval-every",
+    "5",
+    "--batch-size",
+    "2",
+    "--context-length",
+    "128",
+    "--seed",
+    "4",
+]
 
 
 def _train(logs, out, *extra):
-    cmd = [sys.executable, "-m", "recsim_env.cli", "train-sim", "--logs", str(logs), "--out", str(out), *ARGS, *extra]
-    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsim_env.cli",
+        "train-sim",
+        "--logs",
+        str(logs),
+        "--out",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _state(out):
@@ -43,4 +70,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_logs_dir, tmp_path):
     a, b = _state(full), _state(killed)
     assert b["step"] == a["step"] == 60
     assert abs(a["best_val"] - b["best_val"]) <= 1e-6
-    assert [h["val_loss"] for h in a["history"]] == pytest.approx([h["val_loss"] for h in b["history"]], abs=1e-6)
+    assert [h["val_loss"] for h in a["history"]] == pytest.approx(
+        [h["val_loss"] for h in b["history"]], abs=1e-6
+    )
