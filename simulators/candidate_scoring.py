@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from simulators.tokenization import CONT, ROLE_CONTROL, ROLE_RESTATED, ROLE_SLATE, START
+from simulators.user_lm import window_bias
 
 
 @torch.inference_mode()
@@ -36,16 +37,41 @@ def candidate_probs(sim: object, rows: np.ndarray, candidates: np.ndarray) -> np
     x_tok = torch.where(sim.steps_done[rows_t] == 0, START, CONT)
     item_tok = sim._item_tokens(cand)
     ids = torch.stack([x_tok[:, None].expand(n, c), item_tok, item_tok], dim=2).reshape(n, 3 * c)
-    roles = torch.tensor([ROLE_CONTROL, ROLE_SLATE, ROLE_RESTATED], device=dev).repeat(c).expand(n, -1)
+    roles = (
+        torch.tensor([ROLE_CONTROL, ROLE_SLATE, ROLE_RESTATED], device=dev).repeat(c).expand(n, -1)
+    )
     slots = torch.tensor([0, 1, 1], device=dev).repeat(c).expand(n, -1)
     items = torch.stack([torch.full_like(cand, -1), cand, cand], dim=2).reshape(n, 3 * c)
     offset = torch.tensor([0, 1, 2], device=dev).repeat(c)
-    pos = lengths[:, None] + offset  # (n, 3C)
-    nmax = int(lengths.max())
     group = torch.arange(3 * c, device=dev) // 3
     own = (group[:, None] == group[None, :]) & (offset[None, :] <= offset[:, None])  # (3C, 3C)
-    past = torch.arange(nmax, device=dev)[None, :] < lengths[:, None]  # (n, nmax)
-    mask = torch.cat([past[:, None, :].expand(n, 3 * c, nmax), own.expand(n, -1, -1)], dim=2)[:, None]
+    if sim.window:  # recency attention: the ring's past steps under the window bias
+        steps = sim.steps_done[rows_t]
+        nmax = sim._ring_length(steps) if sim._ring_block else sim.prefix_length
+        pos = torch.zeros(n, 3 * c, dtype=torch.long, device=dev)
+        key_steps, _ = (
+            sim.ring_key_steps(steps, nmax)
+            if sim._ring_block
+            else (
+                torch.full((n, nmax), -1, dtype=torch.long, device=dev),
+                None,
+            )
+        )
+        past_ok = (key_steps < steps[:, None])[:, None, :].expand(n, 3 * c, nmax)
+        past = window_bias(
+            steps[:, None].expand(n, 3 * c), key_steps, past_ok, sim.window, sim._slopes, sim.dtype
+        )
+        mine = torch.zeros(3 * c, 3 * c, dtype=sim.dtype, device=dev).masked_fill_(
+            ~own, float("-inf")
+        )
+        mask = torch.cat([past, mine.expand(n, past.shape[1], -1, -1)], dim=3)
+    else:
+        pos = lengths[:, None] + offset  # (n, 3C)
+        nmax = int(lengths.max())
+        past = torch.arange(nmax, device=dev)[None, :] < lengths[:, None]  # (n, nmax)
+        mask = torch.cat([past[:, None, :].expand(n, 3 * c, nmax), own.expand(n, -1, -1)], dim=2)[
+            :, None
+        ]
     tr = model.gpt2.transformer
     cfg = model.gpt2.config
     d = cfg.n_embd

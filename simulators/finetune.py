@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ CHANNELS = (
     "slots",
     "items",
     "position_ids",
+    "step_ids",
     "segment_ids",
     "target_kind",
     "target",
@@ -58,6 +59,9 @@ class TrainConfig:
     """Network size (see simulators.user_lm.MODEL_SIZES) when no base model is given."""
     base_model: str | None = None
     """'gpt2', another hub name or a local directory to start from pretrained GPT-2 weights."""
+    init_sim: str | None = None
+    """A simulator checkpoint directory to continue from (same catalog, profile vocabulary and
+    step layout): its weights and simulator settings replace the fresh network's."""
     epochs: int = 20
     """Maximum passes over the training sessions."""
     max_minutes: float | None = None
@@ -84,12 +88,17 @@ class TrainConfig:
     """Tokens per user context (GPT-2 n_positions)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (tests and smoke runs)."""
+    max_population: int = 50_000
+    """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
+    seeded sample when there are more."""
 
     def __post_init__(self) -> None:
         """Validate ranges."""
         for name in ("epochs", "batch_size", "eval_every", "patience", "warmup_steps"):
             if getattr(self, name) < (0 if name == "warmup_steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_population < 1:
+            raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -140,6 +149,12 @@ def split_by_user(users: list[str], val_fraction: float, seed: int) -> np.ndarra
     return np.array([u in val_users for u in users], dtype=bool)
 
 
+def session_step_ids(s: EncodedSession) -> np.ndarray:
+    """Step index of every token of a session (-1 for BOS and the profile; the closing LEAVE
+    belongs to the last step): what recency attention measures distances in."""
+    return np.searchsorted(s.step_start, np.arange(len(s.input_ids)), side="right") - 1
+
+
 def session_windows(
     s: EncodedSession, context: int, window_steps: int, prefix: int
 ) -> list[dict[str, np.ndarray]]:
@@ -150,6 +165,7 @@ def session_windows(
         "roles": s.roles,
         "slots": s.slots,
         "items": s.items,
+        "step_ids": session_step_ids(s),
         "target_kind": s.target_kind,
         "target": s.target,
     }
@@ -194,10 +210,19 @@ def pack_rows(
         row = {name: np.zeros(context, dtype=np.int64) for name in CHANNELS}
         row["items"][:] = -1
         row["segment_ids"][:] = -1
+        row["step_ids"][:] = -1
         pos = 0
         for seg, w in enumerate(cur):
             n = len(w["input_ids"])
-            for name in ("input_ids", "roles", "slots", "items", "target_kind", "target"):
+            for name in (
+                "input_ids",
+                "roles",
+                "slots",
+                "items",
+                "step_ids",
+                "target_kind",
+                "target",
+            ):
                 row[name][pos : pos + n] = w[name]
             row["position_ids"][pos : pos + n] = np.arange(n)
             row["segment_ids"][pos : pos + n] = seg
@@ -245,10 +270,15 @@ class SimulatorTrainer:
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
-        self.sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
         self.logs = logs
         data = encode_logs(logs)
         self.data = data
+        start = _load_init_sim(cfg, data, logs) if cfg.init_sim else None
+        if start is not None:  # its settings; a given sim_config may only change the window
+            window = (sim_config or start.sim_config).attention_window_steps
+            sim_config = replace(start.sim_config, attention_window_steps=window)
+            start.model.sim_config = sim_config
+        self.sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
         is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
         prefix = 1 + data.tokenizer.profile_slots
         self.prefix = prefix
@@ -275,12 +305,28 @@ class SimulatorTrainer:
             if not v:
                 seen[s.items[s.items >= 0]] = True
         self.item_known = seen
-        self.population = data.profiles[~is_val]
+        population = data.profiles[~is_val]
+        if len(population) > cfg.max_population:  # a seeded sample keeps checkpoints small
+            pick = np.random.default_rng([cfg.seed, 7]).choice(
+                len(population), cfg.max_population, replace=False
+            )
+            population = population[np.sort(pick)]
+        self.population = population
         self.train_users = train_users
         torch.manual_seed(cfg.seed)
-        self.model: UserLM = build_user_lm(
-            data.tokenizer, logs.items, self.sim_config, cfg.size, cfg.base_model, item_known=seen
-        )
+        if start is not None:
+            self.model: UserLM = start.model.train()
+            with torch.no_grad():  # items of either training set have learned embeddings
+                self.model.item_known |= torch.from_numpy(seen)
+        else:
+            self.model = build_user_lm(
+                data.tokenizer,
+                logs.items,
+                self.sim_config,
+                cfg.size,
+                cfg.base_model,
+                item_known=seen,
+            )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -543,6 +589,23 @@ def _summary_writer(path: Path) -> Any:
     except ImportError:  # tensorboard is a dependency, but keep training alive without it
         return None
     return SummaryWriter(str(path))
+
+
+def _load_init_sim(cfg: TrainConfig, data: SessionData, logs: InteractionLogs) -> GPT2UserSimulator:
+    """The checkpoint of `--init-sim`, checked against the logs it is to continue on."""
+    if cfg.base_model:
+        raise ValueError("--init-sim and --base-model are exclusive: pick one starting point")
+    sim = GPT2UserSimulator.from_pretrained(cfg.init_sim)
+    if sim.tokenizer.to_dict() != data.tokenizer.to_dict():
+        raise ValueError(
+            f"--init-sim {cfg.init_sim}: its vocabulary (profile tokens, {sim.num_items} items) "
+            f"differs from the logs' ({data.tokenizer.num_items} items); continue only on logs "
+            "of the same catalog and profile fields"
+        )
+    ids = [str(i) for i in sim.items_table()["item_id"]]
+    if ids != [str(i) for i in logs.items["item_id"]]:
+        raise ValueError(f"--init-sim {cfg.init_sim}: its catalog's item ids differ from the logs'")
+    return sim
 
 
 def block_length_of(logs: InteractionLogs) -> int:

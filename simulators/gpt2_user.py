@@ -9,7 +9,10 @@ decoding, with identical probabilities). Rows never influence each other. Histor
 re-encoded: keys and values stay in a preallocated cache. When a row's context is full it is
 refilled with its profile and its last `window_steps` steps (the documented sliding-window
 scheme; training windows long sessions the same way), so memory is bounded whatever the episode
-length.
+length. A simulator with recency attention (`attention_window_steps` N > 0) needs no refill:
+step s writes its block into slot s mod (N + 1) of a ring after the profile, and the attention
+bias (per-head penalty by step distance, -inf outside the window) says what each query sees, so
+every step after the first N costs the same and the cache never grows.
 """
 
 from __future__ import annotations
@@ -52,8 +55,11 @@ from simulators.user_lm import (
     SimulatorConfig,
     StaticKVCache,
     UserLM,
+    WindowedCachedAttention,
     _FreshRowsAttention,
     make_gpt2_config,
+    recency_slopes,
+    window_bias,
 )
 
 DEFAULT_SIMULATOR_DIR = Path(__file__).resolve().parent / "default"
@@ -163,6 +169,10 @@ class GPT2UserSimulator:
         self._out_w: torch.Tensor | None = None
         self._out_key: tuple | None = None
         self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.window = self.sim_config.attention_window_steps
+        """Recency-attention window in steps (0: absolute positions and refills)."""
+        self._slopes = recency_slopes(model.config.n_head).to(self.device)
+        self._ring_block: int | None = None
         self.stats: dict[str, float] = {"flops": 0.0, "tokens": 0, "forwards": 0}
         """Work done by the forwards so far: matmul FLOPs (attention over each query's causal
         length), tokens and forward calls (read by `llm-usersim speed`)."""
@@ -293,7 +303,8 @@ class GPT2UserSimulator:
             pos = torch.arange(t, device=self.device).expand(hi - lo, t)
             x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
             # UserLM.transformer(x, pos, causal mask, cache, pos, rows) with is_causal attention
-            self.model._blocks(x, pos, _FreshRowsAttention(nh, self.cache, rows[lo:hi], pos, None))
+            attend = _FreshRowsAttention(nh, self.cache, rows[lo:hi], pos, None)
+            self.model._blocks(x, torch.zeros_like(pos) if self.window else pos, attend)
             self._count_flops(hi - lo, t, (hi - lo) * t * (t + 1) / 2)
         for buf, val in (
             (self.tok_ids, ids),
@@ -306,6 +317,8 @@ class GPT2UserSimulator:
 
     def _refill(self, block: int) -> None:
         """Sliding window: rows without room for a step keep profile + last window_steps steps."""
+        if self.window:  # the ring never fills
+            return
         c = self.sim_config.context_length
         full = torch.nonzero(self.cache.lengths + block > c).flatten()
         if len(full) == 0:
@@ -331,8 +344,12 @@ class GPT2UserSimulator:
         roles: torch.Tensor,
         slots: torch.Tensor,
         items: torch.Tensor,
+        steps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Append tokens (R, t) to cache rows `rows` (all rows if None) at offsets start (R,).
+
+        With recency attention, `steps` (R,) are the rows' step indices: the tokens belong to
+        that step's block, written at `start` inside its ring slot.
 
         Returns the five output logits at every new position, (R, t, 5) float32. On CPU, large
         batches run in row blocks of about _CPU_TOKENS_PER_FORWARD tokens (temporaries stay
@@ -347,13 +364,20 @@ class GPT2UserSimulator:
         for lo in range(0, r, block):
             hi = min(r, lo + block)
             p = pos[lo:hi]
+            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
+            sub = None if rows is None else rows[lo:hi]
+            if self.window:
+                n, bias = self._ring_bias(steps[lo:hi], p)
+                attend = WindowedCachedAttention(self.cache, p, sub, n, bias, row_offset=lo)
+                h = self.model._blocks(x, torch.zeros_like(p), attend)
+                out[lo:hi] = h.float() @ self._output_weight().t()
+                self._count_flops(hi - lo, t, float(torch.isfinite(bias[:, 0]).sum()))
+                continue
             last = p[:, -1]
             n = min(c, 32 * math.ceil((int(last.max()) + 1) / 32))
             keys = torch.arange(n, device=dev)
             bias = torch.zeros(hi - lo, 1, t, n, dtype=self.dtype, device=dev)
             bias.masked_fill_(keys > p[:, None, :, None], float("-inf"))
-            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
-            sub = None if rows is None else rows[lo:hi]
             attend = CachedAttention(self.cache, p, sub, n, bias, row_offset=lo)
             h = self.model._blocks(x, p, attend)  # UserLM.transformer's cache path
             # UserLM.output_logits in float32: a bfloat16 matmul would build a oneDNN kernel
@@ -362,6 +386,37 @@ class GPT2UserSimulator:
             attended = float((last + 1).sum()) * t - (hi - lo) * t * (t - 1) / 2
             self._count_flops(hi - lo, t, attended)
         return out
+
+    def _ring_length(self, steps: torch.Tensor) -> int:
+        """Cache positions in use: the profile and the ring slots written so far."""
+        slots = min(self.window + 1, int(steps.max()) + 1) if len(steps) else 1
+        return self.prefix_length + slots * self._ring_block
+
+    def ring_key_steps(self, steps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step index (R, n) of the first n cache positions of rows at step `steps` (R,) of the
+        ring (-1: profile; slots never written get steps < 0 through the distance check of
+        `window_bias`, as do stale ones), and each position's offset in its block (n,)."""
+        p, block, w1 = self.prefix_length, self._ring_block, self.window + 1
+        pos = torch.arange(n, device=self.device)
+        slot = (pos - p).clamp(min=0) // block
+        offset = torch.where(pos < p, -1, (pos - p) % block)
+        back = torch.remainder(steps[:, None] % w1 - slot[None, :], w1)  # steps ago (R, n)
+        key = steps[:, None] - back
+        key = torch.where(key < 0, torch.iinfo(torch.long).min // 2, key)  # never written
+        return torch.where((pos < p)[None, :], -1, key), offset
+
+    def _ring_bias(self, steps: torch.Tensor, positions: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Attended length n and bias (R, H, t, n) of queries at cache `positions` (R, t) of
+        rows at step `steps` (R,) (recency attention; see `window_bias`)."""
+        n = self._ring_length(steps)
+        key_steps, key_offset = self.ring_key_steps(steps, n)
+        q_offset = (positions - self.prefix_length) % self._ring_block  # (R, t)
+        same = key_steps[:, None, :] == steps[:, None, None]  # keys of the query's own block
+        allowed = ~same | (key_offset[None, None, :] <= q_offset[:, :, None])
+        query_steps = steps[:, None].expand_as(positions)
+        return n, window_bias(
+            query_steps, key_steps, allowed, self.window, self._slopes, self.dtype
+        )
 
     @torch.inference_mode()
     def step(
@@ -403,6 +458,8 @@ class GPT2UserSimulator:
                 f"({self.sim_config.context_length}) minus the profile allows"
             )
         self._refill(block)
+        if self.window:
+            self._check_ring(block, peek)
         all_rows = nb == cap and np.array_equal(rows_np, np.arange(cap))
         rows_t = torch.as_tensor(rows_np, device=dev)
         # the first forward: every cache row (no gathers) unless few rows step
@@ -419,7 +476,11 @@ class GPT2UserSimulator:
         if forced:
             draft[sel] = torch.as_tensor(np.asarray(forced_responses, dtype=np.int64), device=dev)
         state_rows = torch.arange(cap, device=dev) if first is None else rows_t
-        cur = self.cache.lengths[state_rows]  # (m,) block start
+        steps = self.steps_done[state_rows]
+        if self.window:  # the step's slot of the ring
+            cur = self.prefix_length + (steps % (self.window + 1)) * self._ring_block
+        else:
+            cur = self.cache.lengths[state_rows]  # (m,) block start
         ids, roles, slots, items = self._block_tokens(
             slate_m, draft, self.steps_done[state_rows] == 0
         )
@@ -444,6 +505,7 @@ class GPT2UserSimulator:
                 roles[loc, w0:],
                 slots[loc, w0:],
                 items[loc, w0:],
+                steps[loc],
             )  # (R, block - w0, 5)
             j0 = max(0, -(-(w0 - k - 1) // 2))  # first slot whose i_j is in the window
             if j0 < k:
@@ -474,9 +536,11 @@ class GPT2UserSimulator:
             ids[again, resp_pos[s_again]] = self._resp_tokens[responses[again, s_again]]
             todo = again
             w0 = int(resp_pos[s_again].min())
-        self._finish_block(state_rows, cur, ids, roles, slots, items)
+        if not self.window:  # (the tokens a refill re-encodes)
+            self._finish_block(state_rows, cur, ids, roles, slots, items)
         if not peek:
-            self.cache.lengths[rows_t] += block
+            if not self.window:
+                self.cache.lengths[rows_t] += block
             self.steps_done[rows_t] += 1
         out_sel = slice(None) if (all_rows or first is not None) else rows_t
         responses_np = responses[out_sel].cpu().numpy()
@@ -489,6 +553,29 @@ class GPT2UserSimulator:
         else:
             leave = np.zeros(nb, dtype=bool)
         return StepOutcome(responses_np, probs_np, leave, leave_prob_np)
+
+    def _check_ring(self, block: int, peek: bool) -> None:
+        """Fix the ring's block length at the first step; a different slate size later is an
+        error while sessions of the old one are under way (a peek at a shorter slate fits its
+        slot and is fine)."""
+        need = self.prefix_length + (self.window + 1) * block
+        if need > self.sim_config.context_length:
+            raise ValueError(
+                f"a ring of {self.window + 1} steps of {block} tokens needs {need} cache positions, "
+                f"more than context_length {self.sim_config.context_length}"
+            )
+        if self._ring_block is None or self._ring_block == block:
+            self._ring_block = block
+            return
+        if peek and block < self._ring_block:
+            return
+        if bool((self.steps_done > 0).any()):
+            raise ValueError(
+                f"slate size changed mid-session ({(self._ring_block - 1) // 3} -> "
+                f"{(block - 1) // 3} items): a recency-attention simulator keeps one slate size "
+                "while its sessions run"
+            )
+        self._ring_block = block
 
     def _block_tokens(
         self, slate: torch.Tensor, responses: torch.Tensor, first_step: torch.Tensor
@@ -569,7 +656,9 @@ class GPT2UserSimulator:
         )
         atomic_write(
             out / "population.safetensors",
-            lambda p: save_file({"population": torch.from_numpy(self.population.astype(np.int16))}, p),
+            lambda p: save_file(
+                {"population": torch.from_numpy(self.population.astype(np.int16))}, p
+            ),
         )
         atomic_write_text(out / "config.json", self.model.config.to_json_string())
         atomic_write_text(out / "vocab.json", json.dumps(self.tokenizer.to_dict()) + "\n")

@@ -52,6 +52,14 @@ class SimulatorConfig:
     """Title words (and pairs) kept per item."""
     item_dropout: float = 0.1
     """Training only: chance an item token is replaced by <unk_item> (teaches cold start)."""
+    attention_window_steps: int = 0
+    """0: GPT-2's absolute positions and full causal attention; a full context is refilled by
+    re-encoding the profile and the last `window_steps` steps. N > 0: recency attention (ALiBi
+    over steps): no absolute positions, every token attends to the profile, its own step and
+    the N steps before it, with a per-head penalty linear in the step distance. Inference then
+    keeps a ring of N + 1 step blocks in the KV cache: a step costs the same at any history
+    length and nothing is ever re-encoded (earlier steps still reach a token through the
+    layers, up to n_layer * N steps back)."""
     format_version: int = 1
     """Checkpoint format version."""
 
@@ -61,6 +69,10 @@ class SimulatorConfig:
             raise ValueError(f"context_length must be >= 32, got {self.context_length}")
         if self.window_steps < 1:
             raise ValueError(f"window_steps must be >= 1, got {self.window_steps}")
+        if self.attention_window_steps < 0:
+            raise ValueError(
+                f"attention_window_steps must be >= 0 (0: full attention), got {self.attention_window_steps}"
+            )
         if not 0.0 <= self.item_dropout < 1.0:
             raise ValueError(f"item_dropout must be in [0, 1), got {self.item_dropout}")
 
@@ -85,6 +97,38 @@ def make_gpt2_config(size: str, vocab_size: int, context_length: int) -> GPT2Con
         pad_token_id=PAD,
         **MODEL_SIZES[size],
     )
+
+
+def recency_slopes(n_head: int) -> torch.Tensor:
+    """Per-head attention penalty per step of distance (recency attention): 1, 1/2, 1/4, ...
+    and 0 for the last head, which weighs its whole window by content alone."""
+    return torch.tensor([2.0**-h for h in range(n_head - 1)] + [0.0])
+
+
+def window_bias(
+    query_steps: torch.Tensor,
+    key_steps: torch.Tensor,
+    allowed: torch.Tensor,
+    window: int,
+    slopes: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Additive attention bias (B, H, T, S) of recency attention.
+
+    Args:
+        query_steps: (B, T) step index of every query (-1: profile).
+        key_steps: (B, S) step index of every key (-1: profile, always visible at no penalty;
+            any other negative value: never visible).
+        allowed: bool (B, T, S), what the mask allows before the window (causality, sessions).
+        window: steps before a query's own step it may attend to.
+        slopes: (H,) penalty per step of distance.
+    """
+    dist = query_steps[:, :, None] - key_steps[:, None, :]
+    profile = (key_steps == -1)[:, None, :]
+    dist = torch.where(profile, 0, dist)
+    ok = allowed & (profile | ((dist >= 0) & (dist <= window)))
+    bias = dist[:, None].to(dtype) * (-slopes.to(dist.device, dtype))[None, :, None, None]
+    return bias.masked_fill_(~ok[:, None], float("-inf"))
 
 
 class UserLM(nn.Module):
@@ -330,7 +374,10 @@ class _FullAttention(_Attention):
         if self.mask is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+            mask = self.mask
+            if mask.is_floating_point() and mask.dtype != q.dtype:
+                mask = mask.to(q.dtype)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return o.transpose(1, 2).reshape(b * t, d)
 
 
@@ -537,6 +584,72 @@ class CachedAttention(_Attention):
         return o.transpose(1, 2).reshape(b * t, d).to(qkv.dtype)
 
 
+class WindowedCachedAttention(_Attention):
+    """New tokens of some cache rows attend over the first n cached positions under an additive
+    bias (B, H, T, n): the recency-attention ring, where which keys a query sees and how far
+    back they lie is given by the bias, not by the order of the positions.
+
+    On CPU, rows run in blocks of equal size (the last block overlaps the one before; its rows
+    are computed twice, identically) through `bmm -> softmax -> bmm`; bfloat16 matmuls build a
+    oneDNN kernel per shape, so calls smaller than one block run in float32.
+    """
+
+    def __init__(
+        self,
+        cache: StaticKVCache,
+        positions: torch.Tensor,
+        rows: torch.Tensor | None,
+        n: int,
+        bias: torch.Tensor,
+        row_offset: int = 0,
+    ) -> None:
+        self.cache, self.n, self.rows, self.offset, self.bias = cache, n, rows, row_offset, bias
+        self.index = cache.flat_index(positions, rows, row_offset)
+        self.scale = cache.head_dim**-0.5
+
+    def __call__(self, layer: int, qkv: torch.Tensor) -> torch.Tensor:
+        cache = self.cache
+        b, t, _, d = qkv.shape
+        nh, hd, n = cache.n_head, cache.head_dim, self.n
+        kv = qkv.view(b, t, 3, nh, hd)
+        cache.write_flat(layer, self.index, kv[:, :, 1], kv[:, :, 2])
+        q = kv[:, :, 0].transpose(1, 2)  # (B, H, T, hd)
+        kc, vc = cache.k[layer, :, :, :n], cache.v[layer, :, :, :n]
+        if kc.device.type != "cpu":  # untested here (no GPU in CI)
+            if self.rows is None:  # contiguous rows: views, no copy of the cache
+                k = kc[self.offset : self.offset + b]
+                v = vc[self.offset : self.offset + b]
+            else:
+                k, v = kc.index_select(0, self.rows), vc.index_select(0, self.rows)
+            o = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=self.bias)
+            return o.transpose(1, 2).reshape(b * t, d)
+        step = max(1, ATTENTION_CHUNK_ELEMENTS // (nh * t * n))
+        dtype = kc.dtype if b >= step else torch.float32
+        q = (q * self.scale).to(dtype).contiguous()
+        o = torch.empty(b, nh, t, hd, dtype=dtype, device=q.device)
+        m = min(step, b)
+        if self.rows is not None:  # gathered rows go through small buffers the allocator reuses
+            kb = kc.new_empty(m, nh, n, hd)
+            vb = vc.new_empty(m, nh, n, hd)
+        for lo in range(0, b, m):
+            lo = max(0, min(lo, b - m))
+            hi = lo + m
+            if self.rows is None:  # contiguous float32 rows: strided views (MKL takes them)
+                k = kc[self.offset + lo : self.offset + hi]
+                v = vc[self.offset + lo : self.offset + hi]
+            else:
+                k = torch.index_select(kc, 0, self.rows[lo:hi], out=kb)
+                v = torch.index_select(vc, 0, self.rows[lo:hi], out=vb)
+            s = torch.bmm(q[lo:hi].view(m * nh, t, hd), k.to(dtype).reshape(m * nh, n, hd).mT)
+            s.view(m, nh, t, n).add_(self.bias[lo:hi])
+            torch.bmm(
+                torch.softmax(s, dim=-1),
+                v.to(dtype).reshape(m * nh, n, hd),
+                out=o[lo:hi].view(m * nh, t, hd),
+            )
+        return o.transpose(1, 2).reshape(b * t, d).to(qkv.dtype)
+
+
 _ONEDNN_OK: dict[torch.dtype, bool] = {}
 
 
@@ -595,24 +708,42 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return g.mul_(0.044715 * c).add_(c).mul_(x).sigmoid_().mul_(x)
 
 
-def packed_loss(
+def packed_inputs(
     model: UserLM, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher-forced loss on packed rows: only the user's tokens (responses, cont/leave) count.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input embeddings, position ids and attention mask of packed rows.
 
-    Args:
-        batch: (B, T) tensors input_ids, roles, slots, items, position_ids, segment_ids,
-            target_kind, target (see simulators.tokenization).
-
-    Returns:
-        (mean loss over targets, summed response NLL, summed leave NLL, number of targets).
+    The mask is block-diagonal causal (a token sees its own session only): bool (B, 1, T, T),
+    or with recency attention an additive (B, H, T, T) bias that also limits each token to the
+    profile and the last `attention_window_steps` steps (position ids are then all 0).
     """
     seg = batch["segment_ids"]
     t = seg.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
     mask = (seg[:, :, None] == seg[:, None, :]) & causal  # (B, T, T)
     x = model.embed(batch["input_ids"], batch["roles"], batch["slots"], batch["items"])
-    h = model.transformer(x, batch["position_ids"], mask[:, None])
+    window = model.sim_config.attention_window_steps
+    if not window:
+        return x, batch["position_ids"], mask[:, None]
+    steps = batch["step_ids"]
+    bias = window_bias(steps, steps, mask, window, recency_slopes(model.config.n_head))
+    return x, torch.zeros_like(batch["position_ids"]), bias
+
+
+def packed_loss(
+    model: UserLM, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced loss on packed rows: only the user's tokens (responses, cont/leave) count.
+
+    Args:
+        batch: (B, T) tensors input_ids, roles, slots, items, position_ids, step_ids,
+            segment_ids, target_kind, target (see simulators.tokenization).
+
+    Returns:
+        (mean loss over targets, summed response NLL, summed leave NLL, number of targets).
+    """
+    x, pos, mask = packed_inputs(model, batch)
+    h = model.transformer(x, pos, mask)
     kind = batch["target_kind"]
     sel = kind > 0
     logits = model.output_logits(h[sel]).float()  # (N, 5)
@@ -634,12 +765,8 @@ def packed_probs(
         (probs (N, 5) with the 3 response or 2 leave classes filled and the rest 0,
         target_kind (N,)), in row-major position order.
     """
-    seg = batch["segment_ids"]
-    t = seg.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
-    mask = (seg[:, :, None] == seg[:, None, :]) & causal
-    x = model.embed(batch["input_ids"], batch["roles"], batch["slots"], batch["items"])
-    h = model.transformer(x, batch["position_ids"], mask[:, None])
+    x, pos, mask = packed_inputs(model, batch)
+    h = model.transformer(x, pos, mask)
     kind = batch["target_kind"]
     sel = kind > 0
     logits = model.output_logits(h[sel]).float()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,20 +35,43 @@ def tiny_logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_logs(logs, tmp_path_factory.mktemp("logs"))
 
 
-@pytest.fixture(scope="session")
-def tiny_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT-2 simulator (2 layers, 32 dims) briefly trained on the tiny logs."""
+def _train_tiny(logs_dir: Path, out: Path, sim_config: SimulatorConfig) -> Path:
+    """Train a tiny GPT-2 simulator (2 layers, 32 dims) for 8 steps on logs."""
     from simulators.logs import read_logs
 
-    out = tmp_path_factory.mktemp("sim")
     cfg = TrainConfig(
         size="tiny", max_steps=8, eval_every=4, batch_size=4, context_length=128, lr=3e-3
     )
-    SimulatorTrainer(
-        read_logs(tiny_logs_dir),
-        out,
-        cfg,
-        SimulatorConfig(context_length=128, window_steps=3),
-        progress=False,
-    ).train()
+    SimulatorTrainer(read_logs(logs_dir), out, cfg, sim_config, progress=False).train()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 simulator (full attention) briefly trained on the tiny logs."""
+    return _train_tiny(
+        tiny_logs_dir,
+        tmp_path_factory.mktemp("sim"),
+        SimulatorConfig(context_length=128, window_steps=3),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_recency_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny simulator with recency attention over a 2-step window (a ring of 3 steps)."""
+    return _train_tiny(
+        tiny_logs_dir,
+        tmp_path_factory.mktemp("recency_sim"),
+        SimulatorConfig(context_length=128, window_steps=3, attention_window_steps=2),
+    )
+
+
+def session_batch(sim, profile, slates, responses) -> dict:
+    """One whole session (forced responses, no leave) as a packed batch of one row."""
+    from simulators.finetune import collate, pack_rows, session_windows
+
+    enc = sim.tokenizer.encode_session(
+        profile, slates, responses, False, sim.model.item_known.numpy()
+    )
+    t = len(enc.input_ids)
+    return collate(pack_rows(session_windows(enc, t, 1, sim.prefix_length), t, np.arange(1)))

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from recsim_env.cli import main
 
 
@@ -13,22 +15,79 @@ def test_generate_logs_writes_a_readable_log_set(tmp_path, capsys):
     assert len(read_logs(tmp_path).users) == 20
 
 
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    """Run `python -m recsim_env.cli ARGV` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "recsim_env.cli", *argv], capture_output=True, text=True
+    )
+
+
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "recsim_env.cli", "train-sim", "--logs", str(tmp_path / "nope"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    bad = ["train-sim", "--logs", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    proc = _cli(*bad)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "not a log directory" in proc.stderr
-    debug = subprocess.run([sys.executable, "-m", "recsim_env.cli", "--debug", "train-sim", "--logs",
-                            str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    debug = _cli("--debug", *bad)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path):
     out = tmp_path / "ck"
-    assert main(["train-sim", "--logs", str(tiny_logs_dir), "--out", str(out), "--size", "tiny", "--max-steps", "4",
-                 "--eval-every", "2", "--batch-size", "2", "--context-length", "128", "--json",
-                 str(tmp_path / "t.json")]) == 0
+    assert (
+        main(
+            [
+                "train-sim",
+                "--logs",
+                str(tiny_logs_dir),
+                "--out",
+                str(out),
+                "--size",
+                "tiny",
+                "--max-steps",
+                "4",
+                "--eval-every",
+                "2",
+                "--batch-size",
+                "2",
+                "--context-length",
+                "128",
+                "--json",
+                str(tmp_path / "t.json"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "t.json").read_text())
     assert summary["steps"] == 4 and summary["best_val_loss"] > 0
     assert (out / "model.safetensors").exists() and (out / "training" / "tb").is_dir()
+
+
+def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(
+    tiny_logs_dir, tiny_sim_dir, tmp_path
+):
+    from recsim_env.cli.generate_logs import generate
+    from simulators.gpt2_user import GPT2UserSimulator
+    from simulators.logs import write_logs
+    from simulators.parametric import ParametricUserModel, WorldConfig
+    from tests.conftest import TINY_ENV
+
+    out = tmp_path / "more"
+    args = [*"--max-steps 2 --eval-every 1 --batch-size 2 --json".split(), str(tmp_path / "s.json")]
+    more = ["train-sim", "--logs", str(tiny_logs_dir), "--out", str(out)]
+    assert main([*more, "--init-sim", str(tiny_sim_dir), *args]) == 0
+    start = GPT2UserSimulator.from_pretrained(tiny_sim_dir)
+    more = GPT2UserSimulator.from_pretrained(out)
+    assert more.sim_config == start.sim_config  # the checkpoint's settings, not the flags'
+    assert more.model.config.n_embd == start.model.config.n_embd
+    changed = [
+        k
+        for k, v in start.model.state_dict().items()
+        if not torch.equal(v, more.model.state_dict()[k])
+    ]
+    assert changed  # it trained on
+    other = ParametricUserModel(WorldConfig(num_items=40, num_topics=5, population_size=50, seed=9))
+    other_dir = write_logs(generate(30, "random", 0, TINY_ENV, other), tmp_path / "other")
+    bad = ["train-sim", "--logs", str(other_dir), "--out", str(tmp_path / "x")]
+    proc = _cli(*bad, "--init-sim", str(tiny_sim_dir), *args)
+    assert proc.returncode == 2 and "--init-sim" in proc.stderr and "items" in proc.stderr

@@ -283,3 +283,14 @@ def test_validate_on_imported_real_logs(tmp_path: Path) -> None:
     assert res["sessions"]["simulated_with"].startswith("the logged slates replayed")
     assert res["baselines"]["fitted_on_events"] > 0
     assert "No ground-truth world" in report.read_text()
+
+
+def test_validate_a_recency_simulator_under_the_varied_policy(
+    tiny_recency_sim_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "v.json"
+    argv = ["validate", "--sim", str(tiny_recency_sim_dir), *FAST, "--policy", "varied"]
+    assert main([*argv, "--no-ranking", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert 0.0 <= res["kl_per_slot"] < 1.0 and 0.0 <= res["click_auc"] <= 1.0
+    assert "varied" in res["sessions"]["simulated_with"]

@@ -6,25 +6,22 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from simulators.finetune import SimulatorTrainer, TrainConfig, collate
+from simulators.finetune import SimulatorTrainer, TrainConfig
 from simulators.gpt2_user import CheckpointError, GPT2UserSimulator
 from simulators.logs import read_logs
 from simulators.user_lm import SimulatorConfig, UserLM, make_gpt2_config, packed_probs
-
-
-def _session_row(sim, profile, slates, responses):
-    enc = sim.tokenizer.encode_session(profile, slates, responses, False, sim.model.item_known.numpy())
-    t = len(enc.input_ids)
-    row = {"input_ids": enc.input_ids, "roles": enc.roles, "slots": enc.slots, "items": enc.items,
-           "position_ids": np.arange(t), "segment_ids": np.zeros(t, dtype=np.int64),
-           "target_kind": enc.target_kind, "target": enc.target}
-    return collate([row])
+from tests.conftest import session_batch
 
 
 def test_functional_forward_matches_hugging_face():
     torch.manual_seed(0)
-    model = UserLM(GPT2LMHeadModel(make_gpt2_config("tiny", 40, 64)), SimulatorConfig(),
-                   torch.randn(6, 2), torch.zeros(6, 3, dtype=torch.long), torch.ones(6, dtype=torch.bool)).eval()
+    model = UserLM(
+        GPT2LMHeadModel(make_gpt2_config("tiny", 40, 64)),
+        SimulatorConfig(),
+        torch.randn(6, 2),
+        torch.zeros(6, 3, dtype=torch.long),
+        torch.ones(6, dtype=torch.bool),
+    ).eval()
     ids = torch.randint(0, 40, (3, 20))
     pos = torch.arange(20).expand(3, -1)
     x = model.gpt2.transformer.wte(ids)
@@ -39,16 +36,24 @@ def test_kv_cache_stepping_matches_full_reencode(tiny_sim_dir):
     rng = np.random.default_rng(0)
     profiles = sim.population[:3]
     sim.start_sessions(np.arange(3), profiles)
-    slates = [np.stack([rng.choice(sim.num_items, 3, replace=False) for _ in range(3)]) for _ in range(4)]
+    slates = [
+        np.stack([rng.choice(sim.num_items, 3, replace=False) for _ in range(3)]) for _ in range(4)
+    ]
     resps = [rng.integers(0, 3, (3, 3)) for _ in range(4)]
     stepped = [sim.step(np.arange(3), s, forced_responses=r) for s, r in zip(slates, resps)]
     for row in range(3):
         with torch.no_grad():
-            probs, kind = packed_probs(sim.model, _session_row(sim, profiles[row], [s[row] for s in slates],
-                                                               [r[row] for r in resps]))
+            probs, kind = packed_probs(
+                sim.model,
+                session_batch(
+                    sim, profiles[row], [s[row] for s in slates], [r[row] for r in resps]
+                ),
+            )
         full_resp = probs[kind == 1][:, :3].numpy().reshape(4, 3, 3)
         full_leave = probs[kind == 2][:, 4].numpy()
-        np.testing.assert_allclose(np.stack([o.response_probs[row] for o in stepped]), full_resp, atol=1e-5)
+        np.testing.assert_allclose(
+            np.stack([o.response_probs[row] for o in stepped]), full_resp, atol=1e-5
+        )
         np.testing.assert_allclose([o.leave_prob[row] for o in stepped[:3]], full_leave, atol=1e-5)
 
 
@@ -78,13 +83,20 @@ def test_save_load_round_trip_gives_identical_logits(tiny_sim_dir, tmp_path):
     sim = GPT2UserSimulator.from_pretrained(tiny_sim_dir)
     sim.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "population.safetensors", "vocab.json", "simulator_config.json"])
+        [
+            "config.json",
+            "model.safetensors",
+            "population.safetensors",
+            "vocab.json",
+            "simulator_config.json",
+        ]
+    )
     for name in ("config.json", "vocab.json", "simulator_config.json"):
         json.loads((tmp_path / name).read_text())
     again = GPT2UserSimulator.from_pretrained(tmp_path)
     for key, val in sim.model.state_dict().items():
         assert torch.equal(val, again.model.state_dict()[key]), key
-    batch = _session_row(sim, sim.population[0], [np.array([1, 2, 3])], [np.array([0, 1, 0])])
+    batch = session_batch(sim, sim.population[0], [np.array([1, 2, 3])], [np.array([0, 1, 0])])
     with torch.no_grad():
         assert torch.equal(packed_probs(sim.model, batch)[0], packed_probs(again.model, batch)[0])
     assert np.array_equal(sim.population, again.population)
@@ -125,10 +137,18 @@ def test_corrupt_missing_or_mismatched_checkpoints_name_the_file(tiny_sim_dir, t
 
 
 def test_training_lowers_validation_loss(tiny_logs_dir, tmp_path):
-    cfg = TrainConfig(size="tiny", max_steps=40, eval_every=40, batch_size=4, context_length=128, lr=3e-3,
-                      warmup_steps=5)
-    trainer = SimulatorTrainer(read_logs(tiny_logs_dir), tmp_path, cfg, SimulatorConfig(context_length=128),
-                               progress=False)
+    cfg = TrainConfig(
+        size="tiny",
+        max_steps=40,
+        eval_every=40,
+        batch_size=4,
+        context_length=128,
+        lr=3e-3,
+        warmup_steps=5,
+    )
+    trainer = SimulatorTrainer(
+        read_logs(tiny_logs_dir), tmp_path, cfg, SimulatorConfig(context_length=128), progress=False
+    )
     before = trainer.validate()["val_loss"]
     state = trainer.train()
     assert state["best_val"] < before - 0.05
@@ -138,8 +158,12 @@ def test_training_lowers_validation_loss(tiny_logs_dir, tmp_path):
 
 def test_loss_ignores_the_recommenders_tokens(tiny_sim_dir):
     sim = GPT2UserSimulator.from_pretrained(tiny_sim_dir)
-    batch = _session_row(sim, sim.population[0], [np.array([1, 2, 3]), np.array([4, 5, 6])],
-                         [np.array([0, 1, 0]), np.array([2, 0, 0])])
+    batch = session_batch(
+        sim,
+        sim.population[0],
+        [np.array([1, 2, 3]), np.array([4, 5, 6])],
+        [np.array([0, 1, 0]), np.array([2, 0, 0])],
+    )
     kinds = batch["target_kind"][0]
     nxt = batch["input_ids"][0][1:]
     targets = nxt[kinds[:-1] > 0]

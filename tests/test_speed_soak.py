@@ -161,6 +161,7 @@ def test_speculative_sampled_steps_match_full_forward_across_refills(tiny_sim_di
                     {
                         **seq,
                         "position_ids": np.arange(t),
+                        "step_ids": np.zeros(t, dtype=np.int64),  # (absolute positions: unused)
                         "segment_ids": np.zeros(t, dtype=np.int64),
                         "target_kind": kind,
                         "target": np.zeros(t, dtype=np.int64),

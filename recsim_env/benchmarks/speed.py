@@ -140,6 +140,7 @@ def naive_user_steps_per_second(
         (user-steps per [wall, CPU] second, mean tokens per forward).
     """
     from simulators.tokenization import RESPONSE_TOKENS, step_block_length
+    from simulators.user_lm import window_bias
 
     model, tok = sim.model, sim.tokenizer
     dev = sim.device
@@ -171,6 +172,10 @@ def naive_user_steps_per_second(
                 x = model.embed(ids, roles, slots, items).to(sim.dtype)
                 pos = torch.arange(t, device=dev)[None]
                 mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None, None]
+                if sim.window:  # recency attention: the same context under the window bias
+                    steps = torch.clamp((pos - p) // block, min=-1)
+                    mask = window_bias(steps, steps, mask[:, 0], sim.window, sim._slopes, sim.dtype)
+                    pos = torch.zeros_like(pos)
                 h = model.transformer(x, pos, mask)
                 logits = model.output_logits(h[:, -1]).float()[0]
                 forwards += 1
@@ -234,8 +239,12 @@ def vector_env_user_steps_per_second(
 
 # ------------------------------------------------------------------------------- history sweep
 def refill_period(sim: Any, k: int) -> tuple[int, int]:
-    """(first step that refills, steps between refills) of the sliding window for slate size k."""
+    """(first step that refills, steps between refills) of the sliding window for slate size k;
+    (-1, 0) for a recency-attention simulator, which never refills."""
     from simulators.tokenization import step_block_length
+
+    if getattr(sim, "window", 0):
+        return -1, 0
 
     c = sim.sim_config.context_length
     block = step_block_length(k)
@@ -265,6 +274,8 @@ def history_sweep(
     first_refill, period = refill_period(sim, k)
 
     def window(h: int) -> int:
+        if not period:
+            return 5
         refills = [
             s
             for s in range(h, h + period)
@@ -283,14 +294,21 @@ def history_sweep(
     executed = np.zeros(total)
     tokens = np.zeros(total)
     stats = getattr(sim, "stats", None)  # executed work, where the simulator counts it
+    ring = bool(getattr(sim, "window", 0))
     for s in range(total):
-        before = sim.cache.lengths.cpu().numpy().copy()
+        if ring:
+            before = sim.steps_done[: len(rows)].cpu().numpy().copy()
+        else:
+            before = sim.cache.lengths.cpu().numpy().copy()
         f0 = stats["flops"] if stats else 0.0
         t0 = clock()
         sim.step(rows, slates[s % len(slates)], uni[s % len(uni)])
         times[s] = clock() - t0
-        after = sim.cache.lengths.cpu().numpy()
-        flops[s], tokens[s] = useful_flops(sim, before, after, k)
+        if ring:
+            flops[s], tokens[s] = useful_flops_ring(sim, before, k)
+        else:
+            after = sim.cache.lengths.cpu().numpy()
+            flops[s], tokens[s] = useful_flops(sim, before, after, k)
         executed[s] = (stats["flops"] - f0) if stats else np.nan
         if progress is not None:
             progress(1)
@@ -341,6 +359,24 @@ def useful_flops(sim: Any, before: np.ndarray, after: np.ndarray, k: int) -> tup
     n_tok = len(before) * block + kept.sum()
     pairs = (block * (start + 1) + block * (block - 1) / 2).sum() + (kept * (kept + 1) / 2).sum()
     return float(n_tok * per_token + pairs * attn), float(n_tok)
+
+
+def useful_flops_ring(sim: Any, steps_before: np.ndarray, k: int) -> tuple[float, float]:
+    """`useful_flops` of a recency-attention simulator: every query of the block attends to the
+    profile, the min(steps, window) earlier steps of its ring and its own block causally.
+
+    Returns:
+        (FLOPs, tokens).
+    """
+    from simulators.tokenization import step_block_length
+
+    cfg = sim.model.config
+    d, nl = cfg.n_embd, cfg.n_layer
+    block = step_block_length(k)
+    past = sim.prefix_length + np.minimum(steps_before, sim.window) * block
+    pairs = (block * past + block * (block + 1) / 2).sum()
+    n_tok = len(steps_before) * block
+    return float(n_tok * 24 * d * d * nl + pairs * 4 * d * nl), float(n_tok)
 
 
 # ------------------------------------------------------------------------------- peak and memory

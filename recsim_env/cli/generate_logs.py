@@ -18,7 +18,15 @@ from simulators.parametric import ParametricUserModel, WorldConfig
 from simulators.rng import uniforms
 
 HELP = "Write interaction logs of fresh ground-truth-world users (Parquet)."
-POLICIES = ("random", "popular", "mixed")
+POLICIES = ("random", "popular", "personalized", "mixed", "varied")
+"""Logging policies: random slates; the most popular items first; items sampled by the user's
+appeal (a recommender that knows the user's profile-given tastes, with exploration); 'mixed':
+half the users random, half popular; 'varied': a third of the users each of random, popular
+and personalized (the coverage a simulator needs to judge personalising policies)."""
+RANDOM, POPULAR, PERSONALIZED = 0, 1, 2
+PERSONALIZED_TEMPERATURE = 0.5
+"""Gumbel noise scale of the personalized policy: slates are a Plackett-Luce draw from
+softmax(appeal / temperature), so they lean to the user's interests but keep exploring."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--policy",
         default="random",
         choices=POLICIES,
-        help="logging policy: random slates, most popular first, or half/half per user",
+        help="logging policy: random slates, most popular first, sampled by the user's appeal "
+        "(personalized), half random/half popular per user (mixed), or a third each (varied)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the users and their responses")
     p.add_argument("--out", required=True, help="output directory")
@@ -47,23 +56,64 @@ def item_popularity(world: ParametricUserModel) -> np.ndarray:
     return appeal.mean(axis=0)
 
 
+def user_appeal(world: ParametricUserModel, profiles: np.ndarray) -> np.ndarray:
+    """(n, num_items) click utility of every item for users of world profiles, at session start.
+
+    What the personalized logging policy ranks by: a recommender that has learned each user's
+    profile-given tastes (not the drift within the session, which it does not see).
+    """
+    u0, _ = world.initial_state(np.asarray(profiles))
+    cfg = world.config
+    return cfg.a_int * u0[:, world.item_topic] + cfg.a_q * world.item_quality
+
+
+def row_kinds(policy: str, keys: np.ndarray) -> np.ndarray:
+    """Per user (by its session key), which slates it is shown: RANDOM, POPULAR or PERSONALIZED."""
+    if policy not in POLICIES:
+        raise ValueError(f"--policy must be one of {POLICIES}, got {policy!r}")
+    keys = np.asarray(keys, dtype=np.uint64)
+    if policy == "mixed":
+        return np.where(keys & np.uint64(1), POPULAR, RANDOM)
+    if policy == "varied":
+        return (keys % np.uint64(3)).astype(np.int64)
+    fixed = {"random": RANDOM, "popular": POPULAR, "personalized": PERSONALIZED}[policy]
+    return np.full(len(keys), fixed, dtype=np.int64)
+
+
+def needs_appeal(policy: str) -> bool:
+    """Whether the policy ranks by the users' appeal (`user_appeal`)."""
+    return policy in ("personalized", "varied")
+
+
 def choose_slates(
-    policy: str,
     batch: SlateSessionBatch,
     rows: np.ndarray,
     popularity: np.ndarray,
-    greedy_rows: np.ndarray,
+    kinds: np.ndarray,
+    appeal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Candidate indices (len(rows), k) under the logging policy."""
+    """Candidate indices (len(rows), k) under the logging policy.
+
+    Args:
+        batch: the session batch (candidates, per-row policy noise streams).
+        rows: the batch rows that step.
+        popularity: (num_items,) popularity of every catalog item.
+        kinds: (len(rows),) `row_kinds` of those rows.
+        appeal: (len(rows), num_items) `user_appeal` of those rows' users (personalized rows).
+    """
     k, c = batch.cfg.slate_size, batch.cfg.num_candidates
     keys, ctr = batch.keys[rows], batch.counters[rows]
     noise = uniforms(keys ^ np.uint64(0xA5A5A5A5), ctr, c)  # a separate stream for the policy
-    if policy == "random":
-        score = noise
-    else:
-        score = popularity[batch.candidates[rows]] * (1.0 + 0.1 * noise)
-        if policy == "mixed":
-            score = np.where(greedy_rows[:, None], score, noise)
+    cands = batch.candidates[rows]
+    score = np.where((kinds == POPULAR)[:, None], popularity[cands] * (1.0 + 0.1 * noise), noise)
+    personal = kinds == PERSONALIZED
+    if personal.any():
+        if appeal is None:
+            raise ValueError("the personalized logging policy needs the users' appeal")
+        gumbel = -np.log(-np.log(np.clip(noise[personal], 1e-12, 1.0 - 1e-12)))
+        own = np.take_along_axis(appeal[personal], cands[personal], axis=1)
+        # appeal is a utility (log scale), popularity a mean exp-utility: only compared per row
+        score[personal] = own + PERSONALIZED_TEMPERATURE * gumbel
     return np.argsort(-score, axis=1)[:, :k]
 
 
@@ -104,10 +154,13 @@ def generate(
         batch.reset_rows(rows, [int(s) for s in rng.integers(0, 2**63, len(ids))])
         batch.profiles[:] = profiles[ids]
         dynamics.start_sessions(rows, profiles[ids])
-        greedy_rows = (batch.keys & np.uint64(1)).astype(bool)
+        kinds = row_kinds(policy, batch.keys)
+        appeal = user_appeal(world, profiles[ids]) if needs_appeal(policy) else None
         alive = rows
         for step in range(cfg.max_episode_steps):
-            actions = choose_slates(policy, batch, alive, popularity, greedy_rows[alive])
+            actions = choose_slates(
+                batch, alive, popularity, kinds[alive], None if appeal is None else appeal[alive]
+            )
             out, _, slates = batch.step(alive, actions)
             for r, sl, resp, lv in zip(alive, slates, out.responses, out.leave):
                 uid = user_ids[ids[r]]

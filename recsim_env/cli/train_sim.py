@@ -22,6 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--base-model", default=None, help="start from pretrained GPT-2: 'gpt2' or a local path"
     )
     p.add_argument(
+        "--init-sim",
+        default=None,
+        help="continue from a simulator checkpoint (same catalog and profile fields), "
+        "e.g. the embedded default",
+    )
+    p.add_argument(
         "--size",
         default=d.size,
         choices=sorted(MODEL_SIZES),
@@ -36,6 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--context-length", type=int, default=d.context_length)
+    p.add_argument(
+        "--attention-window",
+        type=int,
+        default=None,
+        help="recency attention over this many past steps (ring KV cache, flat step cost); "
+        "0: absolute positions and full attention (the default for a fresh network; with "
+        "--init-sim the checkpoint's unless given)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument(
@@ -50,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         size=args.size,
         base_model=args.base_model,
+        init_sim=args.init_sim,
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         max_steps=args.max_steps,
@@ -67,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
         logs,
         args.out,
         cfg,
-        SimulatorConfig(context_length=args.context_length),
+        None
+        if args.init_sim and args.attention_window is None
+        else SimulatorConfig(
+            context_length=args.context_length, attention_window_steps=args.attention_window or 0
+        ),
         progress=progress_enabled(),
     )
     state = trainer.train(resume=args.resume)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
+from recsim_env.cli.generate_logs import POLICIES
 
 HELP = "Fidelity report: responses, sessions, ground truth, policy ranking, sim-to-real."
 
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         default=None,
-        choices=("random", "popular", "mixed"),
+        choices=POLICIES,
         help="logging policy of fresh held-out users (default: the training logs')",
     )
     p.add_argument(

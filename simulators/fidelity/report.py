@@ -452,7 +452,7 @@ def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None
 
 def _sessions(run: _Run) -> dict[str, Any]:
     """Free-running sessions of the simulator vs the logged ones."""
-    from recsim_env.cli.generate_logs import item_popularity
+    from recsim_env.cli.generate_logs import item_popularity, needs_appeal, user_appeal
     from simulators.fidelity.rollouts import (
         generate_seeds,
         rollout_logging_policy,
@@ -470,6 +470,15 @@ def _sessions(run: _Run) -> dict[str, Any]:
             profiles = events.profiles
             rng = np.random.default_rng(cfg.seed)
             seeds = [int(s) for s in rng.integers(0, 2**63, len(profiles))]
+            wprof = None
+            if needs_appeal(data.policy):
+                if sim.profile_encoder.vocab != world.profile_encoder.vocab:
+                    raise ValueError(
+                        f"logging policy {data.policy!r} ranks by the world's view of each user, "
+                        "but the simulator's profile vocabulary differs from the world's"
+                    )
+                wprof = profiles
+        appeal = user_appeal(world, wprof) if needs_appeal(data.policy) else None
         rollouts = rollout_logging_policy(
             sim,
             run.env_cfg,
@@ -479,6 +488,7 @@ def _sessions(run: _Run) -> dict[str, Any]:
             item_popularity(world),
             cfg.pool,
             cfg.progress,
+            appeal,
         )
         how = f"logging policy '{data.policy}'" + (
             " with the logged users' seeds (same candidates and uniforms)" if data.generated else ""

@@ -6,7 +6,7 @@ are done and the work is the number of user-steps, not users times the longest s
 
 - `rollout_logging_policy`: the env's own session engine (`SlateSessionBatch`: the engine of
   LLMUserSim-v0's vector env, candidates and uniforms from per-user counter streams) with the
-  logging policies of `llm-usersim generate-logs` (random, popular, mixed). With the users and
+  logging policies of `llm-usersim generate-logs` (random, popular, personalized, mixed, varied). With the users and
   seeds of `generate_seeds`, user i meets the same candidates, policy noise and uniforms as
   logged user i: a simulator with the true probabilities would reproduce the logs exactly.
 - `rollout_replay`: for logs whose policy is unknown (imported data): each user is shown the
@@ -84,6 +84,7 @@ def rollout_logging_policy(
     popularity: np.ndarray,
     pool: int = 256,
     progress: bool = False,
+    appeal: np.ndarray | None = None,
 ) -> Rollouts:
     """Play one session per user under a generate-logs policy (see module docstring).
 
@@ -92,23 +93,26 @@ def rollout_logging_policy(
         cfg: the EnvConfig (slate size, candidates, step limit).
         profiles: (U, slots) profile token indices in the simulator's vocabulary.
         seeds: (U,) env seeds of the users.
-        policy: random, popular or mixed.
+        policy: a generate-logs policy.
         popularity: (num_items,) popularity of the simulator's catalog items.
         pool: batch rows.
         progress: show a progress bar.
+        appeal: (U, num_items) `user_appeal` of the users (policies that personalise).
     """
     from tqdm.auto import tqdm
 
-    from recsim_env.cli.generate_logs import choose_slates
+    from recsim_env.cli.generate_logs import choose_slates, needs_appeal, row_kinds
     from recsim_env.sessions import SlateSessionBatch
 
     users = len(seeds)
+    if needs_appeal(policy) and appeal is None:
+        raise ValueError(f"logging policy {policy!r} needs the users' appeal")
     pool = max(1, min(pool, users))
     if hasattr(sim, "ensure_capacity"):
         sim.ensure_capacity(pool)
     batch = SlateSessionBatch(sim, cfg, pool)
     row_user = np.full(pool, -1, dtype=np.int64)
-    greedy = np.zeros(pool, dtype=bool)
+    kinds = np.zeros(pool, dtype=np.int64)
     nxt = 0
     records: list[tuple] = []
     bar = tqdm(total=users, desc="sim sessions", unit="user", disable=not progress)
@@ -126,12 +130,13 @@ def rollout_logging_policy(
         batch.profiles[rows] = profiles[who]
         sim.start_sessions(rows, profiles[who])
         row_user[rows] = who
-        greedy[rows] = (batch.keys[rows] & np.uint64(1)).astype(bool)
+        kinds[rows] = row_kinds(policy, batch.keys[rows])
 
     start(np.arange(pool))
     while (row_user >= 0).any():
         alive = np.nonzero(row_user >= 0)[0]
-        actions = choose_slates(policy, batch, alive, popularity, greedy[alive])
+        own = None if appeal is None else appeal[row_user[alive]]
+        actions = choose_slates(batch, alive, popularity, kinds[alive], own)
         out, _, _ = batch.step(alive, actions)
         records.append(
             (row_user[alive].copy(), batch.steps[alive] - 1, out.responses.copy(), out.leave.copy())
