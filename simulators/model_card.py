@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from recsim_env.cli.generate_logs import generate, summarize
+from recsim_env.cli.generate_logs import POLICY_DESCRIPTIONS, generate, summarize
 from recsim_env.config import EnvConfig
 from simulators.gpt2_user import GPT2UserSimulator
 from simulators.logs import atomic_write_text
@@ -20,11 +20,13 @@ from simulators.parametric import ParametricUserModel, WorldConfig
 
 
 def compare_rates(
-    ckpt: str | Path, users: int = 5000, seed: int = 424242, policy: str = "mixed"
+    ckpt: str | Path, users: int = 5000, seed: int = 424242, policy: str | None = None
 ) -> dict:
-    """Click rate, buy rate, session length and per-position click rate: world vs simulator."""
+    """Click rate, buy rate, session length and per-position click rate: world vs simulator,
+    under `policy` (default: the training logs' policy)."""
     sim = GPT2UserSimulator.from_pretrained(ckpt, capacity=1024)
     training = sim.extra.get("training", {})
+    policy = policy or training.get("log_meta", {}).get("policy") or "mixed"
     log_meta = training.get("log_meta", {})
     world = ParametricUserModel(WorldConfig(**log_meta.get("world", {})))
     cfg = EnvConfig(**log_meta.get("env", {}))
@@ -49,6 +51,8 @@ def render(ckpt: Path, rates: dict, command: str) -> str:
     cfg = json.loads((ckpt / "config.json").read_text())
     meta = json.loads((ckpt / "simulator_config.json").read_text())
     training = meta["extra"].get("training", {})
+    log_meta = training.get("log_meta", {})
+    train_cfg = training.get("train_config", {})
     size = sum(p.stat().st_size for p in ckpt.iterdir() if p.is_file())
     t, s = rates["true"], rates["simulated"]
     lines = [
@@ -56,10 +60,16 @@ def render(ckpt: Path, rates: dict, command: str) -> str:
         "",
         "## Data",
         f"Ground-truth-world logs (`simulators/parametric.py`, WorldConfig defaults): "
-        f"{training.get('log_meta', {}).get('users')} users, one session each, logging policy "
-        f"`{training.get('log_meta', {}).get('policy')}` (half the users see random slates, half "
-        f"popularity-ranked ones), seed {training.get('log_meta', {}).get('seed')}. "
-        f"{training.get('train_users')} users trained on, the rest validate (split by user).",
+        f"{log_meta.get('users')} users, one session each, logging policy "
+        f"`{log_meta.get('policy')}` ({POLICY_DESCRIPTIONS.get(log_meta.get('policy'), '?')}), "
+        f"seed {log_meta.get('seed')}. "
+        f"{training.get('train_users')} users trained on, the rest validate (split by user)."
+        + (
+            f" Training continued from the checkpoint `{train_cfg['init_sim']}`"
+            " (see TRAINING.txt for the whole chain)."
+            if train_cfg.get("init_sim")
+            else ""
+        ),
         "",
         "## Exact command",
         "```bash",
@@ -98,10 +108,11 @@ def main() -> None:
     p.add_argument("ckpt")
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--seed", type=int, default=424242)
+    p.add_argument("--policy", default=None, help="logging policy (default: the training logs')")
     p.add_argument("--command", default="(see simulators/default/TRAINING.txt)")
     args = p.parse_args()
     ckpt = Path(args.ckpt)
-    rates = compare_rates(ckpt, args.users, args.seed)
+    rates = compare_rates(ckpt, args.users, args.seed, args.policy)
     atomic_write_text(ckpt / "MODEL_CARD.md", render(ckpt, rates, args.command))
     atomic_write_text(ckpt / "model_card.json", json.dumps(rates, indent=1) + "\n")
     print((ckpt / "MODEL_CARD.md").read_text())

@@ -37,14 +37,15 @@ SOAK_KEYS = {"rss_growth_fraction", "samples", "steps", "seconds", "steps_per_se
 
 
 # ----------------------------------------------------------------------------- the commands
-def test_speed_runs_end_to_end_and_writes_the_keys(tiny_sim_dir, tmp_path, capsys):
+@pytest.mark.parametrize("ckpt", ["tiny_sim_dir", "tiny_recency_sim_dir"])
+def test_speed_runs_end_to_end_and_writes_the_keys(request, ckpt, tmp_path, capsys):
     out = tmp_path / "speed.json"
     rc = main(
         [
             "speed",
             "--smoke",
             "--sim",
-            str(tiny_sim_dir),
+            str(request.getfixturevalue(ckpt)),
             "--json",
             str(out),
             "--slate-size",
@@ -182,7 +183,9 @@ def _rollout(sim, rows, slates, uniforms):
     return [sim.step(rows, s, u) for s, u in zip(slates, uniforms)]
 
 
-def test_rows_do_not_depend_on_batch_subset_or_blocking(tiny_sim_dir, monkeypatch):
+@pytest.mark.parametrize("ckpt", ["tiny_sim_dir", "tiny_recency_sim_dir"])
+def test_rows_do_not_depend_on_batch_subset_or_blocking(request, ckpt, monkeypatch):
+    tiny_sim_dir = request.getfixturevalue(ckpt)
     rng = np.random.default_rng(0)
     k, steps, n = 3, 14, 8
     sim_all = GPT2UserSimulator.from_pretrained(tiny_sim_dir, capacity=n)
@@ -253,18 +256,19 @@ def test_cached_attention_matches_reference_attention():
         torch.testing.assert_close(cache.k[0, rows[:, None], :, pos].transpose(1, 2), new_k)
 
 
+@pytest.mark.parametrize("ckpt", ["tiny_sim_dir", "tiny_recency_sim_dir"])
 @pytest.mark.parametrize("chunk", [None, 300])
-def test_bfloat16_simulator_is_close_to_float32(tiny_sim_dir, monkeypatch, chunk):
+def test_bfloat16_simulator_is_close_to_float32(request, monkeypatch, chunk, ckpt):
     if chunk is not None:  # full (padded) attention blocks instead of small float32 ones
         monkeypatch.setattr(user_lm, "ATTENTION_CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(1)
     sims = [
-        GPT2UserSimulator.from_pretrained(tiny_sim_dir, capacity=4, dtype=d)
+        GPT2UserSimulator.from_pretrained(request.getfixturevalue(ckpt), capacity=4, dtype=d)
         for d in ("float32", "bfloat16")
     ]
     for sim in sims:
         sim.start_sessions(np.arange(4), sims[0].population[:4])
-    for _ in range(14):  # across a refill
+    for _ in range(14):  # across a refill (full attention) or ring wraps (recency)
         slates = np.stack([rng.choice(sims[0].num_items, 3, replace=False) for _ in range(4)])
         forced = rng.integers(0, 3, (4, 3))
         a, b = (s.step(np.arange(4), slates, forced_responses=forced) for s in sims)

@@ -11,7 +11,8 @@ Figures (user-steps per second: one user answering one slate, leave decision inc
 - batched_{n}_h{h}: the batched simulator driven directly (start_sessions / step, the leave flag
   ignored) at h steps of history: the mean time per step over steps h .. h + W - 1, where W is
   the sliding-window refill period when a refill falls in that span (so its cost is amortised
-  exactly once) and 5 steps otherwise.
+  exactly once) and 5 steps otherwise. A recency-attention simulator (ring KV cache) never
+  refills: its cost grows only until the ring is full (attention_window_steps + 1 steps).
 - parametric_{n}: the ParametricUserSim-v0 vector env with fixed valid actions.
 - achieved FLOP/s: the matmul FLOPs a step needs (projections and MLP of every token of the
   step's block and of refilled windows, attention over each query's causal length; no padding
@@ -532,6 +533,7 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
         )
     out["history_sweep"] = {
         "num_envs": n,
+        "attention_window_steps": int(getattr(sim_n, "window", 0)),
         "refill_period": sweep["period"],
         "first_refill": sweep["first_refill"],
         "steps": sweep["steps"],

@@ -23,6 +23,13 @@ POLICIES = ("random", "popular", "personalized", "mixed", "varied")
 appeal (a recommender that knows the user's profile-given tastes, with exploration); 'mixed':
 half the users random, half popular; 'varied': a third of the users each of random, popular
 and personalized (the coverage a simulator needs to judge personalising policies)."""
+POLICY_DESCRIPTIONS: dict[str, str] = {
+    "random": "random slates",
+    "popular": "the most popular candidates first",
+    "personalized": "candidates sampled by the user's appeal (Plackett-Luce, temperature 0.5)",
+    "mixed": "half the users see random slates, half popularity-ranked ones",
+    "varied": "a third of the users each see random, popularity-ranked and personalized slates",
+}
 RANDOM, POPULAR, PERSONALIZED = 0, 1, 2
 PERSONALIZED_TEMPERATURE = 0.5
 """Gumbel noise scale of the personalized policy: slates are a Plackett-Luce draw from
