@@ -455,6 +455,7 @@ class SimulatorTrainer:
                 [c for c in ("item_id", "title", "category", "price") if c in self.logs.items]
             ],
             extra=extra,
+            device=self.accelerator.device,  # wrapping must not move the training weights
             capacity=1,
         )
         sim.save_pretrained(directory)

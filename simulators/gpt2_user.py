@@ -184,9 +184,21 @@ class GPT2UserSimulator:
         return self.items.copy()
 
     # --------------------------------------------------------------------------- state
+    def cache_positions(self, slate_size: int | None = None) -> int:
+        """Positions a cache row holds: the whole context, or with recency attention only the
+        profile and the ring of window + 1 step blocks, 4x less at the default's context
+        (the ring's block length follows the slate size: the given one, else the one of the
+        running sessions; before any step only the profile is held)."""
+        if not self.window:
+            return self.sim_config.context_length
+        block = self._ring_block if slate_size is None else step_block_length(slate_size)
+        if block is None:
+            return self.prefix_length
+        return min(self.sim_config.context_length, self.prefix_length + (self.window + 1) * block)
+
     def _alloc(self, capacity: int) -> None:
         cfg = self.model.config
-        c = self.sim_config.context_length
+        c = self.cache_positions()
         self.capacity = capacity
         self.cache = StaticKVCache(
             cfg.n_layer, capacity, cfg.n_head, c, cfg.n_embd // cfg.n_head, self.device, self.dtype
@@ -194,6 +206,25 @@ class GPT2UserSimulator:
         z = lambda fill: torch.full((capacity, c), fill, dtype=torch.long, device=self.device)
         self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items = z(PAD), z(0), z(0), z(-1)
         self.steps_done = torch.zeros(capacity, dtype=torch.long, device=self.device)
+
+    def _fit_ring(self) -> None:
+        """Resize the cache's position axis to the ring's block length, keeping every row's
+        contents (runs when the first step fixes the block length, or a new slate size
+        changes it between sessions)."""
+        c = self.cache_positions()
+        if self.cache is None or self.cache.context == c:
+            return
+        old = self.cache
+        bufs = (self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items)
+        steps = self.steps_done
+        self._alloc(self.capacity)
+        keep = min(c, old.context)
+        self.cache.k[..., :keep, :] = old.k[..., :keep, :]
+        self.cache.v[..., :keep, :] = old.v[..., :keep, :]
+        self.cache.lengths.copy_(old.lengths.clamp(max=c))
+        for new, prev in zip((self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items), bufs):
+            new[:, :keep] = prev[:, :keep]
+        self.steps_done.copy_(steps)
 
     def ensure_capacity(self, capacity: int) -> None:
         """Grow the batch (drops all sessions: call before starting any)."""
@@ -393,9 +424,13 @@ class GPT2UserSimulator:
         return self.prefix_length + slots * self._ring_block
 
     def ring_key_steps(self, steps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step index (R, n) of the first n cache positions of rows at step `steps` (R,) of the
-        ring (-1: profile; slots never written get steps < 0 through the distance check of
-        `window_bias`, as do stale ones), and each position's offset in its block (n,)."""
+        """Which step each of the first n cache positions holds, for rows at step `steps` (R,).
+
+        Returns (R, n) step indices (-1: the profile; a large negative number, never visible,
+        for ring slots this session has not written yet; the query's own slot reads as its own
+        step, and `_ring_bias` hides its positions after the query) and each position's offset
+        within its block (n,), -1 for the profile.
+        """
         p, block, w1 = self.prefix_length, self._ring_block, self.window + 1
         pos = torch.arange(n, device=self.device)
         slot = (pos - p).clamp(min=0) // block
@@ -566,6 +601,7 @@ class GPT2UserSimulator:
             )
         if self._ring_block is None or self._ring_block == block:
             self._ring_block = block
+            self._fit_ring()
             return
         if peek and block < self._ring_block:
             return
@@ -576,6 +612,7 @@ class GPT2UserSimulator:
                 "while its sessions run"
             )
         self._ring_block = block
+        self._fit_ring()
 
     def _block_tokens(
         self, slate: torch.Tensor, responses: torch.Tensor, first_step: torch.Tensor

@@ -8,6 +8,7 @@ import torch
 
 from simulators.candidate_scoring import candidate_probs
 from simulators.gpt2_user import GPT2UserSimulator
+from simulators.tokenization import step_block_length
 from simulators.user_lm import SimulatorConfig, packed_probs, recency_slopes, window_bias
 from tests.conftest import session_batch
 
@@ -85,16 +86,39 @@ def test_step_cost_is_flat_once_the_ring_is_full(tiny_recency_sim_dir):
     sim = GPT2UserSimulator.from_pretrained(tiny_recency_sim_dir, capacity=2)
     sim.start_sessions(np.arange(2), sim.population[:2])
     rng = np.random.default_rng(1)
-    before = sim.cache.k.data_ptr()
-    work = []
+    work, buffers = [], set()
     for _ in range(30):
         flops = sim.stats["flops"]
         forced = np.zeros((2, 3), dtype=np.int64)  # one forward per step
         sim.step(np.arange(2), rng.integers(0, sim.num_items, (2, 3)), forced_responses=forced)
         work.append(sim.stats["flops"] - flops)
+        buffers.add(sim.cache.k.data_ptr())
     assert work[3] > work[0]  # attention over a growing ring ...
     assert len(set(work[3:])) == 1  # ... then the same work at any history length
-    assert sim.cache.k.data_ptr() == before
+    assert len(buffers) == 1  # sized once, at the first step, never reallocated
+    ring = sim.prefix_length + (sim.window + 1) * step_block_length(3)
+    assert sim.cache.context == ring == sim.cache_positions(3) < sim.sim_config.context_length
+
+
+def test_a_new_slate_size_between_sessions_resizes_the_ring(tiny_recency_sim_dir):
+    sim = GPT2UserSimulator.from_pretrained(tiny_recency_sim_dir, capacity=2)
+    assert sim.cache.context == sim.prefix_length  # before any step: the profile alone
+    rng = np.random.default_rng(2)
+    for k in (3, 5):
+        sim.start_sessions(np.arange(2), sim.population[:2])
+        for _ in range(4):
+            out = sim.step(np.arange(2), np.stack([rng.permutation(sim.num_items)[:k]] * 2))
+            assert np.isfinite(out.response_probs).all()
+        assert sim.cache.context == sim.cache_positions(k)
+    fresh = GPT2UserSimulator.from_pretrained(tiny_recency_sim_dir, capacity=2)
+    fresh.start_sessions(np.arange(2), sim.population[:2])
+    slate = np.stack([np.arange(5)] * 2)
+    sim.start_sessions(np.arange(2), sim.population[:2])
+    np.testing.assert_allclose(
+        sim.step(np.arange(2), slate, peek=True).response_probs,
+        fresh.step(np.arange(2), slate, peek=True).response_probs,
+        atol=1e-6,
+    )
 
 
 def test_peek_and_candidate_scoring_agree_with_a_one_item_step(tiny_recency_sim_dir):

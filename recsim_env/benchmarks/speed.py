@@ -30,6 +30,7 @@ shared machine compare ratios from one run, preferably per CPU second.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -65,6 +66,11 @@ class SpeedConfig:
 
     sim: str | None = None
     """Simulator checkpoint directory (None: the embedded default)."""
+    random_size: str | None = None
+    """Time a randomly initialised network of this named size (user_lm.MODEL_SIZES, e.g.
+    'gpt2' for GPT-2-small's 12 layers x 768) in place of the checkpoint's, with the
+    checkpoint's vocabulary, catalog and attention layout: what a bigger simulator would cost
+    before anyone trains one. Speed only; its responses mean nothing."""
     device: str = "cpu"
     """'cpu' or 'cuda'."""
     dtype: str = "float32"
@@ -102,6 +108,13 @@ class SpeedConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.num_envs is not None and any(n < 1 for n in self.num_envs):
             raise ValueError("num_envs must be >= 1")
+        if self.random_size is not None:
+            from simulators.user_lm import MODEL_SIZES
+
+            if self.random_size not in MODEL_SIZES:
+                raise ValueError(
+                    f"random_size must be one of {sorted(MODEL_SIZES)}, got {self.random_size!r}"
+                )
 
 
 class _Clock:
@@ -121,9 +134,44 @@ class _Clock:
 
 
 def _load(cfg: SpeedConfig, capacity: int) -> Any:
-    from simulators.gpt2_user import load_batched_simulator
+    from simulators.gpt2_user import GPT2UserSimulator, load_batched_simulator
 
-    return load_batched_simulator(cfg.sim, device=cfg.device, dtype=cfg.dtype, capacity=capacity)
+    if cfg.random_size is None:
+        return load_batched_simulator(
+            cfg.sim, device=cfg.device, dtype=cfg.dtype, capacity=capacity
+        )
+    base = _random_network(cfg.sim, cfg.random_size, cfg.seed)
+    return GPT2UserSimulator(
+        base.model,
+        base.tokenizer,
+        base.profile_encoder,
+        base.population,
+        base.items,
+        base.extra,
+        cfg.device,
+        cfg.dtype,
+        capacity,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _random_network(sim: str | None, size: str, seed: int) -> Any:
+    """The checkpoint with its network replaced by a seeded random one of a named size (built
+    once per run; each batch size wraps the same module)."""
+    from simulators.gpt2_user import GPT2UserSimulator, build_user_lm, load_batched_simulator
+
+    ckpt = load_batched_simulator(sim)
+    torch.manual_seed(seed)
+    model = build_user_lm(
+        ckpt.tokenizer,
+        ckpt.items,
+        ckpt.sim_config,
+        size=size,
+        item_known=ckpt.model.item_known.cpu().numpy(),
+    )
+    return GPT2UserSimulator(
+        model, ckpt.tokenizer, ckpt.profile_encoder, ckpt.population, ckpt.items, ckpt.extra
+    )
 
 
 def _random_slates(rng: np.random.Generator, n: int, num_items: int, k: int) -> np.ndarray:
@@ -289,6 +337,12 @@ def history_sweep(
     profiles = sim.population[rng.integers(len(sim.population), size=num_envs)]
     slates = [_random_slates(rng, num_envs, sim.num_items, k) for _ in range(min(total, 32))]
     uni = [rng.random((num_envs, k + 1)) for _ in range(min(total, 32))]
+    # warm-up: every attended length the sweep starts with (the ring's growth, or the first
+    # cache lengths) has run once, so one-off kernel selection and allocation (CUDA, oneDNN)
+    # stay out of the timed steps
+    sim.start_sessions(rows, profiles)
+    for s in range(min(total, getattr(sim, "window", 0) + 3)):
+        sim.step(rows, slates[s % len(slates)], uni[s % len(uni)])
     sim.start_sessions(rows, profiles)
     times = np.zeros((total, 2))
     flops = np.zeros(total)
@@ -426,10 +480,10 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def _cache_bytes(sim: Any, num_envs: int) -> int:
+def _cache_bytes(sim: Any, num_envs: int, slate_size: int) -> int:
     cfg = sim.model.config
     el = torch.finfo(sim.dtype).bits // 8
-    return 2 * cfg.n_layer * num_envs * sim.sim_config.context_length * cfg.n_embd * el
+    return 2 * cfg.n_layer * num_envs * sim.cache_positions(slate_size) * cfg.n_embd * el
 
 
 # ------------------------------------------------------------------------------- the whole run
@@ -462,10 +516,14 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
 
     sim = _load(cfg, 1)
     out["checkpoint"] = str(cfg.sim) if cfg.sim else "default"
+    if cfg.random_size:
+        out["random_size"] = cfg.random_size
+        out["checkpoint"] += f" (random {cfg.random_size}-sized network)"
     out["model"] = {
         "n_layer": sim.model.config.n_layer,
         "n_head": sim.model.config.n_head,
         "n_embd": sim.model.config.n_embd,
+        "parameters": sum(p.numel() for p in sim.model.gpt2.parameters()),
         "context_length": sim.sim_config.context_length,
         "window_steps": sim.sim_config.window_steps,
     }
@@ -494,7 +552,7 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
     for n in sizes:
         if cfg.device == "cuda":
             free, _total = torch.cuda.mem_get_info()
-            if _cache_bytes(sim, n) > 0.9 * free:  # the KV cache alone must fit
+            if _cache_bytes(sim, n, k) > 0.6 * free:  # the KV cache alone must fit
                 skipped.append(n)
                 continue
         say(f"LLMUserSim-v0 vector env, num_envs {n}")

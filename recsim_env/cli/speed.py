@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sim", default=None, help="simulator checkpoint directory (default: the embedded one)"
     )
+    p.add_argument(
+        "--random-size",
+        default=None,
+        help="time a randomly initialised network of this size (tiny, small, medium, gpt2 = "
+        "GPT-2-small's 12x768) with the checkpoint's vocabulary and layout",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument(
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--sweep-num-envs must be >= 1, got {args.sweep_num_envs}")
     cfg = SpeedConfig(
         sim=args.sim,
+        random_size=args.random_size,
         device=args.device,
         dtype=args.dtype,
         quick=args.quick or args.smoke,
