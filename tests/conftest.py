@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from recsim_env.cli.generate_logs import generate
 from recsim_env.config import EnvConfig
@@ -16,6 +18,12 @@ from simulators.parametric import ParametricUserModel, WorldConfig
 from simulators.user_lm import SimulatorConfig
 
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run, so a red CI run is reproducible and never
+# a coin toss; `HYPOTHESIS_PROFILE=explore python -m pytest` searches fresh examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TINY_WORLD = WorldConfig(num_items=50, num_topics=5, population_size=200, seed=3)
 TINY_ENV = EnvConfig(slate_size=3, num_candidates=8, history_length=4, max_episode_steps=12)
