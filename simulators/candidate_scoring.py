@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from simulators.tokenization import CONT, ROLE_CONTROL, ROLE_RESTATED, ROLE_SLATE, START
-from simulators.user_lm import window_bias
+from simulators.user_lm import sdpa, window_bias
 
 
 @torch.inference_mode()
@@ -84,7 +84,7 @@ def candidate_probs(sim: object, rows: np.ndarray, candidates: np.ndarray) -> np
         q, k, v = qkv.view(n, t, 3, nh, hd).permute(2, 0, 3, 1, 4)
         k_all = torch.cat([cache.k[layer][rows_t, :, :nmax].to(k.dtype), k], dim=2)
         v_all = torch.cat([cache.v[layer][rows_t, :, :nmax].to(v.dtype), v], dim=2)
-        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        o = sdpa(q, k_all, v_all, attn_mask=mask)
         o = o.transpose(1, 2).reshape(n * t, d)
         h = h + torch.addmm(block.attn.c_proj.bias, o, block.attn.c_proj.weight).view(n, t, d)
         m = block.ln_2(h).reshape(n * t, d)
