@@ -207,6 +207,11 @@ class GPT2UserSimulator:
         self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items = z(PAD), z(0), z(0), z(-1)
         self.steps_done = torch.zeros(capacity, dtype=torch.long, device=self.device)
 
+    @property
+    def _token_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The four token channels of every cache row (ids, roles, slots, items), (cap, C)."""
+        return self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items
+
     def _fit_ring(self) -> None:
         """Resize the cache's position axis to the ring's block length, keeping every row's
         contents (runs when the first step fixes the block length, or a new slate size
@@ -214,15 +219,13 @@ class GPT2UserSimulator:
         c = self.cache_positions()
         if self.cache is None or self.cache.context == c:
             return
-        old = self.cache
-        bufs = (self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items)
-        steps = self.steps_done
+        old, bufs, steps = self.cache, self._token_buffers, self.steps_done
         self._alloc(self.capacity)
         keep = min(c, old.context)
         self.cache.k[..., :keep, :] = old.k[..., :keep, :]
         self.cache.v[..., :keep, :] = old.v[..., :keep, :]
         self.cache.lengths.copy_(old.lengths.clamp(max=c))
-        for new, prev in zip((self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items), bufs):
+        for new, prev in zip(self._token_buffers, bufs):
             new[:, :keep] = prev[:, :keep]
         self.steps_done.copy_(steps)
 
@@ -337,12 +340,7 @@ class GPT2UserSimulator:
             attend = _FreshRowsAttention(nh, self.cache, rows[lo:hi], pos, None)
             self.model._blocks(x, torch.zeros_like(pos) if self.window else pos, attend)
             self._count_flops(hi - lo, t, (hi - lo) * t * (t + 1) / 2)
-        for buf, val in (
-            (self.tok_ids, ids),
-            (self.tok_roles, roles),
-            (self.tok_slots, slots),
-            (self.tok_items, items),
-        ):
+        for buf, val in zip(self._token_buffers, (ids, roles, slots, items)):
             buf[rows, :t] = val
         self.cache.lengths[rows] = t
 
@@ -360,10 +358,7 @@ class GPT2UserSimulator:
         starts = self.cache.lengths[full] - w * block  # (n,)
         tail = starts[:, None] + torch.arange(w * block, device=self.device)
         take = torch.cat([torch.arange(p, device=self.device).expand(len(full), p), tail], dim=1)
-        bufs = [
-            torch.gather(b[full], 1, take)
-            for b in (self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items)
-        ]
+        bufs = [torch.gather(b[full], 1, take) for b in self._token_buffers]
         self._encode_rows(full, *bufs)
         assert int(self.cache.lengths[full].max()) == keep
 
@@ -599,18 +594,17 @@ class GPT2UserSimulator:
                 f"a ring of {self.window + 1} steps of {block} tokens needs {need} cache positions, "
                 f"more than context_length {self.sim_config.context_length}"
             )
-        if self._ring_block is None or self._ring_block == block:
-            self._ring_block = block
-            self._fit_ring()
+        if self._ring_block == block:
             return
-        if peek and block < self._ring_block:
-            return
-        if bool((self.steps_done > 0).any()):
-            raise ValueError(
-                f"slate size changed mid-session ({(self._ring_block - 1) // 3} -> "
-                f"{(block - 1) // 3} items): a recency-attention simulator keeps one slate size "
-                "while its sessions run"
-            )
+        if self._ring_block is not None:
+            if peek and block < self._ring_block:
+                return
+            if bool((self.steps_done > 0).any()):
+                raise ValueError(
+                    f"slate size changed mid-session ({(self._ring_block - 1) // 3} -> "
+                    f"{(block - 1) // 3} items): a recency-attention simulator keeps one slate "
+                    "size while its sessions run"
+                )
         self._ring_block = block
         self._fit_ring()
 
@@ -665,12 +659,7 @@ class GPT2UserSimulator:
     ) -> None:
         """Record the block's final tokens (for the sliding-window refill)."""
         pos = cur[:, None] + torch.arange(ids.shape[1], device=self.device)
-        for buf, val in (
-            (self.tok_ids, ids),
-            (self.tok_roles, roles),
-            (self.tok_slots, slots),
-            (self.tok_items, items),
-        ):
+        for buf, val in zip(self._token_buffers, (ids, roles, slots, items)):
             if len(state_rows) == self.capacity:
                 buf.scatter_(1, pos, val)
             else:

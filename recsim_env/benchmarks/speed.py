@@ -140,14 +140,14 @@ def _load(cfg: SpeedConfig, capacity: int) -> Any:
         return load_batched_simulator(
             cfg.sim, device=cfg.device, dtype=cfg.dtype, capacity=capacity
         )
-    base = _random_network(cfg.sim, cfg.random_size, cfg.seed)
+    ckpt, model = _random_network(cfg.sim, cfg.random_size, cfg.seed)
     return GPT2UserSimulator(
-        base.model,
-        base.tokenizer,
-        base.profile_encoder,
-        base.population,
-        base.items,
-        base.extra,
+        model,
+        ckpt.tokenizer,
+        ckpt.profile_encoder,
+        ckpt.population,
+        ckpt.items,
+        ckpt.extra,
         cfg.device,
         cfg.dtype,
         capacity,
@@ -155,10 +155,10 @@ def _load(cfg: SpeedConfig, capacity: int) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _random_network(sim: str | None, size: str, seed: int) -> Any:
-    """The checkpoint with its network replaced by a seeded random one of a named size (built
-    once per run; each batch size wraps the same module)."""
-    from simulators.gpt2_user import GPT2UserSimulator, build_user_lm, load_batched_simulator
+def _random_network(sim: str | None, size: str, seed: int) -> tuple[Any, Any]:
+    """The checkpoint and a seeded random network of a named size for its catalog (built once
+    per run; each batch size wraps the same module)."""
+    from simulators.gpt2_user import build_user_lm, load_batched_simulator
 
     ckpt = load_batched_simulator(sim)
     torch.manual_seed(seed)
@@ -169,9 +169,7 @@ def _random_network(sim: str | None, size: str, seed: int) -> Any:
         size=size,
         item_known=ckpt.model.item_known.cpu().numpy(),
     )
-    return GPT2UserSimulator(
-        model, ckpt.tokenizer, ckpt.profile_encoder, ckpt.population, ckpt.items, ckpt.extra
-    )
+    return ckpt, model
 
 
 def _random_slates(rng: np.random.Generator, n: int, num_items: int, k: int) -> np.ndarray:
