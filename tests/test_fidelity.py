@@ -229,7 +229,7 @@ def test_validate_cli_end_to_end(tiny_sim_dir: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "v.json", tmp_path / "rep" / "report.md"
     argv = ["validate", "--sim", str(tiny_sim_dir), *FAST, "--json", str(out)]
     argv += ["--report", str(report), "--sim2real", "--ppo-steps", "64", "--ppo-envs", "8"]
-    assert main(argv) == 0
+    assert main([*argv, "--ppo-seeds", "2"]) == 0
     res = json.loads(out.read_text())
     for key in REQUIRED_KEYS:
         assert key in res and res[key] is not None, key
@@ -237,6 +237,13 @@ def test_validate_cli_end_to_end(tiny_sim_dir: Path, tmp_path: Path) -> None:
     assert res["setup"]["world"]["num_items"] == 50
     assert len(res["policy_returns"]) >= 8  # 7 baselines + the two PPO policies
     assert {"ppo_sim", "ppo_true"} <= set(res["policy_returns"])
+    assert not any(p.endswith("_1") for p in res["policy_returns"])  # extra seeds: not ranked
+    s2r = res["sim2real"]
+    seed = res["setup"]["config"]["seed"]
+    assert [p["seed"] for p in s2r["per_seed"]] == [seed, seed + 1]
+    mean = lambda key: np.mean([p[key] for p in s2r["per_seed"]])
+    ratio = mean("ppo_sim_true_return") / mean("ppo_true_true_return")
+    assert res["sim2real_ratio"] == pytest.approx(ratio)
     for r in res["policy_returns"].values():
         assert set(r) == {"sim", "true"}
     for key in ("popularity_click_auc", "logreg_click_auc"):

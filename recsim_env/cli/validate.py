@@ -100,6 +100,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "small, and extra threads spin against other processes on a shared machine)",
     )
     p.add_argument("--ppo-envs", type=int, default=d.ppo_envs, help="envs of each PPO run")
+    p.add_argument(
+        "--ppo-seeds",
+        type=int,
+        default=d.ppo_seeds,
+        help=f"--sim2real PPO pairs, one per seed; the ratio is of their mean returns "
+        f"(default {d.ppo_seeds})",
+    )
     p.add_argument("--json", default=None, help="write the figures as JSON")
     p.add_argument("--report", default=None, help="write a Markdown report (plots beside it)")
 
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         sim2real=args.sim2real,
         ppo_steps=args.ppo_steps,
         ppo_envs=args.ppo_envs,
+        ppo_seeds=args.ppo_seeds,
         pool=args.pool,
         device=args.device,
         progress=progress_enabled(),

@@ -432,6 +432,11 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                     ["sim2real_ratio", s2r["sim2real_ratio"]],
                     ["random policy, return in the world", s2r["random_true_return"]],
                     ["PPO budget (env steps each)", s2r["ppo_steps"]],
+                    ["PPO pairs (seeds), returns averaged", s2r.get("ppo_seeds", 1)],
+                    [
+                        "ratio per seed",
+                        ", ".join(_fmt(p["ratio"], 3) for p in s2r.get("per_seed", [])) or "-",
+                    ],
                     [
                         "training seconds (sim / world)",
                         f"{s2r['train_seconds']['sim']} / {s2r['train_seconds']['true']}",

@@ -129,6 +129,9 @@ class ValidateConfig:
     """Env steps of each sim2real PPO run."""
     ppo_envs: int = 32
     """Envs of each sim2real PPO run."""
+    ppo_seeds: int = 3
+    """PPO pairs of sim2real, one per seed (seed, seed + 1, ...): one PPO run's return moves a
+    lot with its seed, so the ratio is of the returns averaged over the pairs."""
     pool: int = 256
     """Batch rows of the simulator's free-running sessions."""
     device: str = "cpu"
@@ -138,7 +141,7 @@ class ValidateConfig:
 
     def __post_init__(self) -> None:
         """Validate ranges."""
-        for name in ("users", "policy_users", "policy_envs", "pool", "ppo_envs"):
+        for name in ("users", "policy_users", "policy_envs", "pool", "ppo_envs", "ppo_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("baseline_users", "warm_users", "ppo_steps"):
@@ -548,41 +551,68 @@ def _ranking(
     policies: dict[str, Any] = {p: p for p in cfg.policies} if cfg.ranking else {}
     if cfg.ppo:
         policies["ppo"] = cfg.ppo
-    train_seconds = {}
+    train_seconds = {"ppo_sim": 0.0, "ppo_true": 0.0}
+    more_pairs: dict[str, Any] = {}  # the pairs of seeds after the first: world returns only
     if cfg.sim2real:
-        for label, env_id, extra in (
-            ("ppo_sim", "LLMUserSim-v0", {"simulator": run.sim_path, "device": cfg.device}),
-            ("ppo_true", "ParametricUserSim-v0", {"world": world.config}),
-        ):
-            t1 = time.perf_counter()
-            policies[label] = train_ppo(
-                env_id, {**env_kwargs, **extra}, cfg.ppo_steps, cfg.seed, cfg.ppo_envs
-            )
-            train_seconds[label] = round(time.perf_counter() - t1, 1)
-    returns = rank_policies(
-        policies,
-        sim,
-        world,
-        env_kwargs,
-        cfg.policy_users,
-        cfg.seed,
-        cfg.policy_envs,
-        counts,
-        cfg.progress,
-    )
+        for i in range(cfg.ppo_seeds):
+            for label, env_id, extra in (
+                ("ppo_sim", "LLMUserSim-v0", {"simulator": run.sim_path, "device": cfg.device}),
+                ("ppo_true", "ParametricUserSim-v0", {"world": world.config}),
+            ):
+                t1 = time.perf_counter()
+                model = train_ppo(
+                    env_id, {**env_kwargs, **extra}, cfg.ppo_steps, cfg.seed + i, cfg.ppo_envs
+                )
+                (policies if i == 0 else more_pairs)[label if i == 0 else f"{label}_{i}"] = model
+                train_seconds[label] = round(train_seconds[label] + time.perf_counter() - t1, 1)
+
+    def evaluate(labelled: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return rank_policies(
+            labelled,
+            sim,
+            world,
+            env_kwargs,
+            cfg.policy_users,
+            cfg.seed,
+            cfg.policy_envs,
+            counts,
+            cfg.progress,
+        )
+
+    returns = evaluate(policies)
+    extra_returns = evaluate(more_pairs) if more_pairs else {}
     ranking = ranking_metrics(returns)
     ranking["greedy_note"] = GREEDY_NOTE
     ranking["users"] = min(len(r["true"]) for r in returns.values()) if returns else 0
     sim2real = None
     if cfg.sim2real and {"ppo_sim", "ppo_true"} <= set(returns):
-        a = float(np.mean(returns["ppo_sim"]["true"]))
-        b = float(np.mean(returns["ppo_true"]["true"]))
+        both = {**returns, **extra_returns}
+        pairs = []
+        for i in range(cfg.ppo_seeds):
+            sim_label, true_label = (
+                ("ppo_sim", "ppo_true") if i == 0 else (f"ppo_sim_{i}", f"ppo_true_{i}")
+            )
+            if {sim_label, true_label} <= set(both):
+                a_i = float(np.mean(both[sim_label]["true"]))
+                b_i = float(np.mean(both[true_label]["true"]))
+                pairs.append(
+                    {
+                        "seed": cfg.seed + i,
+                        "ppo_sim_true_return": a_i,
+                        "ppo_true_true_return": b_i,
+                        "ratio": a_i / b_i if b_i else None,
+                    }
+                )
+        a = float(np.mean([p["ppo_sim_true_return"] for p in pairs]))
+        b = float(np.mean([p["ppo_true_true_return"] for p in pairs]))
         sim2real = {
             "ppo_sim_true_return": a,
             "ppo_true_true_return": b,
             "sim2real_ratio": a / b if b else None,
+            "per_seed": pairs,
             "ppo_steps": cfg.ppo_steps,
             "ppo_envs": cfg.ppo_envs,
+            "ppo_seeds": len(pairs),
             "train_seconds": {"sim": train_seconds["ppo_sim"], "true": train_seconds["ppo_true"]},
             "random_true_return": (
                 float(np.mean(returns["random"]["true"])) if "random" in returns else None
