@@ -13,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simulators.tokenization import CONT, ROLE_CONTROL, ROLE_RESTATED, ROLE_SLATE, START
+from simulators.tokenization import (
+    CONT,
+    ROLE_CONTROL,
+    ROLE_RESTATED,
+    ROLE_SLATE,
+    START,
+    SUMMARY_BUY_LEVELS,
+)
 from simulators.user_lm import sdpa, window_bias
 
 
@@ -42,6 +49,11 @@ def candidate_probs(sim: object, rows: np.ndarray, candidates: np.ndarray) -> np
     )
     slots = torch.tensor([0, 1, 1], device=dev).repeat(c).expand(n, -1)
     items = torch.stack([torch.full_like(cand, -1), cand, cand], dim=2).reshape(n, 3 * c)
+    summary = torch.zeros_like(items)
+    if sim._summary_on:  # the rows' session summary for each candidate's category
+        got = sim.consumed[rows_t[:, None], model.item_category[cand]].long()  # (n, C, 2)
+        code = got[..., 0] * SUMMARY_BUY_LEVELS + got[..., 1]
+        summary = torch.stack([torch.zeros_like(code), code, code], dim=2).reshape(n, 3 * c)
     offset = torch.tensor([0, 1, 2], device=dev).repeat(c)
     group = torch.arange(3 * c, device=dev) // 3
     own = (group[:, None] == group[None, :]) & (offset[None, :] <= offset[:, None])  # (3C, 3C)
@@ -77,7 +89,7 @@ def candidate_probs(sim: object, rows: np.ndarray, candidates: np.ndarray) -> np
     d = cfg.n_embd
     nh, hd = cfg.n_head, d // cfg.n_head
     t = 3 * c
-    h = model.embed(ids, roles, slots, items).to(sim.dtype) + tr.wpe(pos)
+    h = model.embed(ids, roles, slots, items, summary).to(sim.dtype) + tr.wpe(pos)
     for layer, block in enumerate(tr.h):
         a = block.ln_1(h)
         qkv = torch.addmm(block.attn.c_attn.bias, a.reshape(n * t, d), block.attn.c_attn.weight)

@@ -47,6 +47,16 @@ def item_feature_matrix(items: pd.DataFrame) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
+def item_category_index(items: pd.DataFrame) -> np.ndarray:
+    """(num_items,) int64 index of each item's category among the sorted categories (the order
+    of `item_feature_matrix`'s one-hot block); all 0 when the table has no category column."""
+    if "category" not in items.columns:
+        return np.zeros(len(items), dtype=np.int64)
+    cats = items["category"].fillna("").astype(str)
+    names = sorted(cats.unique())
+    return cats.map({c: i for i, c in enumerate(names)}).to_numpy().astype(np.int64)
+
+
 def profile_tokens(row: dict, fields: Sequence[str]) -> list[str]:
     """Turn one users-table row into `field=value` strings (multi-valued fields split on '|')."""
     out: list[str] = []

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from simulators.catalog import ProfileEncoder
+from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.logs import InteractionLogs, atomic_write
 from simulators.tokenization import UNK_ITEM, EncodedSession, SimTokenizer, step_block_length
@@ -43,6 +43,7 @@ CHANNELS = (
     "roles",
     "slots",
     "items",
+    "summary",
     "position_ids",
     "step_ids",
     "segment_ids",
@@ -88,6 +89,9 @@ class TrainConfig:
     """Tokens per user context (GPT-2 n_positions)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (tests and smoke runs)."""
+    session_summary: bool = False
+    """Switch the session-summary input channel on (see SimulatorConfig.session_summary): for a
+    fresh network, or for one continued with `init_sim` (its new embedding starts at zero)."""
     max_population: int = 50_000
     """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
     seeded sample when there are more."""
@@ -127,12 +131,15 @@ def encode_logs(
     users = logs.users.assign(user_id=logs.users["user_id"].astype(str)).drop_duplicates("user_id")
     prof = dict(zip(users["user_id"], encoder.encode(users)))
     steps = logs.steps.sort_values(["user_id", "session_id", "step"], kind="stable")
+    category = item_category_index(logs.items)
     sessions, session_users, profiles = [], [], []
     for (uid, _sid), g in steps.groupby(["user_id", "session_id"], sort=False):
         slates = [np.array([item_index[i] for i in items], dtype=np.int64) for items in g["items"]]
         resp = [np.asarray(r, dtype=np.int64) for r in g["responses"]]
         p = prof[uid]
-        sessions.append(tok.encode_session(p, slates, resp, bool(g["leave"].iloc[-1]), known_items))
+        sessions.append(
+            tok.encode_session(p, slates, resp, bool(g["leave"].iloc[-1]), known_items, category)
+        )
         session_users.append(uid)
         profiles.append(p)
     return SessionData(
@@ -165,6 +172,7 @@ def session_windows(
         "roles": s.roles,
         "slots": s.slots,
         "items": s.items,
+        "summary": s.summary,
         "step_ids": session_step_ids(s),
         "target_kind": s.target_kind,
         "target": s.target,
@@ -219,6 +227,7 @@ def pack_rows(
                 "roles",
                 "slots",
                 "items",
+                "summary",
                 "step_ids",
                 "target_kind",
                 "target",
@@ -278,7 +287,13 @@ class SimulatorTrainer:
             window = (sim_config or start.sim_config).attention_window_steps
             sim_config = replace(start.sim_config, attention_window_steps=window)
             start.model.sim_config = sim_config
-        self.sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
+        sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
+        if cfg.session_summary and not sim_config.session_summary:
+            sim_config = replace(sim_config, session_summary=True)
+            if start is not None:
+                start.model.sim_config = sim_config
+                start.model.add_session_summary(torch.from_numpy(item_category_index(logs.items)))
+        self.sim_config = sim_config
         is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
         prefix = 1 + data.tokenizer.profile_slots
         self.prefix = prefix

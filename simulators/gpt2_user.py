@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from simulators.base import NUM_RESPONSES, StepOutcome
-from simulators.catalog import ProfileEncoder, item_feature_matrix
+from simulators.catalog import ProfileEncoder, item_category_index, item_feature_matrix
 from simulators.logs import atomic_write, atomic_write_text
 from simulators.tokenization import (
     BOS,
@@ -45,6 +45,8 @@ from simulators.tokenization import (
     ROLE_RESTATED,
     ROLE_SLATE,
     START,
+    SUMMARY_BUY_LEVELS,
+    SUMMARY_CLICK_LEVELS,
     UNK_ITEM,
     SimTokenizer,
     step_block_length,
@@ -124,7 +126,8 @@ def build_user_lm(
         if item_known is None
         else torch.from_numpy(item_known)
     )
-    return UserLM(gpt2, sim_config, feats, text, known)
+    category = torch.from_numpy(item_category_index(items))
+    return UserLM(gpt2, sim_config, feats, text, known, category)
 
 
 class GPT2UserSimulator:
@@ -158,6 +161,9 @@ class GPT2UserSimulator:
         self.num_items = tokenizer.num_items
         self.slate_size_max = None
         self.item_features = item_feature_matrix(self.items)
+        self.item_category = item_category_index(self.items)
+        """Category index of every item (what the session-summary channel counts by)."""
+        self._summary_on = model.summary_emb is not None
         self.sim_config: SimulatorConfig = model.sim_config
         self.prefix_length = 1 + tokenizer.profile_slots
         self._item_base = torch.tensor(tokenizer.item_base, device=self.device)
@@ -205,12 +211,17 @@ class GPT2UserSimulator:
         )
         z = lambda fill: torch.full((capacity, c), fill, dtype=torch.long, device=self.device)
         self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items = z(PAD), z(0), z(0), z(-1)
+        self.tok_summary = z(0)
         self.steps_done = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        n_cat = int(self.item_category.max()) + 1 if self._summary_on else 0
+        self.consumed = torch.zeros(capacity, n_cat, 2, dtype=torch.int16, device=self.device)
+        """Session summary of every row: (clicks, buys) per category so far, capped."""
 
     @property
-    def _token_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The four token channels of every cache row (ids, roles, slots, items), (cap, C)."""
-        return self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items
+    def _token_buffers(self) -> tuple[torch.Tensor, ...]:
+        """The five token channels of every cache row (ids, roles, slots, items, summary),
+        each (cap, C)."""
+        return self.tok_ids, self.tok_roles, self.tok_slots, self.tok_items, self.tok_summary
 
     def _fit_ring(self) -> None:
         """Resize the cache's position axis to the ring's block length, keeping every row's
@@ -219,8 +230,9 @@ class GPT2UserSimulator:
         c = self.cache_positions()
         if self.cache is None or self.cache.context == c:
             return
-        old, bufs, steps = self.cache, self._token_buffers, self.steps_done
+        old, bufs, steps, consumed = self.cache, self._token_buffers, self.steps_done, self.consumed
         self._alloc(self.capacity)
+        self.consumed.copy_(consumed)
         keep = min(c, old.context)
         self.cache.k[..., :keep, :] = old.k[..., :keep, :]
         self.cache.v[..., :keep, :] = old.v[..., :keep, :]
@@ -266,13 +278,20 @@ class GPT2UserSimulator:
         return self._side
 
     def _embed(
-        self, ids: torch.Tensor, roles: torch.Tensor, slots: torch.Tensor, items: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        roles: torch.Tensor,
+        slots: torch.Tensor,
+        items: torch.Tensor,
+        summary: torch.Tensor,
     ) -> torch.Tensor:
         """`UserLM.embed` with the per-item side embeddings precomputed; (B, T, d) in self.dtype."""
         m = self.model
         x = m.gpt2.transformer.wte(ids).float()
         x = x + m.role_emb(roles) + m.slot_emb(slots.clamp(max=self.sim_config.max_slots))
         x = x + self._item_side()[items + 1]
+        if self._summary_on:
+            x = x + m.summary_emb(summary).float()
         return x.to(self.dtype)
 
     def _output_weight(self) -> torch.Tensor:
@@ -317,8 +336,10 @@ class GPT2UserSimulator:
             torch.as_tensor(roles, device=self.device),
             torch.zeros(n, p, dtype=torch.long, device=self.device),
             torch.full((n, p), -1, dtype=torch.long, device=self.device),
+            torch.zeros(n, p, dtype=torch.long, device=self.device),
         )
         self.steps_done[rows_t] = 0
+        self.consumed[rows_t] = 0
 
     def _encode_rows(
         self,
@@ -327,6 +348,7 @@ class GPT2UserSimulator:
         roles: torch.Tensor,
         slots: torch.Tensor,
         items: torch.Tensor,
+        summary: torch.Tensor,
     ) -> None:
         """Encode whole sequences (n, T) from position 0 into the cache rows (in row blocks)."""
         n, t = ids.shape
@@ -335,12 +357,12 @@ class GPT2UserSimulator:
         for lo in range(0, n, block):
             hi = min(n, lo + block)
             pos = torch.arange(t, device=self.device).expand(hi - lo, t)
-            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
+            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi], summary[lo:hi])
             # UserLM.transformer(x, pos, causal mask, cache, pos, rows) with is_causal attention
             attend = _FreshRowsAttention(nh, self.cache, rows[lo:hi], pos, None)
             self.model._blocks(x, torch.zeros_like(pos) if self.window else pos, attend)
             self._count_flops(hi - lo, t, (hi - lo) * t * (t + 1) / 2)
-        for buf, val in zip(self._token_buffers, (ids, roles, slots, items)):
+        for buf, val in zip(self._token_buffers, (ids, roles, slots, items, summary)):
             buf[rows, :t] = val
         self.cache.lengths[rows] = t
 
@@ -370,6 +392,7 @@ class GPT2UserSimulator:
         roles: torch.Tensor,
         slots: torch.Tensor,
         items: torch.Tensor,
+        summary: torch.Tensor,
         steps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Append tokens (R, t) to cache rows `rows` (all rows if None) at offsets start (R,).
@@ -390,7 +413,7 @@ class GPT2UserSimulator:
         for lo in range(0, r, block):
             hi = min(r, lo + block)
             p = pos[lo:hi]
-            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi])
+            x = self._embed(ids[lo:hi], roles[lo:hi], slots[lo:hi], items[lo:hi], summary[lo:hi])
             sub = None if rows is None else rows[lo:hi]
             if self.window:
                 n, bias = self._ring_bias(steps[lo:hi], p)
@@ -511,8 +534,8 @@ class GPT2UserSimulator:
             cur = self.prefix_length + (steps % (self.window + 1)) * self._ring_block
         else:
             cur = self.cache.lengths[state_rows]  # (m,) block start
-        ids, roles, slots, items = self._block_tokens(
-            slate_m, draft, self.steps_done[state_rows] == 0
+        ids, roles, slots, items, summary = self._block_tokens(
+            slate_m, draft, self.steps_done[state_rows] == 0, state_rows
         )
         resp_pos = k + 2 + 2 * torch.arange(k, device=dev)  # r_j in the block
         item_pos = resp_pos - 1  # re-stated i_j
@@ -535,6 +558,7 @@ class GPT2UserSimulator:
                 roles[loc, w0:],
                 slots[loc, w0:],
                 items[loc, w0:],
+                summary[loc, w0:],
                 steps[loc],
             )  # (R, block - w0, 5)
             j0 = max(0, -(-(w0 - k - 1) // 2))  # first slot whose i_j is in the window
@@ -567,8 +591,10 @@ class GPT2UserSimulator:
             todo = again
             w0 = int(resp_pos[s_again].min())
         if not self.window:  # (the tokens a refill re-encodes)
-            self._finish_block(state_rows, cur, ids, roles, slots, items)
+            self._finish_block(state_rows, cur, ids, roles, slots, items, summary)
         if not peek:
+            if self._summary_on:
+                self._record_consumption(rows_t, slate_m[sel], responses[sel])
             if not self.window:
                 self.cache.lengths[rows_t] += block
             self.steps_done[rows_t] += 1
@@ -609,9 +635,14 @@ class GPT2UserSimulator:
         self._fit_ring()
 
     def _block_tokens(
-        self, slate: torch.Tensor, responses: torch.Tensor, first_step: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The step's tokens (R, 1 + 3k) in four channels (see SimTokenizer.encode_session)."""
+        self,
+        slate: torch.Tensor,
+        responses: torch.Tensor,
+        first_step: torch.Tensor,
+        state_rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """The step's tokens (R, 1 + 3k) in five channels (see SimTokenizer.encode_session)
+        for cache rows `state_rows` (R,)."""
         r, k = slate.shape
         dev = self.device
         item_tok = self._item_tokens(slate)  # (R, k)
@@ -620,8 +651,32 @@ class GPT2UserSimulator:
         ids[:, 1 : 1 + k] = item_tok
         ids[:, 1 + k :: 2] = item_tok
         ids[:, 2 + k :: 2] = self._resp_tokens[responses]
-        roles, slots, items = self._block_layout(k)
-        return ids, roles.expand(r, -1), slots.expand(r, -1), self._block_items(slate, items)
+        roles, slots, gather = self._block_layout(k)
+        items = self._block_items(slate, gather)
+        if self._summary_on:
+            got = self.consumed[state_rows[:, None], self.model.item_category[slate]].long()
+            codes = got[..., 0] * SUMMARY_BUY_LEVELS + got[..., 1]  # (R, k): summary_codes
+            summary = self._block_items(codes, gather).clamp(min=0)
+        else:
+            summary = torch.zeros_like(items)
+        return ids, roles.expand(r, -1), slots.expand(r, -1), items, summary
+
+    def _record_consumption(
+        self, rows: torch.Tensor, slate: torch.Tensor, responses: torch.Tensor
+    ) -> None:
+        """Add a step's clicks and buys to its rows' session summary, capped where
+        `summary_codes` caps them (accumulating, since a sampled slate may hold two clicks of
+        one category)."""
+        r_idx, j_idx = torch.nonzero(responses != 0, as_tuple=True)  # not Response.SKIP
+        if len(r_idx) == 0:
+            return
+        row, cat = rows[r_idx], self.model.item_category[slate[r_idx, j_idx]]
+        add = torch.stack([torch.ones_like(cat), (responses[r_idx, j_idx] == 2).long()], dim=1)
+        self.consumed.index_put_((row, cat), add.to(self.consumed.dtype), accumulate=True)
+        caps = torch.tensor(
+            [SUMMARY_CLICK_LEVELS - 1, SUMMARY_BUY_LEVELS - 1], device=self.device
+        ).to(self.consumed.dtype)
+        self.consumed[row, cat] = torch.minimum(self.consumed[row, cat], caps)
 
     def _block_layout(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Roles, slots (1, 1 + 3k) and the item gather index into [-1, slate...] of a block."""
@@ -656,10 +711,11 @@ class GPT2UserSimulator:
         roles: torch.Tensor,
         slots: torch.Tensor,
         items: torch.Tensor,
+        summary: torch.Tensor,
     ) -> None:
         """Record the block's final tokens (for the sliding-window refill)."""
         pos = cur[:, None] + torch.arange(ids.shape[1], device=self.device)
-        for buf, val in zip(self._token_buffers, (ids, roles, slots, items)):
+        for buf, val in zip(self._token_buffers, (ids, roles, slots, items, summary)):
             if len(state_rows) == self.capacity:
                 buf.scatter_(1, pos, val)
             else:
@@ -744,6 +800,7 @@ class GPT2UserSimulator:
                 state["item_features"],
                 state["item_text"],
                 state["item_known"],
+                state.get("item_category"),
             )
             model.load_state_dict(state, strict=True)
         except (KeyError, RuntimeError) as exc:

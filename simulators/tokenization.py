@@ -17,6 +17,13 @@ role (profile, slate item, re-stated item, response, control), a slot (1-based s
 token belongs to, 0 otherwise) and an item index (-1 for non-item tokens), from which the model
 adds role/slot embeddings and item side information (features and title text), so an item never
 seen in training still gets a meaningful input through its text and features.
+
+A fifth channel, the *session summary*, gives every item token (slate and re-stated) a code of how
+much of the item's category the user has consumed earlier in the session: clicks (buys included)
+and buys, each capped (`summary_codes`). Attention sees only a recent window of steps, while
+a session's earlier consumption can still shape its interests; the code carries that part of the
+history at a fixed cost. A simulator built with `SimulatorConfig.session_summary` adds a learned
+embedding of it; for other simulators the channel is ignored.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from simulators.base import Response
 
 PAD, BOS, START, CONT, LEAVE, SKIP, CLICK, BUY, UNK_ITEM, PROFILE_PAD = range(10)
 SPECIAL_TOKENS = (
@@ -47,6 +56,12 @@ OUTPUT_TOKENS = (SKIP, CLICK, BUY, CONT, LEAVE)  # the head's 5 outputs, in this
 ROLE_CONTROL, ROLE_PROFILE, ROLE_SLATE, ROLE_RESTATED, ROLE_RESPONSE = range(5)
 NUM_ROLES = 5
 
+SUMMARY_CLICK_LEVELS = 8
+"""Clicks on a category so far, as 0..7 (7: seven or more)."""
+SUMMARY_BUY_LEVELS = 4
+"""Buys in a category so far, as 0..3 (3: three or more)."""
+NUM_SUMMARY_CODES = SUMMARY_CLICK_LEVELS * SUMMARY_BUY_LEVELS
+
 # target kinds at a position
 TARGET_NONE, TARGET_RESPONSE, TARGET_LEAVE = 0, 1, 2
 
@@ -67,6 +82,15 @@ class EncodedSession:
     target_kind: np.ndarray  # (T,) TARGET_*: what the token at t + 1 is
     target: np.ndarray  # (T,) int64 class of the next token (0..2 response, 0..1 cont/leave)
     step_start: np.ndarray  # (num_steps,) position of each step's X token
+    summary: np.ndarray  # (T,) int64 session-summary code (0 outside item tokens)
+
+
+def summary_codes(clicks: np.ndarray, buys: np.ndarray) -> np.ndarray:
+    """Session-summary codes of per-category counts: 0 for nothing consumed (and for every
+    non-item token), else clicks and buys, each capped, combined into one index."""
+    c = np.minimum(clicks, SUMMARY_CLICK_LEVELS - 1)
+    b = np.minimum(buys, SUMMARY_BUY_LEVELS - 1)
+    return (c * SUMMARY_BUY_LEVELS + b).astype(np.int64)
 
 
 def text_buckets(title: str, num_buckets: int, max_words: int) -> list[int]:
@@ -124,8 +148,12 @@ class SimTokenizer:
         responses: list[np.ndarray],
         left: bool,
         known: np.ndarray | None = None,
+        item_category: np.ndarray | None = None,
     ) -> EncodedSession:
-        """Encode one session (item indices per step, Response codes per step)."""
+        """Encode one session (item indices per step, Response codes per step).
+
+        `item_category` ((num_items,) category index per item) feeds the session-summary
+        channel; without it every item counts as one category."""
         pid, prole = self.prefix(profile)
         ids, roles, slots, items = (
             [pid],
@@ -134,6 +162,8 @@ class SimTokenizer:
             [np.full(len(pid), -1)],
         )
         kinds, targets = [np.zeros(len(pid), np.int64)], [np.zeros(len(pid), np.int64)]
+        summary = [np.zeros(len(pid), np.int64)]
+        consumed: dict[int, list[int]] = {}  # category -> [clicks, buys] so far
         starts = []
         pos = len(pid)
         for t, (slate, resp) in enumerate(zip(slates, responses)):
@@ -162,6 +192,18 @@ class SimTokenizer:
             b_ids[pair + 1] = RESPONSE_TOKENS[resp]
             b_role[pair + 1], b_slot[pair + 1] = ROLE_RESPONSE, np.arange(1, k + 1)
             b_kind[pair], b_tgt[pair] = TARGET_RESPONSE, resp
+            cats = (
+                np.zeros(k, np.int64) if item_category is None else np.asarray(item_category)[slate]
+            )
+            counts = np.array([consumed.get(int(c), [0, 0]) for c in cats]).reshape(k, 2)
+            codes = summary_codes(counts[:, 0], counts[:, 1])
+            b_sum = np.zeros(n, np.int64)
+            b_sum[1 : 1 + k], b_sum[pair] = codes, codes
+            for c, r in zip(cats.tolist(), resp.tolist()):
+                if r != Response.SKIP:
+                    tally = consumed.setdefault(c, [0, 0])
+                    tally[0] += 1
+                    tally[1] += int(r == Response.BUY)
             last = t == len(slates) - 1
             if not last or left:
                 b_kind[-1], b_tgt[-1] = TARGET_LEAVE, int(last and left)
@@ -171,6 +213,7 @@ class SimTokenizer:
             items.append(b_item)
             kinds.append(b_kind)
             targets.append(b_tgt)
+            summary.append(b_sum)
             starts.append(pos)
             pos += n
         if left:
@@ -180,6 +223,7 @@ class SimTokenizer:
             items.append(np.full(1, -1))
             kinds.append(np.zeros(1, np.int64))
             targets.append(np.zeros(1, np.int64))
+            summary.append(np.zeros(1, np.int64))
         cat = np.concatenate
         return EncodedSession(
             cat(ids),
@@ -189,6 +233,7 @@ class SimTokenizer:
             cat(kinds),
             cat(targets),
             np.asarray(starts, dtype=np.int64),
+            cat(summary),
         )
 
     def decode(self, ids: np.ndarray) -> list[str]:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from simulators.tokenization import BOS, LEAVE, NUM_ROLES, OUTPUT_TOKENS, PAD
+from simulators.tokenization import BOS, LEAVE, NUM_ROLES, NUM_SUMMARY_CODES, OUTPUT_TOKENS, PAD
 
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 32},
@@ -61,6 +61,11 @@ class SimulatorConfig:
     keeps a ring of N + 1 step blocks in the KV cache: a step costs the same at any history
     length and nothing is ever re-encoded (earlier steps still reach a token through the
     layers, up to n_layer * N steps back)."""
+    session_summary: bool = False
+    """Add a learned embedding of the session-summary channel (what the user has clicked and
+    bought of an item's category earlier in the session, see `simulators.tokenization`) to
+    every item token: with recency attention, consumption older than the window still
+    reaches the prediction."""
     format_version: int = 1
     """Checkpoint format version."""
 
@@ -142,8 +147,10 @@ class UserLM(nn.Module):
         item_features: torch.Tensor,
         item_text: torch.Tensor,
         item_known: torch.Tensor,
+        item_category: torch.Tensor | None = None,
     ) -> None:
-        """Wrap a GPT2LMHeadModel and register the catalog side information as buffers."""
+        """Wrap a GPT2LMHeadModel and register the catalog side information as buffers
+        (`item_category`, each item's category index, is needed with `session_summary`)."""
         super().__init__()
         self.gpt2 = gpt2
         self.sim_config = sim_config
@@ -163,6 +170,25 @@ class UserLM(nn.Module):
         self.register_buffer(
             "output_ids", torch.tensor(OUTPUT_TOKENS, dtype=torch.long), persistent=False
         )
+        self.summary_emb: nn.Embedding | None = None
+        if sim_config.session_summary:
+            if item_category is None:
+                raise ValueError("a session_summary simulator needs each item's category index")
+            self.add_session_summary(item_category)
+
+    def add_session_summary(self, item_category: torch.Tensor) -> None:
+        """Switch the session-summary channel on: a zero-initialised embedding, so a trained
+        network computes the same function until training teaches it to use the channel."""
+        if len(item_category) != len(self.item_features):
+            raise ValueError(
+                f"item_category has {len(item_category)} entries for {len(self.item_features)} items"
+            )
+        dev = self.item_features.device
+        self.summary_emb = nn.Embedding(
+            NUM_SUMMARY_CODES, self.config.n_embd, padding_idx=0, device=dev
+        )
+        nn.init.zeros_(self.summary_emb.weight)
+        self.register_buffer("item_category", item_category.long().to(dev))
 
     @property
     def config(self) -> GPT2Config:
@@ -170,11 +196,19 @@ class UserLM(nn.Module):
         return self.gpt2.config
 
     def embed(
-        self, input_ids: torch.Tensor, roles: torch.Tensor, slots: torch.Tensor, items: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        roles: torch.Tensor,
+        slots: torch.Tensor,
+        items: torch.Tensor,
+        summary: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Input embeddings (B, T, d) from the four channels (each (B, T) int64)."""
+        """Input embeddings (B, T, d) from the token channels (each (B, T) int64; the
+        session-summary codes count only with `session_summary`)."""
         x = self.gpt2.transformer.wte(input_ids)
         x = x + self.role_emb(roles) + self.slot_emb(slots.clamp(max=self.sim_config.max_slots))
+        if self.summary_emb is not None and summary is not None:
+            x = x + self.summary_emb(summary)
         is_item = items >= 0
         if bool(is_item.any()):
             idx = items.clamp(min=0)
@@ -398,9 +432,29 @@ def sdpa(
     stay allowed, so every input still has a kernel. Training (autograd on) keeps the default.
     """
     if q.is_cuda and not torch.is_grad_enabled():
+        if len(q) > _CUDA_SDPA_MAX_BATCH:  # the kernels' grids cap the batch at 65,535
+            step = _CUDA_SDPA_MAX_BATCH
+            part = lambda m, lo: m if m is None or len(m) == 1 else m[lo : lo + step]
+            return torch.cat(
+                [
+                    sdpa(
+                        q[lo : lo + step],
+                        k[lo : lo + step],
+                        v[lo : lo + step],
+                        part(attn_mask, lo),
+                        is_causal,
+                    )
+                    for lo in range(0, len(q), step)
+                ]
+            )
         with sdpa_kernel(_CUDA_INFERENCE_SDPA):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+
+
+_CUDA_SDPA_MAX_BATCH = 32_768
+"""Rows per CUDA SDPA call: at 65,536 rows the flash kernel (bfloat16) fails with 'invalid
+argument' (measured on an H200), its grid's batch dimension being limited to 65,535."""
 
 
 _CUDA_INFERENCE_SDPA = [
@@ -750,7 +804,9 @@ def packed_inputs(
     t = seg.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
     mask = (seg[:, :, None] == seg[:, None, :]) & causal  # (B, T, T)
-    x = model.embed(batch["input_ids"], batch["roles"], batch["slots"], batch["items"])
+    x = model.embed(
+        batch["input_ids"], batch["roles"], batch["slots"], batch["items"], batch.get("summary")
+    )
     window = model.sim_config.attention_window_steps
     if not window:
         return x, batch["position_ids"], mask[:, None]
@@ -765,7 +821,7 @@ def packed_loss(
     """Teacher-forced loss on packed rows: only the user's tokens (responses, cont/leave) count.
 
     Args:
-        batch: (B, T) tensors input_ids, roles, slots, items, position_ids, step_ids,
+        batch: (B, T) tensors input_ids, roles, slots, items, summary, position_ids, step_ids,
             segment_ids, target_kind, target (see simulators.tokenization).
 
     Returns:

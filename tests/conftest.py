@@ -74,12 +74,46 @@ def tiny_recency_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathF
     )
 
 
+def _with_random_summary(src: Path, out: Path) -> Path:
+    """A copy of a simulator checkpoint with the session-summary channel on and random summary
+    weights (a trained-from-zero channel would hide a wrong code: every code embeds to 0)."""
+    from dataclasses import replace
+
+    from simulators.gpt2_user import GPT2UserSimulator
+
+    sim = GPT2UserSimulator.from_pretrained(src)
+    model = sim.model
+    model.sim_config = replace(model.sim_config, session_summary=True)
+    model.add_session_summary(torch.from_numpy(sim.item_category))
+    with torch.no_grad():
+        model.summary_emb.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+        model.summary_emb.weight[0].zero_()
+    GPT2UserSimulator(
+        model, sim.tokenizer, sim.profile_encoder, sim.population, sim.items, sim.extra
+    ).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_summary_sim_dir(tiny_sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny full-attention simulator with a (random) session-summary channel."""
+    return _with_random_summary(tiny_sim_dir, tmp_path_factory.mktemp("summary_sim"))
+
+
+@pytest.fixture(scope="session")
+def tiny_recency_summary_sim_dir(
+    tiny_recency_sim_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny recency-attention simulator with a (random) session-summary channel."""
+    return _with_random_summary(tiny_recency_sim_dir, tmp_path_factory.mktemp("rsummary_sim"))
+
+
 def session_batch(sim, profile, slates, responses) -> dict:
     """One whole session (forced responses, no leave) as a packed batch of one row."""
     from simulators.finetune import collate, pack_rows, session_windows
 
     enc = sim.tokenizer.encode_session(
-        profile, slates, responses, False, sim.model.item_known.numpy()
+        profile, slates, responses, False, sim.model.item_known.numpy(), sim.item_category
     )
     t = len(enc.input_ids)
     return collate(pack_rows(session_windows(enc, t, 1, sim.prefix_length), t, np.arange(1)))

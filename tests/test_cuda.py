@@ -19,7 +19,12 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-CKPTS = ["tiny_sim_dir", "tiny_recency_sim_dir"]
+CKPTS = [
+    "tiny_sim_dir",
+    "tiny_recency_sim_dir",
+    "tiny_summary_sim_dir",
+    "tiny_recency_summary_sim_dir",
+]
 
 
 def _run(sim: GPT2UserSimulator, steps: int, seed: int) -> list:
@@ -96,3 +101,19 @@ def test_speed_smoke_on_cuda(tiny_recency_sim_dir):
     )
     assert fig["peak_cuda_allocated_mb"] > 0
     assert fig["batched_64"] > 0 and fig["peak_fraction"] > 0
+
+
+def test_cuda_attention_takes_more_rows_than_the_kernel_grid():
+    """65,536+ rows in bfloat16 (the flash kernel's grid limit) run in parts, with the same result."""
+    from simulators.user_lm import sdpa
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(70_000, 2, 5, 8, device="cuda", dtype=torch.bfloat16, generator=g)
+        for _ in range(3)
+    )
+    with torch.inference_mode():
+        out = sdpa(q, k, v, is_causal=True)
+        ref = sdpa(q[-100:], k[-100:], v[-100:], is_causal=True)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out[-100:], ref)

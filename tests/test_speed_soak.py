@@ -117,9 +117,11 @@ def _expected_context(sim, hist, block):
     return {key: np.concatenate([v[:p], v[len(v) - w * block :]]) for key, v in hist.items()}
 
 
-def test_speculative_sampled_steps_match_full_forward_across_refills(tiny_sim_dir):
-    """KV-cache stepping with sampled responses (speculation re-runs included) == a full forward."""
-    sim = GPT2UserSimulator.from_pretrained(tiny_sim_dir, capacity=4)
+@pytest.mark.parametrize("ckpt", ["tiny_sim_dir", "tiny_summary_sim_dir"])
+def test_speculative_sampled_steps_match_full_forward_across_refills(request, ckpt):
+    """KV-cache stepping with sampled responses (speculation re-runs included) == a full forward
+    (with the session summary: refills re-encode its codes too)."""
+    sim = GPT2UserSimulator.from_pretrained(request.getfixturevalue(ckpt), capacity=4)
     known = sim.model.item_known.numpy()
     rng = np.random.default_rng(3)
     rows, k = np.arange(4), 3
@@ -135,22 +137,25 @@ def test_speculative_sampled_steps_match_full_forward_across_refills(tiny_sim_di
                 "roles": roles,
                 "slots": np.zeros_like(ids),
                 "items": np.full_like(ids, -1),
+                "summary": np.zeros_like(ids),
             }
         )
+    past_slates, past_resp = [[] for _ in rows], [[] for _ in rows]
     diverged = 0
-    for step in range(16):  # 7 + 16 x 10 tokens > context 128: two refills
+    for _step in range(16):  # 7 + 16 x 10 tokens > context 128: two refills
         slates = np.stack([rng.choice(sim.num_items, k, replace=False) for _ in rows])
         u = rng.random((4, k + 1))
         u[:, :k] = np.where(rng.random((4, k)) < 0.5, 1 - u[:, :k] * 0.3, u[:, :k])  # many clicks
         out = sim.step(rows, slates, u)
         diverged += int((out.responses != 0).any(axis=1).sum())
         for r in rows:
+            past_slates[r].append(slates[r])
+            past_resp[r].append(out.responses[r])
             enc = sim.tokenizer.encode_session(
-                profiles[r], [slates[r]] * (step + 1), [out.responses[r]] * (step + 1), False, known
+                profiles[r], past_slates[r], past_resp[r], False, known, sim.item_category
             )
-            blk = {
-                key: getattr(enc, key)[-block:] for key in ("input_ids", "roles", "slots", "items")
-            }
+            channels = ("input_ids", "roles", "slots", "items", "summary")
+            blk = {key: getattr(enc, key)[-block:] for key in channels}
             ctx = _expected_context(sim, hist[r], block)
             seq = {key: np.concatenate([ctx[key], blk[key]]) for key in blk}
             t = len(seq["input_ids"])

@@ -198,10 +198,11 @@ def naive_user_steps_per_second(
     profile = sim.population[int(rng.integers(len(sim.population)))]
     slates = [_random_slates(rng, 1, sim.num_items, k)[0] for _ in range(history + user_steps)]
     resp = [(rng.random(k) < 0.15).astype(np.int64) for _ in range(history)]
-    enc = tok.encode_session(profile, slates[:history], resp, False, known)
+    cats = sim.item_category
+    enc = tok.encode_session(profile, slates[:history], resp, False, known, cats)
     keep = min(history, (c - p - block) // block)  # whole recent steps that fit with a new block
     start = len(enc.input_ids) - keep * block
-    chan = [enc.input_ids, enc.roles, enc.slots, enc.items]
+    chan = chan_of(enc)
     window = [np.concatenate([a[:p], a[start:]]) for a in chan]
     resp_pos = p + k + 2 + 2 * np.arange(k)  # r_j in an encoded single step
     forwards = tokens = 0
@@ -209,14 +210,16 @@ def naive_user_steps_per_second(
         t0 = clock()
         for s in range(user_steps):
             blk = chan_of(
-                tok.encode_session(profile, [slates[history + s]], [np.zeros(k)], False, known)
+                tok.encode_session(
+                    profile, [slates[history + s]], [np.zeros(k)], False, known, cats
+                )
             )
             for j in range(k + 1):
                 upto = p + (k + 2 + 2 * j if j < k else block)  # through i_{j+1}, or r_k
                 seq = [np.concatenate([w, b[p:upto]]) for w, b in zip(window, blk)]
                 t = len(seq[0])
-                ids, roles, slots, items = (torch.as_tensor(a, device=dev)[None] for a in seq)
-                x = model.embed(ids, roles, slots, items).to(sim.dtype)
+                x = model.embed(*(torch.as_tensor(a, device=dev)[None] for a in seq))
+                x = x.to(sim.dtype)
                 pos = torch.arange(t, device=dev)[None]
                 mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None, None]
                 if sim.window:  # recency attention: the same context under the window bias
@@ -238,8 +241,8 @@ def naive_user_steps_per_second(
 
 
 def chan_of(enc: Any) -> list[np.ndarray]:
-    """The four input channels of an EncodedSession."""
-    return [enc.input_ids, enc.roles, enc.slots, enc.items]
+    """The five input channels of an EncodedSession (ids, roles, slots, items, summary)."""
+    return [enc.input_ids, enc.roles, enc.slots, enc.items, enc.summary]
 
 
 # ------------------------------------------------------------------------------- vector envs

@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "0: absolute positions and full attention (the default for a fresh network; with "
         "--init-sim the checkpoint's unless given)",
     )
+    p.add_argument(
+        "--session-summary",
+        action="store_true",
+        help="give every item token what the user clicked and bought of its category earlier "
+        "in the session (with --init-sim: added to the checkpoint, starting at zero)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument(
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         bf16=args.bf16,
         context_length=args.context_length,
+        session_summary=args.session_summary,
     )
     logs = read_logs(args.logs)
     trainer = SimulatorTrainer(
