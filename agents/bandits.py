@@ -8,7 +8,7 @@ ridge regression on the outer product splits exactly into one independent ridge 
 category on z: that is what is stored (per category a (d, d) precision and a (d,) vector), so
 each step costs a few small matrix operations whatever the batch size.
 
-The reward of a slot is `click_reward * clicked + buy_reward * bought` for the item shown there;
+The reward of a slot is the env's reward of the behaviour given to the item shown there;
 the top-scored candidate takes the top slot. Both agents explore by construction (an upper
 confidence bonus, a posterior sample), so `deterministic` is ignored.
 """
@@ -25,6 +25,7 @@ from agents.base import (
     batch_responses,
     candidate_matrix,
     category_block_size,
+    default_reward_per_code,
     slot_rewards,
     top_k,
     transition_rows,
@@ -78,7 +79,8 @@ class LinearBanditAgent(SlateAgent):
     Args:
         slate_size: items per slate.
         ridge: prior precision (L2 penalty) of every model.
-        click_reward / buy_reward: the env's reward weights (the slot reward).
+        reward_per_code: (R,) the env's reward of each behaviour code (the slot reward;
+            `EnvConfig.reward_per_code`); None: the default (click 1, buy 3).
         num_categories: see `PairFeatures`.
         seed: seed of the agent's own RNG.
     """
@@ -87,16 +89,14 @@ class LinearBanditAgent(SlateAgent):
         self,
         slate_size: int,
         ridge: float = 1.0,
-        click_reward: float = 1.0,
-        buy_reward: float = 3.0,
+        reward_per_code: np.ndarray | None = None,
         num_categories: int | None = None,
         seed: int | None = None,
     ) -> None:
         """Set hyperparameters; the models are allocated on the first observation."""
         super().__init__(slate_size, seed)
         self.ridge = ridge
-        self.click_reward = click_reward
-        self.buy_reward = buy_reward
+        self.reward_per_code = default_reward_per_code(reward_per_code)
         self.features = PairFeatures(num_categories)
         self.A: np.ndarray | None = None  # (M, d, d) precision per category
         self.b: np.ndarray | None = None  # (M, d)
@@ -143,7 +143,7 @@ class LinearBanditAgent(SlateAgent):
         if not rows.any():
             return
         act = np.asarray(action, dtype=np.int64).reshape(n, -1)[rows]
-        r = slot_rewards(batch_responses(info, n)[rows], self.click_reward, self.buy_reward)
+        r = slot_rewards(batch_responses(info, n)[rows], self.reward_per_code)
         xs = np.take_along_axis(x[rows], act[..., None], axis=1).reshape(-1, x.shape[-1])
         cs = np.take_along_axis(cat[rows], act, axis=1).reshape(-1)
         r = r.reshape(-1)

@@ -8,9 +8,15 @@ env, as SB3's VecEnv and `evaluate_policy` pass) and returns candidate indices o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
+
+from recsim_env.config import EnvConfig
+from simulators.base import UserSimulator
+from simulators.behaviours import DEFAULT_BEHAVIOURS, DEFAULT_REWARDS
 
 
 def is_batched(observation: dict[str, np.ndarray]) -> bool:
@@ -97,10 +103,18 @@ def batch_responses(info: dict[str, Any], n: int) -> np.ndarray:
     return np.asarray(info["responses"], dtype=np.int64).reshape(n, -1)
 
 
-def slot_rewards(responses: np.ndarray, click_reward: float, buy_reward: float) -> np.ndarray:
-    """Reward earned by each slot: click_reward per click (a buy is a click) + buy_reward per buy."""
-    responses = np.asarray(responses)
-    return click_reward * (responses > 0) + buy_reward * (responses == 2)
+def default_reward_per_code(reward_per_code: np.ndarray | None) -> np.ndarray:
+    """The given reward per behaviour code, or the default (skip 0, click 1, buy 1 + 3)."""
+    if reward_per_code is None:
+        return DEFAULT_BEHAVIOURS.reward_per_code(DEFAULT_REWARDS)
+    return np.asarray(reward_per_code, dtype=np.float64)
+
+
+def slot_rewards(responses: np.ndarray, reward_per_code: np.ndarray) -> np.ndarray:
+    """Reward earned by each slot: `reward_per_code[code]` (0 for -1, no transition)."""
+    r = np.asarray(responses)
+    table = np.asarray(reward_per_code, dtype=np.float64)
+    return np.where(r >= 0, table[np.clip(r, 0, len(table) - 1)], 0.0)
 
 
 def candidate_matrix(obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -124,31 +138,85 @@ def category_block_size(item_features: np.ndarray) -> int:
     return size
 
 
-def env_parts(env: Any) -> tuple[list[Any], np.ndarray, Any]:
-    """Simulators, rows and EnvConfig behind a single env, our vector env or an SB3 VecEnv.
+@dataclass
+class EnvView:
+    """What an agent may read of the env it acts in.
 
-    Returns:
-        (simulators, rows, config): batch row i of the observations the env hands out is row
-        `rows[i]` of `simulators[i]` (one simulator for our native vector env, one per sub-env
-        for an SB3 DummyVecEnv, row 0 each).
+    Attributes:
+        simulators: the simulator behind each batch row of the observations (the same object
+            repeated for a native vector env, one per sub-env for SB3's DummyVecEnv).
+        rows: (n,) the simulator row of each batch row.
+        config: the env's EnvConfig.
+        observation_space / action_space: one user's spaces.
+    """
+
+    simulators: list[UserSimulator]
+    rows: np.ndarray
+    config: EnvConfig
+    observation_space: spaces.Space
+    action_space: spaces.Space
+
+    @property
+    def simulator(self) -> UserSimulator:
+        """The simulator of batch row 0."""
+        return self.simulators[0]
+
+    @property
+    def slate_size(self) -> int:
+        """Items per slate."""
+        return self.config.slate_size
+
+    @property
+    def reward_per_code(self) -> np.ndarray:
+        """The env's reward of a slot per behaviour code (R,)."""
+        return self.config.reward_per_code(self.simulator.behaviours)
+
+
+def env_view(env: Any) -> EnvView:
+    """The simulators, rows, config and spaces behind a single env, a native vector env (or a
+    wrapper of either), our SB3 `SlateVecEnv`, or an SB3 `DummyVecEnv` of single envs.
 
     Raises:
-        ValueError: when no simulator can be reached (e.g. a subprocess VecEnv).
+        ValueError: no simulator can be reached (e.g. a subprocess VecEnv).
     """
-    if hasattr(env, "envs"):  # stable-baselines3 DummyVecEnv (and wrappers forwarding .envs)
-        parts = [env_parts(e) for e in env.envs]
-        sims = [p[0][0] for p in parts]
-        return sims, np.zeros(len(sims), dtype=np.int64), parts[0][2]
-    base = getattr(env, "unwrapped", env)
-    sim = getattr(base, "simulator", None)
-    if sim is None:
-        raise ValueError(f"cannot find a simulator behind {type(env).__name__}")
-    n = int(getattr(base, "num_envs", 1)) if hasattr(base, "single_action_space") else 1
-    return [sim] * n, np.arange(n, dtype=np.int64), getattr(base, "config", None)
+    from recsim_env.env import SlateUserEnv
+    from recsim_env.vector_env import SlateUserVectorEnv
 
+    try:
+        base = env.unwrapped
+    except AttributeError:
+        raise ValueError(f"{type(env).__name__} is not an env (no .unwrapped)") from None
+    if isinstance(base, SlateUserEnv):
+        sims = [base.simulator]
+        return EnvView(
+            sims, np.zeros(1, np.int64), base.config, base.observation_space, base.action_space
+        )
+    if isinstance(base, SlateUserVectorEnv):
+        sims = [base.simulator] * base.num_envs
+        return EnvView(
+            sims,
+            np.arange(base.num_envs, dtype=np.int64),
+            base.config,
+            base.single_observation_space,
+            base.single_action_space,
+        )
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
-def single_spaces(env: Any) -> tuple[Any, Any]:
-    """(observation space, action space) of one user, for single, native vector and SB3 envs."""
-    if hasattr(env, "single_action_space"):
-        return env.single_observation_space, env.single_action_space
-    return env.observation_space, env.action_space
+    from agents.sb3.vec_env import SlateVecEnv
+
+    if isinstance(base, SlateVecEnv):
+        return env_view(base.venv)
+    if isinstance(base, DummyVecEnv):
+        parts = [env_view(e) for e in base.envs]
+        return EnvView(
+            [p.simulator for p in parts],
+            np.zeros(len(parts), dtype=np.int64),
+            parts[0].config,
+            parts[0].observation_space,
+            parts[0].action_space,
+        )
+    raise ValueError(
+        f"cannot find a simulator behind {type(env).__name__}: agents that read the simulator "
+        "need an LLMUserSim/ParametricUserSim env, its native vector env, or an in-process "
+        "SB3 VecEnv of them"
+    )

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import SlateAgent, top_k
-from simulators.base import Response
+from simulators.behaviours import engaged
 
 
 def click_counts_from_logs(logs: Any, num_items: int | None = None) -> np.ndarray:
@@ -32,7 +32,7 @@ def click_counts_from_logs(logs: Any, num_items: int | None = None) -> np.ndarra
     counts = np.zeros(n)
     items = np.concatenate([np.asarray(x, dtype=object) for x in logs.steps["items"]])
     resp = np.concatenate([np.asarray(x, dtype=np.int64) for x in logs.steps["responses"]])
-    clicked = items[resp != Response.SKIP]
+    clicked = items[engaged(resp)]
     idx = np.array([index.get(str(i), -1) for i in clicked], dtype=np.int64)
     idx = idx[(idx >= 0) & (idx < n)]
     np.add.at(counts, idx, 1.0)
@@ -45,32 +45,29 @@ def collect_click_counts(
     """Clicks per item logged by a uniformly random policy on `users` fresh sessions.
 
     Args:
-        vector_env: a native vector env (`gym.make_vec(..., vectorization_mode=
-            "vector_entry_point")`); it is reset, so use it for nothing else meanwhile.
-        users: sessions to log (processed num_envs at a time; user i is seeded seed + i).
-        seed: seed of the first user; keep these users apart from the ones you evaluate on.
+        vector_env: a native vector env in DISABLED autoreset mode
+            (`recsim_env.episodes.make_episode_env`); it is reset, so use it for nothing else
+            meanwhile.
+        users: sessions to log (user i is seeded seed + i).
+        seed: seed of the first user (and of the random policy); keep these users apart from
+            the ones you evaluate on.
         num_items: catalog size (default: read from the observation space).
 
     Returns:
         (num_items,) float64 click counts.
     """
+    from agents.random_agent import RandomAgent
+    from recsim_env.episodes import run_episodes
+
     obs_space = vector_env.single_observation_space
     n_items = int(num_items or obs_space["candidate_ids"].high.max() + 1)
     k = len(vector_env.single_action_space.nvec)
-    c = int(vector_env.single_action_space.nvec[0])
-    n = vector_env.num_envs
-    rng = np.random.default_rng(seed)
     counts = np.zeros(n_items)
-    for start in range(0, users, n):
-        vector_env.reset(seed=seed + start)
-        alive = np.arange(n) < users - start
-        while alive.any():
-            actions = np.argsort(rng.random((n, c)), axis=1)[:, :k]
-            _, _, term, trunc, info = vector_env.step(actions)
-            items = np.asarray(info["item_ids"])[alive]
-            clicked = np.asarray(info["responses"])[alive] != Response.SKIP
-            np.add.at(counts, items[clicked], 1.0)
-            alive &= ~(term | trunc)
+
+    def count(users: np.ndarray, obs: Any, items: np.ndarray, responses: np.ndarray) -> None:
+        np.add.at(counts, items[engaged(responses)], 1.0)
+
+    run_episodes(RandomAgent(k, seed), vector_env, users, seed, observer=count)
     return counts
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import SlateAgent, category_block_size, env_parts, single_spaces
+from agents.base import SlateAgent, category_block_size, env_view
 
 BASELINES: tuple[str, ...] = (
     "random",
@@ -37,29 +37,10 @@ class AgentUnavailable(ValueError):
     """The agent cannot be built for this env (its simulator lacks what the agent needs)."""
 
 
-def _env_info(env: Any) -> dict[str, Any]:
-    """slate_size, reward weights and number of item categories of an env."""
-    _, act_space = single_spaces(env)
-    try:
-        sims, _, cfg = env_parts(env)
-        sim = sims[0]
-    except ValueError:
-        sim, cfg = None, None
-    feats = getattr(sim, "item_features", None)
-    return {
-        "slate_size": len(act_space.nvec),
-        "click_reward": float(getattr(cfg, "click_reward", 1.0)),
-        "buy_reward": float(getattr(cfg, "buy_reward", 3.0)),
-        "num_categories": None if feats is None else category_block_size(np.asarray(feats)),
-        "simulator": sim,
-    }
-
-
 def _popularity_counts(env: Any, users: int, seed: int) -> np.ndarray:
     """Clicks per item logged by a random policy on a fresh copy of the env (same spec)."""
-    import gymnasium as gym
-
     from agents.popularity import collect_click_counts
+    from recsim_env.episodes import make_episode_env
 
     spec = getattr(env, "spec", None) or getattr(getattr(env, "unwrapped", None), "spec", None)
     if spec is None:
@@ -67,14 +48,9 @@ def _popularity_counts(env: Any, users: int, seed: int) -> np.ndarray:
     kwargs = {
         k: v
         for k, v in spec.kwargs.items()
-        if k not in ("num_envs", "vectorization_mode", "max_episode_steps")
+        if k not in ("num_envs", "vectorization_mode", "max_episode_steps", "autoreset_mode")
     }
-    vec = gym.make_vec(
-        spec.id,
-        num_envs=min(users, 256),
-        vectorization_mode="vector_entry_point",
-        **kwargs,
-    )
+    vec = make_episode_env(spec.id, min(users, 256), **kwargs)
     try:
         return collect_click_counts(vec, users, seed)
     finally:
@@ -105,9 +81,9 @@ def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> A
 
     if name not in BASELINES:
         return load_sb3_agent(name, env)
-    info = _env_info(env)
-    k = info["slate_size"]
-    rewards = {"click_reward": info["click_reward"], "buy_reward": info["buy_reward"]}
+    view = env_view(env)
+    k = view.slate_size
+    rewards = view.reward_per_code
     if name == "random":
         return RandomAgent(k, seed)
     if name == "popular":
@@ -122,54 +98,16 @@ def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> A
     if name == "greedy":
         try:
             return GreedyAgent.from_env(env, **kwargs)
-        except (ValueError, AttributeError, KeyError) as exc:
+        except (ValueError, KeyError) as exc:
             raise AgentUnavailable(f"greedy: {exc}") from exc
     if name in ("linucb", "thompson", "slateq"):
         cls = {"linucb": LinUCBAgent, "thompson": ThompsonAgent, "slateq": SlateQAgent}[name]
-        return cls(k, **rewards, num_categories=info["num_categories"], seed=seed, **kwargs)
+        num_categories = category_block_size(np.asarray(view.simulator.item_features))
+        return cls(k, reward_per_code=rewards, num_categories=num_categories, seed=seed, **kwargs)
     try:
         return TextSimilarityAgent.from_env(env, seed=seed, **kwargs)
-    except (ValueError, AttributeError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:
         raise AgentUnavailable(f"text_sim: {exc}") from exc
-
-
-class SB3Agent:
-    """A loaded stable-baselines3 model behind the agent interface (update is a no-op).
-
-    Used only when `agents.sb3` (the SB3 glue with `load_sb3_model`) is not importable.
-    """
-
-    def __init__(self, model: Any, name: str) -> None:
-        """Wrap model; name labels it in benchmark tables."""
-        self.model = model
-        self.name = name
-
-    def predict(
-        self,
-        observation: dict[str, np.ndarray],
-        state: Any = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, Any]:
-        """The model's own predict (single or batched observations)."""
-        return self.model.predict(observation, state, episode_start, deterministic)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        """Saved models do not learn during evaluation."""
-
-
-def _load_plain(p: Path, algo: str) -> SB3Agent:
-    """Fallback loader: try the given algorithm, else PPO, A2C and DQN in turn."""
-    import stable_baselines3 as sb3
-
-    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}
-    errors = []
-    for a in [algo] if algo else list(SB3_ALGOS):
-        try:
-            return SB3Agent(classes[a].load(str(p), device="cpu"), f"{a}:{p.stem}")
-        except Exception as exc:  # SB3 raises many types for a mismatching file
-            errors.append(f"{a}: {exc}")
-    raise ValueError(f"{p}: could not be loaded as an SB3 model ({'; '.join(errors)})")
 
 
 def load_sb3_agent(spec: str, env: Any = None) -> Any:
@@ -197,12 +135,9 @@ def load_sb3_agent(spec: str, env: Any = None) -> Any:
                 "('ppo:PATH.zip' or PATH.zip)"
             )
         raise FileNotFoundError(f"{p}: no such SB3 model file")
-    try:
-        from agents.sb3 import load_sb3_model
-    except ImportError:
-        agent = _load_plain(p, algo)
-    else:
-        agent = load_sb3_model(p, algo or None)
+    from agents.sb3 import load_sb3_model
+
+    agent = load_sb3_model(p, algo or None)
     if env is not None:
         _check_spaces(agent.model, env, p)
     return agent
@@ -212,7 +147,8 @@ def _check_spaces(model: Any, env: Any, path: Path) -> None:
     """Refuse a model trained on other observation/action spaces (another catalog/config)."""
     from gymnasium import spaces
 
-    obs_space, act_space = single_spaces(env)
+    view = env_view(env)
+    obs_space, act_space = view.observation_space, view.action_space
     act = model.action_space
     act_ok = act == act_space or (
         isinstance(act, spaces.Discrete) and int(act.n) == int(act_space.nvec[0])
@@ -227,7 +163,6 @@ def _check_spaces(model: Any, env: Any, path: Path) -> None:
 __all__ = [
     "BASELINES",
     "AgentUnavailable",
-    "SB3Agent",
     "SlateAgent",
     "load_sb3_agent",
     "make_agent",

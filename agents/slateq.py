@@ -29,8 +29,14 @@ from typing import Any
 import numpy as np
 
 from agents.bandits import PairFeatures
-from agents.base import SlateAgent, batch_responses, slot_rewards, transition_rows
-from simulators.base import Response
+from agents.base import (
+    SlateAgent,
+    batch_responses,
+    default_reward_per_code,
+    slot_rewards,
+    transition_rows,
+)
+from simulators.behaviours import engaged
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -167,7 +173,7 @@ class SlateQAgent(SlateAgent):
         epsilon: probability that a row's slate is uniformly random (while `training`).
         buffer_size / batch_size / gradient_steps: replay capacity (transitions), minibatch
             size and Adam steps per `update` call.
-        click_reward / buy_reward: the env's reward weights.
+        reward_per_code: (R,) the env's reward of each behaviour code; None: the default.
         num_categories: see `agents.bandits.PairFeatures`.
         seed: seed of the agent's own RNG.
 
@@ -188,8 +194,7 @@ class SlateQAgent(SlateAgent):
         buffer_size: int = 50_000,
         batch_size: int = 512,
         gradient_steps: int = 8,
-        click_reward: float = 1.0,
-        buy_reward: float = 3.0,
+        reward_per_code: np.ndarray | None = None,
         num_categories: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -206,8 +211,7 @@ class SlateQAgent(SlateAgent):
         self.buffer_size = buffer_size
         self.batch_size = batch_size
         self.gradient_steps = gradient_steps
-        self.click_reward = click_reward
-        self.buy_reward = buy_reward
+        self.reward_per_code = default_reward_per_code(reward_per_code)
         self.lr = lr
         self.features = PairFeatures(num_categories)
         self.training = True
@@ -345,7 +349,7 @@ class SlateQAgent(SlateAgent):
             nxt = batch["next_action"]
         s_sl = np.take_along_axis(s, nxt, axis=1) * np.exp(self.params["pos"][: nxt.shape[1]])
         q_sl = np.take_along_axis(q, nxt, axis=1)
-        rewards = slot_rewards(batch["resp"], self.click_reward, self.buy_reward).sum(axis=1)
+        rewards = slot_rewards(batch["resp"], self.reward_per_code).sum(axis=1)
         return slateq_target(rewards, s0, s_sl, q0, q_sl, batch["terminated"], self.gamma)
 
     def td_targets(
@@ -449,7 +453,7 @@ class SlateQAgent(SlateAgent):
         du = user.shape[1]
         xs = np.concatenate([np.broadcast_to(user[:, None], (*cat.shape, du)), extra], axis=-1)
         onehot = np.eye(m)[cat.reshape(-1)]  # (B*k, M)
-        clicked = b["resp"] != Response.SKIP  # (B, k)
+        clicked = engaged(b["resp"])  # (B, k)
 
         # conditional-logit choice model: cross-entropy against the clicked slot(s) or ⊥
         u0, u = self._choice_logits(p, user, cat, extra)

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import sparse
 
 from agents.base import SlateAgent, top_k
-from simulators.base import Response
+from simulators.behaviours import DEEPER, engaged
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class TextSimilarityAgent(SlateAgent):
         slate_size: items per slate.
         backend: see `embed_texts`.
         profile_weight: weight of the profile against one clicked title.
-        buy_weight: weight of a purchased title (a click weighs 1).
+        buy_weight: weight of a title engaged with past a click (a purchase; a click weighs 1).
         seed: seed of the tie-breaking noise.
 
     Example:
@@ -120,18 +120,14 @@ class TextSimilarityAgent(SlateAgent):
     @classmethod
     def from_env(cls, env: Any, **kwargs: Any) -> TextSimilarityAgent:
         """Titles and profile vocabulary from the env's simulator (`items_table()`)."""
-        from agents.base import env_parts, single_spaces
+        from agents.base import env_view
 
-        sims, _, _ = env_parts(env)
-        sim = sims[0]
-        table = getattr(sim, "items_table", None)
-        if not callable(table):
-            raise ValueError(f"{type(sim).__name__} has no items_table() with titles")
-        items = table()
+        view = env_view(env)
+        items = view.simulator.items_table()
         if "title" not in items.columns:
             raise ValueError("the items table has no 'title' column")
-        k = len(single_spaces(env)[1].nvec)
-        return cls(items["title"].fillna("").tolist(), list(sim.profile_encoder.vocab), k, **kwargs)
+        titles = items["title"].fillna("").tolist()
+        return cls(titles, list(view.simulator.profile_encoder.vocab), view.slate_size, **kwargs)
 
     def _users(self, obs: dict[str, np.ndarray]) -> Any:
         """User vectors (n, D): profile values plus clicked history titles."""
@@ -139,8 +135,8 @@ class TextSimilarityAgent(SlateAgent):
         items = np.asarray(obs["history_items"], dtype=np.int64)
         resp = np.asarray(obs["history_responses"], dtype=np.int64)
         n = profile.shape[0]
-        weight = (resp != Response.SKIP) & (resp >= 0) & (items >= 0) & (items < self.num_items)
-        w = np.where(resp == Response.BUY, self.buy_weight, 1.0) * weight
+        weight = engaged(resp) & (items >= 0) & (items < self.num_items)
+        w = np.where(resp >= DEEPER, self.buy_weight, 1.0) * weight
         rows, cols = np.nonzero(w)
         hist = sparse.csr_matrix((w[rows, cols], (rows, items[rows, cols])), (n, self.num_items))
         prof = sparse.csr_matrix(profile * self.profile_weight)

@@ -27,13 +27,12 @@ import torch
 from _args import parse_dataclass  # examples/_args.py
 
 import recsim_env  # noqa: F401  (registers the env ids)
-from recsim_env.cli.generate_logs import generate, summarize
 from recsim_env.config import EnvConfig
-from simulators.base import RESPONSE_NAMES
-from simulators.finetune import SimulatorTrainer, TrainConfig
+from recsim_env.log_generation import generate, summarize
 from simulators.logs import write_logs
 from simulators.parametric import ParametricUserModel, WorldConfig
-from simulators.user_lm import SimulatorConfig
+from simulators.training import SimulatorTrainer, TrainConfig
+from simulators.lm.model import SimulatorConfig
 
 
 @dataclass
@@ -118,9 +117,10 @@ def main() -> None:
     )
     env.reset(seed=args.seed)
     env.action_space.seed(args.seed)
+    names = env.unwrapped.simulator.behaviours.names
     for t in range(args.play_steps):
         _, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        answers = ", ".join(RESPONSE_NAMES[r] for r in np.asarray(info["responses"]))
+        answers = ", ".join(names[r] for r in np.asarray(info["responses"]))
         print(f"step {t}: items {info['item_ids'].tolist()} -> {answers} (reward {reward:g})")
         if terminated or truncated:
             print("the user left" if terminated else "time limit")

@@ -27,7 +27,9 @@ import torch
 from _args import parse_dataclass  # examples/_args.py
 
 from agents.random_agent import RandomAgent
-from agents.sb3 import evaluate_returns, make_model, make_sb3_vec_env, mean_ci95
+from agents.sb3 import make_model, make_sb3_vec_env
+from evaluation.episodes import evaluate_returns
+from evaluation.stats import mean_ci95
 from simulators.gpt2_user import DEFAULT_SIMULATOR_DIR
 
 
@@ -63,11 +65,11 @@ def parse_args() -> Args:
 
 def tiny_simulator(out: Path, seed: int = 0) -> dict:
     """Train a tiny GPT-2 user on logs of a tiny world (seconds); returns the env kwargs."""
-    from recsim_env.cli.generate_logs import generate
     from recsim_env.config import EnvConfig
-    from simulators.finetune import SimulatorTrainer, TrainConfig
+    from recsim_env.log_generation import generate
     from simulators.parametric import ParametricUserModel, WorldConfig
-    from simulators.user_lm import SimulatorConfig
+    from simulators.training import SimulatorTrainer, TrainConfig
+    from simulators.lm.model import SimulatorConfig
 
     env_cfg = EnvConfig(slate_size=3, num_candidates=8, history_length=4, max_episode_steps=12)
     world = ParametricUserModel(WorldConfig(num_items=50, num_topics=5, population_size=200))

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from simulators.behaviours import BehaviourSet
 
 DUPLICATE_POLICIES = ("dedupe", "error")
 
@@ -13,7 +20,10 @@ class EnvConfig:
 
     Defaults: slate_size 5 out of num_candidates 20 candidates drawn uniformly from the catalog
     each step; reward = 1 per click (a purchase is also a click) + 3 per purchase; episodes are
-    truncated after 50 steps by the TimeLimit wrapper `gym.make` adds.
+    truncated after 50 steps.
+
+    `gym.make` also takes a reward per behaviour as `<behaviour>_reward=` (`click_reward=`,
+    `buy_reward=`, `cart_reward=` ...), which fills `rewards`.
     """
 
     slate_size: int = 5
@@ -22,10 +32,10 @@ class EnvConfig:
     """Candidates offered to the agent per step (the action indexes them)."""
     history_length: int = 10
     """Past steps shown in the observation."""
-    click_reward: float = 1.0
-    """Reward per click (clicks and purchases both count as clicks)."""
-    buy_reward: float = 3.0
-    """Extra reward per purchase."""
+    rewards: Mapping[str, float] | None = None
+    """Reward per behaviour, adding up along the levels (a purchase earns the click's and the
+    buy's); None: click 1 and buy 3, as far as the simulator has those behaviours
+    (`simulators.behaviours`)."""
     max_episode_steps: int = 50
     """Step limit applied by `gym.make` (truncation)."""
     duplicate_policy: str = "dedupe"
@@ -34,7 +44,14 @@ class EnvConfig:
     'error' raises ValueError."""
 
     def __post_init__(self) -> None:
-        """Validate ranges and choices."""
+        """Validate types, ranges and choices (each error names the field)."""
+        for name in ("slate_size", "num_candidates", "history_length", "max_episode_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(
+                    f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+                )
+            object.__setattr__(self, name, int(value))
         if self.slate_size < 1:
             raise ValueError(f"slate_size must be >= 1, got {self.slate_size}")
         if self.num_candidates < self.slate_size:
@@ -50,6 +67,51 @@ class EnvConfig:
                 f"duplicate_policy must be one of {DUPLICATE_POLICIES}, got {self.duplicate_policy!r}"
             )
 
-    def to_dict(self) -> dict:
+        if self.rewards is not None:
+            if not isinstance(self.rewards, Mapping):
+                raise ValueError(
+                    f"rewards must be a mapping of behaviour to reward, got {self.rewards!r}"
+                )
+            for name, value in self.rewards.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                    raise ValueError(f"reward of {name!r} must be a number, got {value!r}")
+                if not math.isfinite(float(value)):
+                    raise ValueError(f"reward of {name!r} must be finite, got {value!r}")
+            object.__setattr__(self, "rewards", {str(k): float(v) for k, v in self.rewards.items()})
+
+    def reward_per_code(self, behaviours: BehaviourSet) -> np.ndarray:
+        """Reward of a slot answered with each behaviour code: (R,) float64.
+
+        Raises:
+            ValueError: `rewards` names a behaviour the simulator does not have.
+        """
+        rewards = behaviours.default_rewards() if self.rewards is None else self.rewards
+        return behaviours.reward_per_code(rewards)
+
+    def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return asdict(self)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> tuple[EnvConfig, dict[str, Any]]:
+        """Split plain keyword arguments into an EnvConfig and the rest.
+
+        `<behaviour>_reward=` keywords (not EnvConfig fields) become entries of `rewards`.
+        """
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        own = {k: v for k, v in kwargs.items() if k in names}
+        per_behaviour = {
+            k[: -len("_reward")]: v
+            for k, v in kwargs.items()
+            if k not in names and k.endswith("_reward") and len(k) > len("_reward")
+        }
+        if per_behaviour:
+            own["rewards"] = {**(own.get("rewards") or {}), **per_behaviour}
+        rest = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in names and not (k.endswith("_reward") and len(k) > len("_reward"))
+        }
+        return cls(**own), rest

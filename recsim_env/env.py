@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import gymnasium as gym
@@ -10,16 +9,15 @@ import numpy as np
 
 from recsim_env.config import EnvConfig
 from recsim_env.sessions import SlateSessionBatch, validate_actions
-from recsim_env.spaces import make_action_space, make_observation_space
+from recsim_env.spaces import make_action_space
+from simulators.base import UserSimulator
 
 _ROW = np.zeros(1, dtype=np.int64)
 
 
 def split_env_kwargs(kwargs: dict[str, Any]) -> tuple[EnvConfig, dict[str, Any]]:
     """Split plain keyword arguments into an EnvConfig and the rest (simulator options)."""
-    names = {f.name for f in fields(EnvConfig)}
-    cfg = EnvConfig(**{k: v for k, v in kwargs.items() if k in names})
-    return cfg, {k: v for k, v in kwargs.items() if k not in names}
+    return EnvConfig.from_kwargs(kwargs)
 
 
 class SlateUserEnv(gym.Env):
@@ -42,7 +40,8 @@ class SlateUserEnv(gym.Env):
     session features.
 
     ## Rewards
-    `click_reward` (1.0) per click plus `buy_reward` (3.0) per purchase (a purchase is a click).
+    A reward per behaviour, adding up along the levels (`EnvConfig.rewards`): by default 1.0 per
+    click plus 3.0 per purchase (a purchase is also a click).
 
     ## Starting State
     A user drawn from the simulator's population, with an empty history.
@@ -59,15 +58,13 @@ class SlateUserEnv(gym.Env):
 
     metadata = {"render_modes": []}  # noqa: RUF012
 
-    def __init__(self, simulator: Any, config: EnvConfig | None = None) -> None:
-        """Wrap a batched simulator as a single-user env."""
+    def __init__(self, simulator: UserSimulator, config: EnvConfig | None = None) -> None:
+        """Wrap a batched simulator (any `simulators.base.UserSimulator`) as a single-user env."""
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self._batch = SlateSessionBatch(simulator, cfg, 1)
         self.action_space = make_action_space(cfg)
-        self.observation_space = make_observation_space(
-            cfg, self._batch.num_items, self._batch.num_profile_tokens, self._batch.num_features
-        )
+        self.observation_space = self._batch.observation_space()
         self._needs_reset = True
 
     def reset(
@@ -102,24 +99,33 @@ class SlateUserEnv(gym.Env):
 
     def close(self) -> None:
         """Free the simulator (and its device memory)."""
-        close = getattr(self.simulator, "close", None)
-        if close is not None:
-            close()
+        self.simulator.close()
 
 
-def make_parametric_simulator(world: Any = None) -> Any:
-    """The ground-truth world from a WorldConfig, a dict, or an existing model."""
+def make_parametric_simulator(world: Any = None, capacity: int = 1) -> UserSimulator:
+    """The ground-truth world from a WorldConfig, a dict of its fields, or an existing model."""
     from simulators.parametric import ParametricUserModel, WorldConfig
 
     if world is None or isinstance(world, WorldConfig):
-        return ParametricUserModel(world)
+        return ParametricUserModel(world, capacity=capacity)
     if isinstance(world, dict):
-        return ParametricUserModel(WorldConfig(**world))
+        return ParametricUserModel(WorldConfig(**world), capacity=capacity)
     if isinstance(world, ParametricUserModel):
+        world.ensure_capacity(capacity)
         return world
     raise ValueError(
         f"world must be a WorldConfig, a dict of its fields or a ParametricUserModel, got {type(world)}"
     )
+
+
+def make_llm_simulator(
+    simulator: Any = None, device: str = "cpu", dtype: str = "float32", capacity: int = 1
+) -> UserSimulator:
+    """The simulator of LLMUserSim-v0: the embedded default (None), a checkpoint directory, or
+    any object implementing `simulators.base.UserSimulator` (used as it is)."""
+    from simulators.gpt2_user import load_batched_simulator
+
+    return load_batched_simulator(simulator, device=device, dtype=dtype, capacity=capacity)
 
 
 class ParametricUserSimEnv(SlateUserEnv):
@@ -140,18 +146,17 @@ class LLMUserSimEnv(SlateUserEnv):
     """`LLMUserSim-v0`: users played by a fine-tuned GPT-2 (see SlateUserEnv).
 
     Arguments: EnvConfig fields, `simulator` (None for the embedded default, a checkpoint
-    directory, or a GPT2UserSimulator), `device` ('cpu', 'cuda', ...), `dtype`.
+    directory, or any `simulators.base.UserSimulator` object), `device` ('cpu', 'cuda', ...),
+    `dtype`.
     """
 
     def __init__(
         self, simulator: Any = None, device: str = "cpu", dtype: str = "float32", **kwargs: Any
     ) -> None:
         """Load the simulator and build the env."""
-        from simulators.gpt2_user import load_batched_simulator
-
         cfg, rest = split_env_kwargs(kwargs)
         if rest:
             raise TypeError(
                 f"unexpected arguments {sorted(rest)}; EnvConfig fields, simulator=, device=, dtype="
             )
-        super().__init__(load_batched_simulator(simulator, device=device, dtype=dtype), cfg)
+        super().__init__(make_llm_simulator(simulator, device=device, dtype=dtype), cfg)

@@ -1,7 +1,7 @@
 """SlateSessionBatch: the env logic for a batch of user sessions, shared by every env class.
 
-The single env is a batch of one, the native vector env a batch of N; both simulators
-(ground truth and GPT-2) plug in behind the `BatchedUserSimulator` protocol. Random numbers come
+The single env is a batch of one, the native vector env a batch of N; every simulator (ground
+truth, GPT-2, or your own) plugs in behind the `simulators.base.UserSimulator` protocol. Random numbers come
 from per-row counter-based streams (`simulators.rng`), so row i's trajectory depends only on its
 own seed and actions.
 """
@@ -9,10 +9,12 @@ own seed and actions.
 from __future__ import annotations
 
 import numpy as np
+from gymnasium import spaces
 
 from recsim_env.config import EnvConfig
-from recsim_env.spaces import FEATURE_BOUND
-from simulators.base import Response, StepOutcome
+from recsim_env.spaces import FEATURE_BOUND, make_observation_space
+from simulators.base import StepOutcome, UserSimulator
+from simulators.behaviours import engaged
 from simulators.rng import distinct_choices, uniforms
 
 
@@ -78,11 +80,18 @@ def validate_actions(action: object, batch: int | None, cfg: EnvConfig) -> np.nd
 class SlateSessionBatch:
     """N independent user sessions against one batched simulator."""
 
-    def __init__(self, simulator: object, cfg: EnvConfig, num_rows: int) -> None:
-        """Allocate per-row buffers for num_rows sessions."""
+    def __init__(self, simulator: UserSimulator, cfg: EnvConfig, num_rows: int) -> None:
+        """Allocate per-row buffers for num_rows sessions.
+
+        Raises:
+            ValueError: the config does not fit the simulator (catalog size, reward names).
+        """
         self.sim = simulator
         self.cfg = cfg
         self.n = num_rows
+        self.behaviours = simulator.behaviours
+        self.reward_per_code = cfg.reward_per_code(simulator.behaviours)
+        """Reward of a slot answered with each behaviour code (R,)."""
         self.num_items = int(simulator.num_items)
         if cfg.num_candidates > self.num_items:
             raise ValueError(
@@ -123,6 +132,16 @@ class SlateSessionBatch:
         self.since_click[rows] = 0
         self._draw_candidates(rows)
 
+    def observation_space(self) -> spaces.Dict:
+        """The observation space of one user (`recsim_env.spaces.make_observation_space`)."""
+        return make_observation_space(
+            self.cfg,
+            self.num_items,
+            self.num_profile_tokens,
+            self.num_features,
+            self.behaviours.size,
+        )
+
     def _draw_candidates(self, rows: np.ndarray) -> None:
         keys, ctr = self.keys[rows], self.counters[rows]
         self.candidates[rows] = distinct_choices(keys, ctr, self.num_items, self.cfg.num_candidates)
@@ -142,9 +161,8 @@ class SlateSessionBatch:
         u = uniforms(self.keys[rows], self.counters[rows], k + 1)
         self.counters[rows] += np.uint64(k + 1)
         out = self.sim.step(rows, slates, u)
-        clicked = out.responses != Response.SKIP
-        bought = out.responses == Response.BUY
-        rewards = cfg.click_reward * clicked.sum(axis=1) + cfg.buy_reward * bought.sum(axis=1)
+        clicked = engaged(out.responses)
+        rewards = self.reward_per_code[out.responses].sum(axis=1)
         self.history_items[rows] = np.concatenate([self.history_items[rows][:, k:], slates], axis=1)
         self.history_responses[rows] = np.concatenate(
             [self.history_responses[rows][:, k:], out.responses], axis=1

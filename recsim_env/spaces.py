@@ -16,7 +16,11 @@ def make_action_space(cfg: EnvConfig) -> spaces.MultiDiscrete:
 
 
 def make_observation_space(
-    cfg: EnvConfig, num_items: int, num_profile_tokens: int, num_item_features: int
+    cfg: EnvConfig,
+    num_items: int,
+    num_profile_tokens: int,
+    num_item_features: int,
+    num_behaviours: int = 3,
 ) -> spaces.Dict:
     """The observation space.
 
@@ -24,8 +28,9 @@ def make_observation_space(
         profile: multi-hot of the user's profile tokens (`field=value`).
         candidate_ids: catalog indices of the candidates.
         candidate_features: their item features (category one-hot, log price), flattened.
-        history_items / history_responses: the last history_length slates and responses,
-            oldest first, -1 where the session is younger.
+        history_items / history_responses: the last history_length slates and responses
+            (behaviour codes 0..num_behaviours-1), oldest first, -1 where the session is
+            younger.
         clicked_features_mean: mean features of items clicked this session (0 if none).
         session_features: [steps / max_episode_steps, slates since last click / 10], in [0, 1].
     """
@@ -39,7 +44,7 @@ def make_observation_space(
                 -FEATURE_BOUND, FEATURE_BOUND, (cfg.num_candidates * f,), np.float32
             ),
             "history_items": spaces.Box(-1, num_items - 1, (hk,), np.int64),
-            "history_responses": spaces.Box(-1, 2, (hk,), np.int64),
+            "history_responses": spaces.Box(-1, num_behaviours - 1, (hk,), np.int64),
             "clicked_features_mean": spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, (f,), np.float32),
             "session_features": spaces.Box(0.0, 1.0, (2,), np.float32),
         }

@@ -10,9 +10,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from recsim_env.config import EnvConfig
-from recsim_env.env import make_parametric_simulator, split_env_kwargs
+from recsim_env.env import make_llm_simulator, make_parametric_simulator, split_env_kwargs
 from recsim_env.sessions import SlateSessionBatch, validate_actions
-from recsim_env.spaces import make_action_space, make_observation_space
+from recsim_env.spaces import make_action_space
+from simulators.base import UserSimulator
 
 
 class SlateUserVectorEnv(VectorEnv):
@@ -20,17 +21,24 @@ class SlateUserVectorEnv(VectorEnv):
 
     Row i reset with seed s + i behaves exactly like the single env reset with seed s + i (same
     user, candidates and responses under the same actions). Episodes end on leave (terminated)
-    or after `max_episode_steps` (truncated). Autoreset follows Gymnasium's NEXT_STEP mode by
-    default: the step after an episode ends resets that row and ignores its action;
-    `autoreset_mode=AutoresetMode.SAME_STEP` resets at once and puts the last observation in
-    `info["final_obs"]` (what stable-baselines3's VecEnv expects).
+    or after `max_episode_steps` (truncated). Autoreset follows Gymnasium's modes:
+
+    - NEXT_STEP (default): the step after an episode ends resets that row and ignores its action.
+    - SAME_STEP: the row resets at once; the last observation is in `info["final_obs"]` (what
+      stable-baselines3's VecEnv expects).
+    - DISABLED: a finished row stays idle (not stepped, no reward, `info["_item_ids"]` False)
+      until `reset(options={"reset_mask": mask})` starts it again.
+
+    `reset(seed=[...], options={"reset_mask": mask})` resets only the masked rows, each with its
+    own seed (Gymnasium's partial reset); the episode runner of `evaluation.episodes` uses it to
+    give every row the next user as soon as its user leaves.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
 
     def __init__(
         self,
-        simulator: Any,
+        simulator: UserSimulator,
         num_envs: int,
         config: EnvConfig | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
@@ -45,33 +53,47 @@ class SlateUserVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self._batch = SlateSessionBatch(simulator, cfg, num_envs)
         self.single_action_space = make_action_space(cfg)
-        self.single_observation_space = make_observation_space(
-            cfg, self._batch.num_items, self._batch.num_profile_tokens, self._batch.num_features
-        )
+        self.single_observation_space = self._batch.observation_space()
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
         self._autoreset = np.zeros(num_envs, dtype=bool)
+        """Rows whose episode ended: reset on the next step (NEXT_STEP) or idle (DISABLED)."""
         self._all = np.arange(num_envs)
         self._started = False
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Reset every row; row i is seeded with seed + i (or seed[i])."""
-        if isinstance(seed, int):
-            seeds = [seed + i for i in range(self.num_envs)]
+        """Reset every row (or the rows of `options["reset_mask"]`); row i is seeded with
+        seed + i (or seed[i]); None keeps each row's own random stream."""
+        mask = None if options is None else options.get("reset_mask")
+        if mask is None:
+            rows = self._all
+        else:
+            mask = np.asarray(mask)
+            if mask.dtype != bool or mask.shape != (self.num_envs,):
+                raise ValueError(
+                    f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
+                    f"got {mask.dtype} {mask.shape}"
+                )
+            if not self._started and not mask.all():
+                raise RuntimeError("the first reset() must reset every row (no reset_mask)")
+            rows = np.nonzero(mask)[0]
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds: list[int | None] = [int(seed) + i for i in range(self.num_envs)]
         elif seed is None:
             seeds = [None] * self.num_envs
         else:
-            if len(seed) != self.num_envs:
-                raise ValueError(f"got {len(seed)} seeds for {self.num_envs} envs")
             seeds = list(seed)
-        for i, s in enumerate(seeds):
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        for i in rows:
+            s = seeds[i]
             if s is not None or not self._started:
-                self._rngs[i] = seeding.np_random(s)[0]
-        self._reset_rows(self._all)
-        self._autoreset[:] = False
+                self._rngs[i] = seeding.np_random(None if s is None else int(s))[0]
+        self._reset_rows(rows)
+        self._autoreset[rows] = False
         self._started = True
         return self._batch.observations(), {}
 
@@ -93,14 +115,14 @@ class SlateUserVectorEnv(VectorEnv):
         info: dict[str, Any] = {
             "item_ids": np.full((n, k), -1, dtype=np.int64),
             "responses": np.full((n, k), -1, dtype=np.int64),
-            "response_probs": np.zeros((n, k, 3)),
+            "response_probs": np.zeros((n, k, self._batch.behaviours.size)),
             "leave_prob": np.zeros(n),
         }
-        live = self._live_rows()
-        resetting = np.nonzero(self._autoreset & live)[0]
-        active = np.nonzero(~self._autoreset & live)[0]
-        if len(resetting):
-            self._reset_rows(resetting)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            resetting = np.nonzero(self._autoreset)[0]
+            if len(resetting):
+                self._reset_rows(resetting)
+        active = np.nonzero(~self._autoreset)[0]
         if len(active):
             out, r, slates = self._batch.step(active, acts[active])
             rewards[active] = r
@@ -125,19 +147,15 @@ class SlateUserVectorEnv(VectorEnv):
             info["_final_obs"] = done.copy()
             self._reset_rows(finished)
             self._autoreset[:] = False
-        else:
+        elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
             self._autoreset = done
+        else:  # DISABLED: finished rows stay idle until a masked reset
+            self._autoreset |= done
         return self._batch.observations(), rewards, terminated, truncated, info
-
-    def _live_rows(self) -> np.ndarray:
-        """(num_envs,) bool: rows that step (subclasses may park rows that are done for good)."""
-        return np.ones(self.num_envs, dtype=bool)
 
     def close_extras(self, **kwargs: Any) -> None:
         """Free the simulator."""
-        close = getattr(self.simulator, "close", None)
-        if close is not None:
-            close()
+        self.simulator.close()
 
 
 def make_parametric_vector_env(
@@ -149,7 +167,8 @@ def make_parametric_vector_env(
     cfg, rest = split_env_kwargs(kwargs)
     if rest:
         raise TypeError(f"unexpected arguments {sorted(rest)}")
-    return SlateUserVectorEnv(make_parametric_simulator(world), num_envs, cfg, autoreset_mode)
+    sim = make_parametric_simulator(world, capacity=num_envs)
+    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)
 
 
 def make_llm_vector_env(
@@ -160,12 +179,10 @@ def make_llm_vector_env(
     **kwargs: Any,
 ) -> SlateUserVectorEnv:
     """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users)."""
-    from simulators.gpt2_user import load_batched_simulator
-
     autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
     kwargs.pop("render_mode", None)
     cfg, rest = split_env_kwargs(kwargs)
     if rest:
         raise TypeError(f"unexpected arguments {sorted(rest)}")
-    sim = load_batched_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
+    sim = make_llm_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
     return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)

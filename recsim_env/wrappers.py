@@ -18,14 +18,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv, VectorWrapper
-
-from simulators.base import Response
 
 DISCRETE_SLATE_RULE = "top1_similar"
 """Name of the Discrete-to-slate rule, stored with saved models that use it."""
@@ -159,45 +158,62 @@ class DiscreteSlateVectorWrapper(VectorWrapper):
 
 
 def weighted_reward(
-    responses: np.ndarray, click_reward: float, buy_reward: float, step_reward: float = 0.0
+    responses: np.ndarray, reward_per_code: np.ndarray, step_reward: float = 0.0
 ) -> np.ndarray:
     """Reward of slates from their responses: (..., k) int -> (...,) float64.
 
-    `click_reward` per click (a purchase is also a click), `buy_reward` more per purchase, and
-    `step_reward` per slate answered; slots of -1 (no transition) earn nothing, and a slate of
-    only -1 earns no step reward either.
+    `reward_per_code[c]` per slot answered with behaviour code c (`EnvConfig.reward_per_code`),
+    plus `step_reward` per slate answered; slots of -1 (no transition) earn nothing, and a slate
+    of only -1 earns no step reward either.
     """
     r = np.asarray(responses)
-    clicks = (r >= Response.CLICK).sum(axis=-1)
-    buys = (r == Response.BUY).sum(axis=-1)
-    answered = (r >= Response.SKIP).any(axis=-1)
-    return click_reward * clicks + buy_reward * buys + step_reward * answered
+    table = np.asarray(reward_per_code, dtype=np.float64)
+    per_slot = np.where(r >= 0, table[np.clip(r, 0, len(table) - 1)], 0.0)
+    answered = (r >= 0).any(axis=-1)
+    return per_slot.sum(axis=-1) + step_reward * answered
+
+
+def _reward_table(
+    env: Any, rewards: Mapping[str, float] | None, named: dict[str, float]
+) -> np.ndarray:
+    """Reward per code of the env's behaviours under new weights (see `RewardWeights`)."""
+    base = env.unwrapped
+    behaviours = base.simulator.behaviours
+    weights = dict(behaviours.default_rewards() if rewards is None else rewards)
+    for key, value in named.items():
+        if not key.endswith("_reward"):
+            raise TypeError(f"unexpected argument {key!r}; pass rewards= or <behaviour>_reward=")
+        weights[key[: -len("_reward")]] = value
+    return behaviours.reward_per_code(weights)
 
 
 class RewardWeights(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Recompute a single env's reward with other click/buy weights and a per-step term.
+    """Recompute a single env's reward with other weights per behaviour and a per-step term.
 
-    The original reward stays in `info["env_reward"]`.
+    Weights are given as `rewards={"click": 1.0, "buy": 0.0}` or as `click_reward=1.0, ...`
+    (adding up along the levels, like the env's own); the original reward stays in
+    `info["env_reward"]`.
     """
 
     def __init__(
         self,
         env: gym.Env,
-        click_reward: float = 1.0,
-        buy_reward: float = 3.0,
+        rewards: Mapping[str, float] | None = None,
         step_reward: float = 0.0,
+        **behaviour_rewards: float,
     ) -> None:
-        """Store the weights (see `weighted_reward`)."""
+        """Resolve the weights against the env's behaviours (see `weighted_reward`)."""
         gym.utils.RecordConstructorArgs.__init__(
-            self, click_reward=click_reward, buy_reward=buy_reward, step_reward=step_reward
+            self, rewards=rewards, step_reward=step_reward, **behaviour_rewards
         )
         gym.Wrapper.__init__(self, env)
-        self.weights = (float(click_reward), float(buy_reward), float(step_reward))
+        self.reward_per_code = _reward_table(env, rewards, behaviour_rewards)
+        self.step_reward = float(step_reward)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Step and replace the reward."""
         obs, reward, terminated, truncated, info = self.env.step(action)
-        new = float(weighted_reward(info["responses"], *self.weights))
+        new = float(weighted_reward(info["responses"], self.reward_per_code, self.step_reward))
         return obs, new, terminated, truncated, {**info, "env_reward": reward}
 
 
@@ -207,19 +223,20 @@ class RewardWeightsVector(VectorWrapper):
     def __init__(
         self,
         env: VectorEnv,
-        click_reward: float = 1.0,
-        buy_reward: float = 3.0,
+        rewards: Mapping[str, float] | None = None,
         step_reward: float = 0.0,
+        **behaviour_rewards: float,
     ) -> None:
-        """Store the weights (see `weighted_reward`)."""
+        """Resolve the weights against the env's behaviours (see `weighted_reward`)."""
         super().__init__(env)
-        self.weights = (float(click_reward), float(buy_reward), float(step_reward))
+        self.reward_per_code = _reward_table(env, rewards, behaviour_rewards)
+        self.step_reward = float(step_reward)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step and replace the rewards."""
         obs, reward, terminated, truncated, info = self.env.step(actions)
-        new = weighted_reward(info["responses"], *self.weights).astype(np.float64)
-        return obs, new, terminated, truncated, {**info, "env_reward": reward}
+        new = weighted_reward(info["responses"], self.reward_per_code, self.step_reward)
+        return obs, new.astype(np.float64), terminated, truncated, {**info, "env_reward": reward}
 
 
 __all__ = [

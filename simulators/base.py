@@ -1,32 +1,40 @@
-"""What every user simulator shares: response codes and the batched step protocol.
+"""The simulator contract: what envs, agents and evaluation may use of a user simulator.
 
-Both the ground-truth world and the GPT-2 user answer a whole batch of users at once. A step
-takes the slates shown to some rows of the batch and uniform random numbers drawn by the env
-(one per slot plus one for leaving), and samples responses slot by slot from the conditional
-distribution p(r_j | state, slate, r_<j), then the leave flag from p(leave | ..., r_1..r_k).
-Because the env supplies the uniforms, two simulators with the same probabilities produce the
-same responses, and a user's trajectory never depends on who else shares the batch.
+Every user simulator (the ground-truth world, the GPT-2 user, or one of your own) answers a whole
+batch of users at once. A step takes the slates shown to some rows of the batch and uniform
+random numbers drawn by the env (one per slot plus one for leaving), and samples responses slot
+by slot from the conditional distribution p(r_j | state, slate, r_<j), then the leave flag from
+p(leave | ..., r_1..r_k). Because the env supplies the uniforms, two simulators with the same
+probabilities produce the same responses, and a user's trajectory never depends on who else
+shares the batch.
+
+`UserSimulator` lists everything the rest of the project uses; envs, agents and evaluation are
+typed against it and never probe for optional methods. `tests/test_protocol.py` runs a tiny
+simulator written against this protocol alone in both envs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from simulators.behaviours import BehaviourSet
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from simulators.catalog import ProfileEncoder
+
 
 class Response(IntEnum):
-    """What a user does with one slot of a slate."""
+    """Codes of the default behaviour set (skip, click, buy); see `simulators.behaviours`."""
 
     SKIP = 0
     CLICK = 1
     BUY = 2
-
-
-RESPONSE_NAMES: tuple[str, ...] = tuple(r.name.lower() for r in Response)
-NUM_RESPONSES = len(Response)
 
 
 @dataclass
@@ -34,8 +42,9 @@ class StepOutcome:
     """Result of one batched step.
 
     Attributes:
-        responses: (B, k) int64 Response codes.
-        response_probs: (B, k, 3) float64 conditional probabilities the responses were drawn from.
+        responses: (B, k) int64 behaviour codes.
+        response_probs: (B, k, R) float64 conditional probabilities the responses were drawn
+            from (R: the simulator's behaviour count).
         leave: (B,) bool, True when the user ends the session after this slate.
         leave_prob: (B,) float64 probability of leaving.
     """
@@ -53,15 +62,72 @@ def sample_categorical(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-class BatchedUserSimulator(Protocol):
-    """A population of users answering slates in batches (rows are independent sessions)."""
+class UserSimulator(Protocol):
+    """A population of users answering slates in batches (rows are independent sessions).
 
+    Attributes:
+        behaviours: the response vocabulary; every probability vector has `behaviours.size`
+            entries.
+        num_items: catalog size; items are indices 0..num_items-1 in `items_table()` order.
+        item_features: (num_items, F) float32 item features (the envs' candidate features).
+        profile_encoder: maps users-table rows to profile token indices (and multi-hot).
+        population: (P, slots) int64 profile token indices the envs draw users from.
+        capacity: rows currently allocated (`ensure_capacity` grows it).
+    """
+
+    behaviours: BehaviourSet
     num_items: int
-    slate_size_max: int | None
+    item_features: np.ndarray
+    profile_encoder: ProfileEncoder
+    population: np.ndarray
+    capacity: int
+
+    def items_table(self) -> pd.DataFrame:
+        """The catalog: item_id, title, category, price (rows in item-index order)."""
+        ...
+
+    def ensure_capacity(self, capacity: int) -> None:
+        """Make rows 0..capacity-1 usable (may drop running sessions)."""
+        ...
 
     def start_sessions(self, rows: np.ndarray, profiles: np.ndarray) -> None:
-        """Begin fresh sessions for `rows` with the given profile indices into `self.profiles`."""
+        """Begin fresh sessions for `rows` with profiles (len(rows), slots) of token indices."""
+        ...
 
-    def step(self, rows: np.ndarray, slates: np.ndarray, uniforms: np.ndarray) -> StepOutcome:
-        """Show `slates` (len(rows), k) item ids to `rows`; uniforms is (len(rows), k + 1)."""
+    def step(
+        self,
+        rows: np.ndarray,
+        slates: np.ndarray,
+        uniforms: np.ndarray | None = None,
+        forced_responses: np.ndarray | None = None,
+        forced_leave: np.ndarray | None = None,
+    ) -> StepOutcome:
+        """Show slates (len(rows), k) of item indices to `rows` and advance them.
+
+        Args:
+            rows: (B,) distinct batch rows.
+            slates: (B, k) item indices.
+            uniforms: (B, k + 1) uniforms in [0, 1) for sampling; may be None only when both
+                responses and leave are forced.
+            forced_responses: (B, k) codes to replay instead of sampling (teacher forcing); the
+                returned probabilities are then those of the given responses.
+            forced_leave: (B,) bool leave flags to replay.
+        """
+        ...
+
+    def score_slates(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        """Probabilities of a hypothetical slate at the rows' current state; nothing advances.
+
+        Args:
+            rows: (n,) batch rows; a row may repeat (several hypothetical slates per user).
+            slates: (n, k) item indices.
+
+        Returns:
+            (n, k, R) float64: p(r_j | state, slate, earlier slots skipped). For a one-item
+            slate this is the response distribution of that item shown alone.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release memory (device memory too)."""
         ...

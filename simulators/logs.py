@@ -4,13 +4,15 @@ A log directory holds:
 
 - ``steps.parquet``: one row per shown slate. Columns: ``user_id`` (string), ``session_id``
   (string), ``step`` (int32, 0-based within the session), ``items`` (list<string>, item ids in
-  display order, any length >= 1), ``responses`` (list<int8>, same length: 0 skip, 1 click,
-  2 buy), ``leave`` (bool, the user ended the session after this slate).
+  display order, any length >= 1), ``responses`` (list<int8>, same length: codes of the log's
+  behaviours, by default 0 skip, 1 click, 2 buy), ``leave`` (bool, the user ended the session
+  after this slate).
 - ``items.parquet``: ``item_id`` (string), ``title`` (string), ``category`` (string),
   ``price`` (float64, NaN when unknown).
 - ``users.parquet``: ``user_id`` (string) plus any profile columns (strings; multi-valued
   fields are ``|``-separated).
-- ``meta.json``: ``{"format": "llm-usersim-logs", "version": 1, ...}`` plus provenance.
+- ``meta.json``: ``{"format": "llm-usersim-logs", "version": 1, "behaviours": {"names": [...]},
+  ...}`` plus provenance; without ``behaviours`` the codes are skip, click, buy.
 
 Every file is written to a temporary name and renamed into place, and ``meta.json`` is written
 last: a directory without it (an interrupted write) never reads as valid.
@@ -30,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simulators.base import NUM_RESPONSES
+from simulators.behaviours import BehaviourSet
 
 LOG_FORMAT = "llm-usersim-logs"
 LOG_VERSION = 1
@@ -64,6 +66,11 @@ class InteractionLogs:
     def item_index(self) -> dict[str, int]:
         """item_id -> row position in the items table."""
         return {iid: i for i, iid in enumerate(self.items["item_id"].tolist())}
+
+    @property
+    def behaviours(self) -> BehaviourSet:
+        """The behaviour set the response codes refer to (meta.json; default skip, click, buy)."""
+        return BehaviourSet.from_dict(self.meta.get("behaviours"))
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -115,7 +122,12 @@ def write_logs(logs: InteractionLogs, out_dir: str | Path) -> Path:
         out / "items.parquet", lambda p: items.reset_index(drop=True).to_parquet(p, index=False)
     )
     atomic_write(out / "users.parquet", lambda p: users.to_parquet(p, index=False))
-    meta = {"format": LOG_FORMAT, "version": LOG_VERSION, **logs.meta}
+    meta = {
+        "format": LOG_FORMAT,
+        "version": LOG_VERSION,
+        **logs.meta,
+        "behaviours": logs.behaviours.to_dict(),
+    }
     atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -199,6 +211,12 @@ def validate_tables(logs: InteractionLogs, source: str = "<memory>") -> None:
             raise _fail(
                 steps_f, None, col, f"required column is missing (columns: {list(STEP_COLUMNS)})"
             )
+    try:
+        behaviours = logs.behaviours
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LogFormatError(f"{source}/meta.json: invalid 'behaviours' ({exc})") from None
+    num_codes = behaviours.size
+    allowed = ", ".join(f"{i} {n}" for i, n in enumerate(behaviours.names))
     known_items = set(item_ids.tolist())
     known_users = set(logs.users["user_id"].astype(str).tolist())
     step_vals = pd.to_numeric(steps["step"], errors="coerce")
@@ -240,10 +258,8 @@ def validate_tables(logs: InteractionLogs, source: str = "<memory>") -> None:
             if it not in known_items:
                 raise _fail(steps_f, r, "items", f"item {it!r} is not in the items table")
         for code in responses:
-            if code is None or not 0 <= int(code) < NUM_RESPONSES:
-                raise _fail(
-                    steps_f, r, "responses", f"response code {code!r} not in 0 skip, 1 click, 2 buy"
-                )
+            if code is None or not 0 <= int(code) < num_codes:
+                raise _fail(steps_f, r, "responses", f"response code {code!r} not in {allowed}")
         if not isinstance(leave, (bool, np.bool_)):
             raise _fail(steps_f, r, "leave", f"expected a boolean, got {leave!r}")
 

@@ -16,6 +16,12 @@ Per slate of k items (item i in slot j) for a user with interests u and fatigue 
   - drift     on a click u[topic] += drift * (u_max - u[topic]) (twice on a buy)
   - leave     sigmoid(leave_bias + leave_fatigue * f' - leave_click * [click] - leave_buy * [buy])
 Responses are sampled slot by slot from p(r_j | r_<j); `response_probs` gives the marginals.
+
+Behaviours are data (`WorldConfig.behaviours`, default skip, click, buy): after a click, each
+deeper level follows the one before it with the buy model's form and its own intercept
+(`funnel_bias` for the levels between click and the deepest, `buy_bias` for the deepest), so a
+world of skip, click, cart, buy is a config change. "buy" in the formulas above means the
+deepest level of a set of three or more; a click drifts interest once per level reached.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from simulators.base import NUM_RESPONSES, Response, StepOutcome, sample_categorical
+from simulators.base import StepOutcome, sample_categorical
+from simulators.behaviours import SKIP, BehaviourSet
 from simulators.catalog import PROFILE_PAD, ProfileEncoder, item_feature_matrix
 
 TOPICS: tuple[str, ...] = (
@@ -74,8 +81,13 @@ class WorldConfig:
     """Utility of not clicking."""
     a_fat: float = 0.35
     """Fatigue's weight on the no-click utility."""
+    behaviours: tuple[str, ...] = ("skip", "click", "buy")
+    """Engagement levels, shallowest first (see `simulators.behaviours`)."""
+    funnel_bias: tuple[float, ...] = ()
+    """Intercepts of the levels between click and the deepest (one per such level), in the
+    deeper-level logit of `buy_bias`'s form."""
     buy_bias: float = -1.6
-    """Intercept of the buy-given-click logit."""
+    """Intercept of the logit of the deepest level given the one before (buy given click)."""
     b_int: float = 0.6
     """Interest weight in the buy logit."""
     b_q: float = 0.8
@@ -105,6 +117,36 @@ class WorldConfig:
             raise ValueError(f"num_items must be >= 1, got {self.num_items}")
         if self.population_size < 1:
             raise ValueError(f"population_size must be >= 1, got {self.population_size}")
+        object.__setattr__(self, "behaviours", tuple(self.behaviours))
+        object.__setattr__(self, "funnel_bias", tuple(float(b) for b in self.funnel_bias))
+        levels = BehaviourSet(self.behaviours)
+        between = max(0, levels.size - 3)
+        if len(self.funnel_bias) != between:
+            raise ValueError(
+                f"funnel_bias needs one intercept per level between click and the deepest "
+                f"({between} for {list(self.behaviours)}), got {len(self.funnel_bias)}"
+            )
+        for name in (
+            "a_int",
+            "a_q",
+            "pos_bias",
+            "no_click",
+            "a_fat",
+            "buy_bias",
+            "b_int",
+            "b_q",
+            "fatigue_decay",
+            "fatigue_relief",
+            "drift",
+            "u_max",
+            "leave_bias",
+            "leave_fatigue",
+            "leave_click",
+            "leave_buy",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -130,7 +172,7 @@ class ParametricUserModel:
         t = cfg.num_topics
         self.topic_names = TOPICS[:t]
         self.num_items = cfg.num_items
-        self.slate_size_max = None
+        self.behaviours = BehaviourSet(cfg.behaviours)
         self.item_topic = rng.integers(0, t, cfg.num_items)
         self.item_quality = np.clip(rng.normal(0.0, 0.6, cfg.num_items), -1.5, 1.5)
         self.item_price = np.round(np.exp(rng.normal(np.log(20.0), 0.7, cfg.num_items)), 2)
@@ -259,6 +301,9 @@ class ParametricUserModel:
         n = old[3]
         self.interest[:n], self.fatigue[:n], self.price_sens[:n] = old[0], old[1], old[2]
 
+    def close(self) -> None:
+        """Nothing to release (numpy state); part of the simulator contract."""
+
     def start_sessions(self, rows: np.ndarray, profiles: np.ndarray) -> None:
         """Begin fresh sessions for `rows` with profiles (len(rows), 6)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -269,7 +314,8 @@ class ParametricUserModel:
         self.fatigue[rows] = 0.0
 
     def _slot_params(self, rows: np.ndarray, slates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Choice probabilities P_j (B, k) (MNL incl. no-click) and buy-given-click b_j (B, k)."""
+        """Choice probabilities P_j (B, k) (MNL incl. no-click) and, per deeper level, the
+        probability of reaching it from the level before (B, k, R - 2)."""
         cfg = self.config
         k = slates.shape[1]
         topic = self.item_topic[slates]  # (B, k)
@@ -280,42 +326,73 @@ class ParametricUserModel:
         e = np.exp(s - m[:, None])
         e0 = np.exp(s0 - m)
         choice = e / (e0 + e.sum(axis=1))[:, None]
-        buy = _sigmoid(
-            cfg.buy_bias
-            + cfg.b_int * u
-            + cfg.b_q * self.item_quality[slates]
-            - self.price_sens[rows, None] * self.item_log_price[slates]
-            + 2.5  # centre: log(20) * typical sensitivity
-        )
-        return choice, buy
+        quality, sens = self.item_quality[slates], self.price_sens[rows, None]
+        log_price = self.item_log_price[slates]
+        biases = (*cfg.funnel_bias, cfg.buy_bias)[: self.behaviours.size - 2]
+        deeper = [
+            _sigmoid(
+                bias
+                + cfg.b_int * u
+                + cfg.b_q * quality
+                - sens * log_price
+                + 2.5  # centre: log(20) * typical sensitivity
+            )
+            for bias in biases
+        ]
+        if not deeper:
+            return choice, np.zeros((*choice.shape, 0))
+        return choice, np.stack(deeper, axis=-1)
+
+    @staticmethod
+    def _levels(engage: np.ndarray, deeper: np.ndarray) -> np.ndarray:
+        """Per-level probabilities (..., R) of a slot engaged with probability `engage` (...)
+        whose deeper levels follow with the conditional probabilities `deeper` (..., R - 2)."""
+        out = [1.0 - engage]
+        reach = engage
+        for lvl in range(deeper.shape[-1]):
+            out.append(reach * (1.0 - deeper[..., lvl]))
+            reach = reach * deeper[..., lvl]
+        out.append(reach)
+        return np.stack(out, axis=-1)
 
     def response_probs(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        """Exact marginal probabilities of every response: (B, k, 3), rows sum to 1."""
-        choice, buy = self._slot_params(np.asarray(rows), np.asarray(slates))
-        return np.stack([1.0 - choice, choice * (1.0 - buy), choice * buy], axis=-1)
+        """Exact marginal probabilities of every response: (B, k, R), rows sum to 1."""
+        choice, deeper = self._slot_params(np.asarray(rows), np.asarray(slates))
+        return self._levels(choice, deeper)
+
+    def score_slates(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        """p(r_j | state, slate, earlier slots skipped): (n, k, R); nothing advances."""
+        slates = np.asarray(slates, dtype=np.int64)
+        return self.conditional_response_probs(rows, slates, np.zeros_like(slates))
 
     def conditional_response_probs(
         self, rows: np.ndarray, slates: np.ndarray, responses: np.ndarray
     ) -> np.ndarray:
-        """Exact p(r_j | state, slate, r_<j) along given responses: (B, k, 3)."""
-        choice, buy = self._slot_params(np.asarray(rows), np.asarray(slates))
-        return self._conditionals(choice, buy, responses)
+        """Exact p(r_j | state, slate, r_<j) along given responses: (B, k, R)."""
+        choice, deeper = self._slot_params(np.asarray(rows), np.asarray(slates))
+        return self._conditionals(choice, deeper, responses)
 
-    @staticmethod
-    def _conditionals(choice: np.ndarray, buy: np.ndarray, responses: np.ndarray) -> np.ndarray:
-        clicked_before = np.cumsum(responses != Response.SKIP, axis=1) - (
-            responses != Response.SKIP
-        )
+    @classmethod
+    def _conditionals(
+        cls, choice: np.ndarray, deeper: np.ndarray, responses: np.ndarray
+    ) -> np.ndarray:
+        engaged = np.asarray(responses) != SKIP
+        clicked_before = np.cumsum(engaged, axis=1) - engaged
         remaining = 1.0 - (np.cumsum(choice, axis=1) - choice)
         c = np.where(clicked_before > 0, 0.0, choice / np.maximum(remaining, 1e-12))
         c = np.clip(c, 0.0, 1.0)
-        return np.stack([1.0 - c, c * (1.0 - buy), c * buy], axis=-1)
+        return cls._levels(c, deeper)
+
+    def _top_level(self, responses: np.ndarray) -> np.ndarray:
+        """(B,) bool: a slot reached the deepest level ("bought"; never for two-level sets)."""
+        top = self.behaviours.deepest
+        return (responses == top).any(axis=1) if top >= 2 else np.zeros(len(responses), bool)
 
     def leave_probability(self, rows: np.ndarray, responses: np.ndarray) -> np.ndarray:
         """p(leave) after `responses` (B, k), without changing state."""
         cfg = self.config
-        clicked = (responses != Response.SKIP).any(axis=1)
-        bought = (responses == Response.BUY).any(axis=1)
+        clicked = (responses != SKIP).any(axis=1)
+        bought = self._top_level(responses)
         f = self._next_fatigue(rows, clicked, bought)
         return _sigmoid(
             cfg.leave_bias
@@ -344,43 +421,37 @@ class ParametricUserModel:
         `forced_responses` / `forced_leave` replay logged behaviour instead of sampling (the
         returned probabilities are then those of the logged events).
         """
-        cfg = self.config
         rows = np.asarray(rows, dtype=np.int64)
         slates = np.asarray(slates, dtype=np.int64)
         b, k = slates.shape
-        choice, buy = self._slot_params(rows, slates)
+        if uniforms is None and (forced_responses is None or forced_leave is None):
+            raise ValueError("step() needs uniforms unless responses and leave are both forced")
+        choice, deeper = self._slot_params(rows, slates)
         if forced_responses is not None:
             responses = np.asarray(forced_responses, dtype=np.int64)
-            probs = self._conditionals(choice, buy, responses)
+            probs = self._conditionals(choice, deeper, responses)
         else:
+            assert uniforms is not None
             responses = np.zeros((b, k), dtype=np.int64)
-            probs = np.zeros((b, k, NUM_RESPONSES))
+            probs = np.zeros((b, k, self.behaviours.size))
             clicked = np.zeros(b, dtype=bool)
             remaining = np.ones(b)
             for j in range(k):
                 c = np.where(
                     clicked, 0.0, np.clip(choice[:, j] / np.maximum(remaining, 1e-12), 0, 1)
                 )
-                probs[:, j] = np.stack([1.0 - c, c * (1.0 - buy[:, j]), c * buy[:, j]], axis=-1)
+                probs[:, j] = self._levels(c, deeper[:, j])
                 responses[:, j] = sample_categorical(probs[:, j], uniforms[:, j])
-                clicked |= responses[:, j] != Response.SKIP
+                clicked |= responses[:, j] != SKIP
                 remaining = remaining - choice[:, j]
-        was_clicked = responses != Response.SKIP
-        clicked_any = was_clicked.any(axis=1)
-        bought_any = (responses == Response.BUY).any(axis=1)
-        f = self._next_fatigue(rows, clicked_any, bought_any)
-        leave_prob = _sigmoid(
-            cfg.leave_bias
-            + cfg.leave_fatigue * f
-            - cfg.leave_click * clicked_any
-            - cfg.leave_buy * bought_any
-        )
+        leave_prob = self.leave_probability(rows, responses)
         if forced_leave is not None:
             leave = np.asarray(forced_leave, dtype=bool)
         else:
+            assert uniforms is not None
             leave = uniforms[:, k] < leave_prob
-        # drift toward consumed topics (a buy counts twice)
-        weight = was_clicked.astype(np.float64) + (responses == Response.BUY)
+        # drift toward consumed topics, once per level reached (a buy counts twice)
+        weight = responses.astype(np.float64)
         if weight.any():
             topic = self.item_topic[slates]
             for j in range(k):
@@ -388,7 +459,8 @@ class ParametricUserModel:
                 hit = np.nonzero(w)[0]
                 if len(hit):
                     r, tp = rows[hit], topic[hit, j]
-                    gap = cfg.u_max - self.interest[r, tp]
-                    self.interest[r, tp] += (1.0 - (1.0 - cfg.drift) ** w[hit]) * gap
-        self.fatigue[rows] = f
+                    gap = self.config.u_max - self.interest[r, tp]
+                    self.interest[r, tp] += (1.0 - (1.0 - self.config.drift) ** w[hit]) * gap
+        clicked_any = (responses != SKIP).any(axis=1)
+        self.fatigue[rows] = self._next_fatigue(rows, clicked_any, self._top_level(responses))
         return StepOutcome(responses, probs, leave, leave_prob)

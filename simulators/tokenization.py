@@ -11,8 +11,9 @@ A session is encoded as::
   predicted at the item it answers while the whole slate and the earlier responses are in view.
 - ``LEAVE``: the session ended because the user left (absent when it was cut by a step limit).
 
-Targets are only what the user writes: at each ``i_j`` the next token ``r_j`` (one of SKIP, CLICK,
-BUY) and at each ``r_k`` the next token CONT or LEAVE. Beside the token id every position carries a
+Targets are only what the user writes: at each ``i_j`` the next token ``r_j`` (one response token
+per behaviour of the simulator's `BehaviourSet`, by default skip, click, buy) and at each ``r_k``
+the next token CONT or LEAVE. Beside the token id every position carries a
 role (profile, slate item, re-stated item, response, control), a slot (1-based slot of the item a
 token belongs to, 0 otherwise) and an item index (-1 for non-item tokens), from which the model
 adds role/slot embeddings and item side information (features and title text), so an item never
@@ -20,7 +21,7 @@ seen in training still gets a meaningful input through its text and features.
 
 A fifth channel, the *session summary*, gives every item token (slate and re-stated) a code of how
 much of the item's category the user has consumed earlier in the session: clicks (buys included)
-and buys, each capped (`summary_codes`). Attention sees only a recent window of steps, while
+and buys (any level deeper than a click), each capped (`summary_codes`). Attention sees only a recent window of steps, while
 a session's earlier consumption can still shape its interests; the code carries that part of the
 history at a fixed cost. A simulator built with `SimulatorConfig.session_summary` adds a learned
 embedding of it; for other simulators the channel is ignored.
@@ -34,24 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulators.base import Response
+from simulators.behaviours import DEEPER, DEFAULT_BEHAVIOURS, SKIP, BehaviourSet
 
-PAD, BOS, START, CONT, LEAVE, SKIP, CLICK, BUY, UNK_ITEM, PROFILE_PAD = range(10)
-SPECIAL_TOKENS = (
-    "<pad>",
-    "<bos>",
-    "<start>",
-    "<cont>",
-    "<leave>",
-    "<skip>",
-    "<click>",
-    "<buy>",
-    "<unk_item>",
-    "<profile_pad>",
-)
-PROFILE_BASE = len(SPECIAL_TOKENS)
-RESPONSE_TOKENS = np.array([SKIP, CLICK, BUY])  # indexed by Response
-OUTPUT_TOKENS = (SKIP, CLICK, BUY, CONT, LEAVE)  # the head's 5 outputs, in this order
+PAD, BOS, START, CONT, LEAVE = range(5)
+"""Control tokens every vocabulary starts with; the behaviours' response tokens follow them,
+then <unk_item> and <profile_pad> (for skip, click, buy: ids 5-7, 8 and 9)."""
+CONTROL_TOKENS = ("<pad>", "<bos>", "<start>", "<cont>", "<leave>")
+RESPONSE_BASE = len(CONTROL_TOKENS)
+VOCAB_FORMAT_VERSION = 2
+"""vocab.json version: 2 stores the behaviour set (version 1 had skip, click, buy built in)."""
 
 ROLE_CONTROL, ROLE_PROFILE, ROLE_SLATE, ROLE_RESTATED, ROLE_RESPONSE = range(5)
 NUM_ROLES = 5
@@ -59,7 +51,7 @@ NUM_ROLES = 5
 SUMMARY_CLICK_LEVELS = 8
 """Clicks on a category so far, as 0..7 (7: seven or more)."""
 SUMMARY_BUY_LEVELS = 4
-"""Buys in a category so far, as 0..3 (3: three or more)."""
+"""Buys (responses deeper than a click) in a category so far, as 0..3 (3: three or more)."""
 NUM_SUMMARY_CODES = SUMMARY_CLICK_LEVELS * SUMMARY_BUY_LEVELS
 
 # target kinds at a position
@@ -101,14 +93,44 @@ def text_buckets(title: str, num_buckets: int, max_words: int) -> list[int]:
 
 
 class SimTokenizer:
-    """Closed vocabulary: specials, profile tokens, one token per known item."""
+    """Closed vocabulary: specials, profile tokens, one token per known item.
 
-    def __init__(self, profile_vocab: list[str], num_items: int, profile_slots: int) -> None:
-        """Vocabulary from the profile tokens and the catalog size."""
+    The special tokens are the control tokens, one response token per behaviour, <unk_item>
+    and <profile_pad>; with the default behaviours (skip, click, buy) the ids are those of
+    every checkpoint written before behaviours became data.
+    """
+
+    def __init__(
+        self,
+        profile_vocab: list[str],
+        num_items: int,
+        profile_slots: int,
+        behaviours: BehaviourSet = DEFAULT_BEHAVIOURS,
+    ) -> None:
+        """Vocabulary from the profile tokens, the catalog size and the behaviour set."""
         self.profile_vocab = list(profile_vocab)
         self.num_items = int(num_items)
         self.profile_slots = int(profile_slots)
-        self.item_base = PROFILE_BASE + len(self.profile_vocab)
+        self.behaviours = behaviours
+        r = behaviours.size
+        self.response_tokens = np.arange(RESPONSE_BASE, RESPONSE_BASE + r)
+        """Token id of each behaviour code."""
+        self.unk_item = RESPONSE_BASE + r
+        self.profile_pad = RESPONSE_BASE + r + 1
+        self.profile_base = RESPONSE_BASE + r + 2
+        self.output_tokens = (*self.response_tokens.tolist(), CONT, LEAVE)
+        """The head's outputs, in this order: one per behaviour, then continue and leave."""
+        self.item_base = self.profile_base + len(self.profile_vocab)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """Token strings of the ids below `profile_base`."""
+        return [
+            *CONTROL_TOKENS,
+            *(f"<{n}>" for n in self.behaviours.names),
+            "<unk_item>",
+            "<profile_pad>",
+        ]
 
     @property
     def vocab_size(self) -> int:
@@ -118,7 +140,7 @@ class SimTokenizer:
     def vocab(self) -> list[str]:
         """Token strings by id (saved as vocab.json)."""
         return (
-            list(SPECIAL_TOKENS)
+            self.special_tokens
             + [f"<profile:{t}>" for t in self.profile_vocab]
             + [f"<item:{i}>" for i in range(self.num_items)]
         )
@@ -128,15 +150,15 @@ class SimTokenizer:
         items = np.asarray(items, dtype=np.int64)
         tok = self.item_base + items
         if known is not None:
-            tok = np.where(known[items], tok, UNK_ITEM)
+            tok = np.where(known[items], tok, self.unk_item)
         return tok
 
     def prefix(self, profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """BOS + padded profile tokens: (ids, roles), length 1 + profile_slots."""
         prof = np.asarray(profile, dtype=np.int64)[: self.profile_slots]
-        ids = np.full(1 + self.profile_slots, PROFILE_PAD, dtype=np.int64)
+        ids = np.full(1 + self.profile_slots, self.profile_pad, dtype=np.int64)
         ids[0] = BOS
-        ids[1 : 1 + len(prof)] = np.where(prof >= 0, PROFILE_BASE + prof, PROFILE_PAD)
+        ids[1 : 1 + len(prof)] = np.where(prof >= 0, self.profile_base + prof, self.profile_pad)
         roles = np.full(len(ids), ROLE_PROFILE, dtype=np.int64)
         roles[0] = ROLE_CONTROL
         return ids, roles
@@ -189,7 +211,7 @@ class SimTokenizer:
                 np.arange(1, k + 1),
                 slate,
             )
-            b_ids[pair + 1] = RESPONSE_TOKENS[resp]
+            b_ids[pair + 1] = self.response_tokens[resp]
             b_role[pair + 1], b_slot[pair + 1] = ROLE_RESPONSE, np.arange(1, k + 1)
             b_kind[pair], b_tgt[pair] = TARGET_RESPONSE, resp
             cats = (
@@ -200,10 +222,10 @@ class SimTokenizer:
             b_sum = np.zeros(n, np.int64)
             b_sum[1 : 1 + k], b_sum[pair] = codes, codes
             for c, r in zip(cats.tolist(), resp.tolist()):
-                if r != Response.SKIP:
+                if r != SKIP:
                     tally = consumed.setdefault(c, [0, 0])
                     tally[0] += 1
-                    tally[1] += int(r == Response.BUY)
+                    tally[1] += int(r >= DEEPER)
             last = t == len(slates) - 1
             if not last or left:
                 b_kind[-1], b_tgt[-1] = TARGET_LEAVE, int(last and left)
@@ -244,6 +266,8 @@ class SimTokenizer:
     def to_dict(self) -> dict:
         """JSON form (vocab.json also holds the full token list)."""
         return {
+            "format_version": VOCAB_FORMAT_VERSION,
+            "behaviours": self.behaviours.to_dict(),
             "profile_vocab": self.profile_vocab,
             "num_items": self.num_items,
             "profile_slots": self.profile_slots,
@@ -252,8 +276,16 @@ class SimTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> SimTokenizer:
-        """Inverse of to_dict; checks the stored token list matches."""
-        tok = cls(d["profile_vocab"], d["num_items"], d["profile_slots"])
+        """Inverse of to_dict; checks the stored token list matches (a version-1 vocabulary,
+        without a behaviour set, has skip, click, buy)."""
+        version = d.get("format_version", 1)
+        if version not in (1, VOCAB_FORMAT_VERSION):
+            raise ValueError(
+                f"vocabulary format_version {version!r} is not supported (this reader takes 1 "
+                f"and {VOCAB_FORMAT_VERSION})"
+            )
+        behaviours = BehaviourSet.from_dict(d.get("behaviours"))
+        tok = cls(d["profile_vocab"], d["num_items"], d["profile_slots"], behaviours)
         if "tokens" in d and d["tokens"] != tok.vocab():
             raise ValueError(
                 "vocabulary token list does not match its profile vocab and item count"

@@ -10,12 +10,12 @@ import pytest
 import torch
 from hypothesis import settings
 
-from recsim_env.cli.generate_logs import generate
 from recsim_env.config import EnvConfig
-from simulators.finetune import SimulatorTrainer, TrainConfig
+from recsim_env.log_generation import generate
+from simulators.lm.model import SimulatorConfig
 from simulators.logs import write_logs
 from simulators.parametric import ParametricUserModel, WorldConfig
-from simulators.user_lm import SimulatorConfig
+from simulators.training import SimulatorTrainer, TrainConfig
 
 torch.set_num_threads(1)
 
@@ -110,7 +110,7 @@ def tiny_recency_summary_sim_dir(
 
 def session_batch(sim, profile, slates, responses) -> dict:
     """One whole session (forced responses, no leave) as a packed batch of one row."""
-    from simulators.finetune import collate, pack_rows, session_windows
+    from simulators.training.data import collate, pack_rows, session_windows
 
     enc = sim.tokenizer.encode_session(
         profile, slates, responses, False, sim.model.item_known.numpy(), sim.item_category

@@ -12,12 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import recsim_env  # noqa: F401
 from agents.base import as_batch, category_block_size, transition_rows
-from agents.greedy import (
-    GreedyAgent,
-    OracleResponseModel,
-    PeekResponseModel,
-    WorldModelResponseModel,
-)
+from agents.greedy import GreedyAgent, OracleResponseModel, WorldModelResponseModel
 from agents.popularity import PopularityAgent, click_counts_from_logs, collect_click_counts
 from agents.registry import BASELINES, AgentUnavailable, load_sb3_agent, make_agent
 from agents.slateq import (
@@ -28,6 +23,7 @@ from agents.slateq import (
     slate_value,
     slateq_target,
 )
+from recsim_env.episodes import make_episode_env
 from simulators.logs import read_logs
 from tests.conftest import TINY_ENV, TINY_WORLD
 
@@ -138,37 +134,17 @@ def test_world_model_matches_oracle_within_history_window() -> None:
     assert np.array_equal(agent.predict(obs)[0], GreedyAgent.from_env(vec).predict(obs)[0])
 
 
-class PeekOnlySim:
-    """A simulator that answers only through step(..., peek=True), like the GPT-2 user."""
-
-    def __init__(self, world) -> None:
-        self.world = world
-        self.calls: list[np.ndarray] = []
-
-    def step(self, rows, slates, uniforms=None, peek=False):
-        assert peek and len(set(rows.tolist())) == len(rows)  # one slate per row per call
-        self.calls.append(rows)
-        p = self.world.response_probs(rows, slates)
-
-        class Out:
-            response_probs = p
-
-        return Out()
-
-
-def test_peek_model_queries_distinct_rows_per_round() -> None:
+def test_score_slates_of_the_world_is_conditional_on_earlier_skips() -> None:
     vec = make_vec(3)
     obs, _ = vec.reset(seed=7)
     sim = vec.unwrapped.simulator
-    fake = PeekOnlySim(sim)
-    peek = PeekResponseModel([fake] * 3, np.arange(3)).bind(obs)
-    oracle = OracleResponseModel([sim] * 3, np.arange(3)).bind(obs)
-    bidx = np.repeat(np.arange(3), TINY_ENV.num_candidates)
-    slates = obs["candidate_ids"].reshape(-1, 1)
-    assert np.allclose(peek(bidx, slates), oracle(bidx, slates))
-    assert len(fake.calls) == TINY_ENV.num_candidates
-    with pytest.raises(ValueError, match="one-item"):
-        peek(np.arange(3), obs["candidate_ids"][:, :2])
+    rows = np.array([0, 0, 2])  # a row may repeat: several hypothetical slates per user
+    slates = obs["candidate_ids"][rows, :2]
+    got = sim.score_slates(rows, slates)
+    want = sim.conditional_response_probs(rows, slates, np.zeros_like(slates))
+    assert got.shape == (3, 2, 3) and np.allclose(got, want)
+    one = sim.score_slates(rows, slates[:, :1])
+    assert np.allclose(one[:, 0], sim.response_probs(rows, slates[:, :1])[:, 0])
 
 
 def test_greedy_on_gpt2_user_peeks_without_advancing(tiny_sim_dir) -> None:
@@ -178,7 +154,7 @@ def test_greedy_on_gpt2_user_peeks_without_advancing(tiny_sim_dir) -> None:
         for _ in range(2)
     )
     agent = make_agent("greedy", v1)
-    assert isinstance(agent.response_model, PeekResponseModel)
+    assert isinstance(agent.response_model, OracleResponseModel)
     o1, _ = v1.reset(seed=3)
     v2.reset(seed=3)
     rng = np.random.default_rng(0)
@@ -203,7 +179,8 @@ def test_popularity_from_logs_counts_clicks(tiny_logs_dir) -> None:
 
 
 def test_collect_click_counts_and_default_popular() -> None:
-    counts = collect_click_counts(make_vec(5), users=12, seed=100)
+    vec = make_episode_env("ParametricUserSim-v0", 5, **ENV_KW)
+    counts = collect_click_counts(vec, users=12, seed=100)
     assert counts.shape == (TINY_WORLD.num_items,) and counts.sum() > 0
     agent = make_agent("popular", make_env(), log_users=10)
     assert agent.counts.sum() > 0
@@ -216,16 +193,17 @@ def test_registry_errors() -> None:
     with pytest.raises(FileNotFoundError):
         make_agent("ppo:/does/not/exist.zip", env)
 
-    class NoTitles:
-        profile_encoder = env.unwrapped.simulator.profile_encoder
+    from recsim_env.env import SlateUserEnv
+    from simulators.parametric import ParametricUserModel
 
-    class FakeEnv:
-        simulator = NoTitles()
-        action_space = env.action_space
-        observation_space = env.observation_space
+    class NoTitles(ParametricUserModel):
+        def items_table(self):
+            return super().items_table().drop(columns="title")
 
-    with pytest.raises(AgentUnavailable):
-        make_agent("text_sim", FakeEnv())
+    with pytest.raises(AgentUnavailable, match="title"):
+        make_agent("text_sim", SlateUserEnv(NoTitles(TINY_WORLD), TINY_ENV))
+    with pytest.raises(ValueError, match="not an env"):
+        make_agent("greedy", object())
 
 
 def test_sb3_model_loads_by_path_and_predicts_batched(tmp_path) -> None:

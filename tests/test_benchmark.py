@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 
 import recsim_env  # noqa: F401
+from agents.greedy import GreedyAgent
 from agents.random_agent import RandomAgent
+from evaluation.benchmark import METRICS, SlateRecorder, item_novelty, slate_diversity, summarize
 from recsim_env.cli import main
-from recsim_env.cli.benchmark import (
-    METRICS,
-    item_novelty,
-    run_episodes,
-    slate_diversity,
-    summarize,
-)
+from recsim_env.episodes import make_episode_env, run_episodes
 from tests.conftest import TINY_ENV, TINY_WORLD
 
 AGENT_KEYS = (
@@ -35,10 +31,9 @@ AGENT_KEYS = (
 
 
 def tiny_vec(n: int) -> gym.vector.VectorEnv:
-    return gym.make_vec(
+    return make_episode_env(
         "ParametricUserSim-v0",
-        num_envs=n,
-        vectorization_mode="vector_entry_point",
+        n,
         world=TINY_WORLD,
         slate_size=TINY_ENV.slate_size,
         num_candidates=TINY_ENV.num_candidates,
@@ -93,7 +88,7 @@ def test_cli_usage_errors(tmp_path, capsys) -> None:
     assert main(["benchmark", "--env", "NoSuchEnv-v9", "--users", "2"]) == 2
 
 
-def test_unavailable_default_agent_is_skipped_with_a_note(monkeypatch, capsys) -> None:
+def test_unavailable_default_agent_is_skipped_with_a_note(monkeypatch, caplog) -> None:
     import agents.registry as registry
 
     real = registry.make_agent
@@ -105,8 +100,7 @@ def test_unavailable_default_agent_is_skipped_with_a_note(monkeypatch, capsys) -
 
     monkeypatch.setattr(registry, "make_agent", fake)
     assert main(["benchmark", "--env", "ParametricUserSim-v0", "--users", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "note: skipping text_sim" in out
+    assert "note: skipping text_sim" in caplog.text
     # asked for by name, the same agent is an error
     assert main(["benchmark", "--env", "ParametricUserSim-v0", "--agents", "text_sim"]) == 2
 
@@ -124,19 +118,38 @@ def test_sb3_model_in_benchmark(tmp_path, capsys) -> None:
     assert list(json.loads(out.read_text())["agents"]) == ["random", "ppo:pol"]
 
 
-def test_users_are_identical_across_agents_and_batches() -> None:
-    nov = np.zeros(TINY_WORLD.num_items)
-    a = run_episodes(RandomAgent(TINY_ENV.slate_size, seed=0), tiny_vec(7), 10, 5, nov)
-    # same users in other batch sizes (the last batch has spare rows that are ignored)
-    b = run_episodes(RandomAgent(TINY_ENV.slate_size, seed=0), tiny_vec(10), 10, 5, nov)
-    assert a.steps.sum() > 10 and a.returns.shape == (10,)
-    # user i's profile and candidates come from seed + i, whatever the batch: check user 8
-    v1, v2 = tiny_vec(7), tiny_vec(10)
-    o1, _ = v1.reset(seed=5 + 7)
-    o2, _ = v2.reset(seed=5)
-    assert np.array_equal(o1["profile"][1], o2["profile"][8])
-    assert np.array_equal(o1["candidate_ids"][1], o2["candidate_ids"][8])
-    assert b.seen.shape == (10, TINY_WORLD.num_items)
+def test_users_are_identical_across_batches_and_rows() -> None:
+    """User i is seeded seed + i whatever row it lands on: a deterministic policy scores each
+    user the same at any batch size, and the same as the single env reset with seed + i."""
+    runs = []
+    for n in (3, 7, 10):
+        vec = tiny_vec(n)
+        agent = GreedyAgent.from_env(vec)
+        runs.append(run_episodes(agent, vec, 10, 5))
+    for other in runs[1:]:
+        np.testing.assert_array_equal(runs[0].returns, other.returns)
+        np.testing.assert_array_equal(runs[0].steps, other.steps)
+    env = gym.make(
+        "ParametricUserSim-v0",
+        world=TINY_WORLD,
+        slate_size=TINY_ENV.slate_size,
+        num_candidates=TINY_ENV.num_candidates,
+        max_episode_steps=TINY_ENV.max_episode_steps,
+    )
+    agent = GreedyAgent.from_env(env)
+    obs, _ = env.reset(seed=5 + 8)
+    total, done = 0.0, False
+    while not done:
+        obs, r, term, trunc, _ = env.step(agent.predict(obs)[0])
+        total += r
+        done = term or trunc
+    assert total == runs[0].returns[8]
+
+
+def test_runner_needs_disabled_autoreset() -> None:
+    vec = gym.make_vec("ParametricUserSim-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    with pytest.raises(ValueError, match="DISABLED"):
+        run_episodes(RandomAgent(5, seed=0), vec, 2, 0)
 
 
 def test_metric_helpers() -> None:
@@ -145,10 +158,9 @@ def test_metric_helpers() -> None:
     assert np.allclose(slate_diversity(same), 0.0) and np.allclose(slate_diversity(ortho), 1.0)
     nov = item_novelty(np.array([0.0, 2.0]))  # shares 1/4 and 3/4
     assert np.allclose(nov, [2.0, -np.log2(0.75)])
-    stats = run_episodes(
-        RandomAgent(TINY_ENV.slate_size, seed=1), tiny_vec(4), 4, 0, np.ones(TINY_WORLD.num_items)
-    )
-    res = summarize(stats)
+    recorder = SlateRecorder(4, np.ones(TINY_WORLD.num_items))
+    stats = run_episodes(RandomAgent(TINY_ENV.slate_size, seed=1), tiny_vec(4), 4, 0, recorder)
+    res = summarize(stats, recorder)
     assert res["novelty"] == pytest.approx(1.0)
     assert res["session_length"] == pytest.approx(stats.steps.mean())
-    assert res["coverage"] == pytest.approx((np.asarray(stats.seen.sum(0)) > 0).mean())
+    assert res["coverage"] == pytest.approx((np.asarray(recorder.seen().sum(0)) > 0).mean())

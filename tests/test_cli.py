@@ -66,7 +66,7 @@ def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path):
 def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(
     tiny_logs_dir, tiny_sim_dir, tmp_path
 ):
-    from recsim_env.cli.generate_logs import generate
+    from recsim_env.log_generation import generate
     from simulators.gpt2_user import GPT2UserSimulator
     from simulators.logs import write_logs
     from simulators.parametric import ParametricUserModel, WorldConfig
@@ -79,7 +79,7 @@ def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(
     start = GPT2UserSimulator.from_pretrained(tiny_sim_dir)
     more = GPT2UserSimulator.from_pretrained(out)
     assert more.sim_config == start.sim_config  # the checkpoint's settings, not the flags'
-    assert more.model.config.n_embd == start.model.config.n_embd
+    assert more.model.backbone.hidden_size == start.model.backbone.hidden_size
     changed = [
         k
         for k, v in start.model.state_dict().items()

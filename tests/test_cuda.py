@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import recsim_env  # noqa: F401  (registers the envs)
-from recsim_env.benchmarks.speed import SpeedConfig, measure
-from simulators.candidate_scoring import candidate_probs
+from evaluation.speed import SpeedConfig, measure
 from simulators.gpt2_user import GPT2UserSimulator
+from simulators.gpt2_user.candidates import candidate_probs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -105,7 +105,7 @@ def test_speed_smoke_on_cuda(tiny_recency_sim_dir):
 
 def test_cuda_attention_takes_more_rows_than_the_kernel_grid():
     """65,536+ rows in bfloat16 (the flash kernel's grid limit) run in parts, with the same result."""
-    from simulators.user_lm import sdpa
+    from simulators.lm.attention import sdpa
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.fidelity import metrics as M
+from evaluation.fidelity.events import align_items, build_events, teacher_forced, world_replay
+from evaluation.fidelity.report import REQUIRED_KEYS
+from evaluation.fidelity.rollouts import generate_seeds, rollout_logging_policy
+from evaluation.fidelity.sections import ground_truth_metrics, ranking_metrics, response_metrics
 from recsim_env.cli import main
-from recsim_env.cli.generate_logs import generate, item_popularity
-from simulators.fidelity import metrics as M
-from simulators.fidelity.events import align_items, build_events, teacher_forced, world_replay
-from simulators.fidelity.report import REQUIRED_KEYS
-from simulators.fidelity.rollouts import generate_seeds, rollout_logging_policy
-from simulators.fidelity.sections import ground_truth_metrics, ranking_metrics, response_metrics
+from recsim_env.log_generation import generate, item_popularity
 from simulators.gpt2_user import GPT2UserSimulator
 from simulators.parametric import ParametricUserModel
 from tests.conftest import TINY_ENV, TINY_WORLD
@@ -199,7 +199,7 @@ def test_context_spans_and_the_window_floor(
 ) -> None:
     from dataclasses import replace
 
-    from simulators.fidelity.events import context_spans
+    from evaluation.fidelity.events import context_spans
 
     sim = GPT2UserSimulator.from_pretrained(tiny_sim_dir)  # context 128: about 12 steps
     env = replace(TINY_ENV, max_episode_steps=40)
@@ -268,9 +268,9 @@ def test_validate_on_training_logs_uses_held_out_users(
 
 
 def test_validate_on_imported_real_logs(tmp_path: Path) -> None:
-    from simulators.finetune import SimulatorTrainer, TrainConfig
+    from simulators.lm.model import SimulatorConfig
     from simulators.logs import read_logs
-    from simulators.user_lm import SimulatorConfig
+    from simulators.training import SimulatorTrainer, TrainConfig
 
     fixture = Path(__file__).parent / "fixtures" / "movielens"
     logs_dir, sim_dir = tmp_path / "ml", tmp_path / "sim"

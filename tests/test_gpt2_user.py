@@ -6,28 +6,32 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from simulators.finetune import SimulatorTrainer, TrainConfig
 from simulators.gpt2_user import CheckpointError, GPT2UserSimulator
+from simulators.lm.attention import FullAttention
+from simulators.lm.gpt2 import GPT2Backbone, make_gpt2_config
+from simulators.lm.model import SimulatorConfig, UserLM, packed_probs
 from simulators.logs import read_logs
-from simulators.user_lm import SimulatorConfig, UserLM, make_gpt2_config, packed_probs
+from simulators.training import SimulatorTrainer, TrainConfig
 from tests.conftest import session_batch
 
 
 def test_functional_forward_matches_hugging_face():
     torch.manual_seed(0)
     model = UserLM(
-        GPT2LMHeadModel(make_gpt2_config("tiny", 40, 64)),
+        GPT2Backbone(GPT2LMHeadModel(make_gpt2_config("tiny", 40, 64))),
         SimulatorConfig(),
         torch.randn(6, 2),
         torch.zeros(6, 3, dtype=torch.long),
         torch.ones(6, dtype=torch.bool),
+        (5, 6, 7, 3, 4),
     ).eval()
     ids = torch.randint(0, 40, (3, 20))
     pos = torch.arange(20).expand(3, -1)
-    x = model.gpt2.transformer.wte(ids)
+    x = model.backbone.embed_tokens(ids)
     mask = torch.ones(20, 20, dtype=torch.bool).tril().expand(3, 1, 20, 20)
-    ours = model.transformer(x, pos, mask)
-    ref = model.gpt2(inputs_embeds=x, position_ids=pos, output_hidden_states=True).hidden_states[-1]
+    ours = model.backbone(x, pos, FullAttention(mask))
+    lm = model.backbone.lm
+    ref = lm(inputs_embeds=x, position_ids=pos, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -62,7 +66,7 @@ def test_peek_does_not_advance_the_session(tiny_sim_dir):
     sim.start_sessions(np.arange(2), sim.population[:2])
     slate = np.array([[1, 2, 3], [4, 5, 6]])
     u = np.full((2, 4), 0.5)
-    a = sim.step(np.arange(2), slate, u, peek=True)
+    a = sim.peek(np.arange(2), slate, u)
     b = sim.step(np.arange(2), slate, u)
     np.testing.assert_allclose(a.response_probs, b.response_probs, atol=1e-6)
 
@@ -110,10 +114,22 @@ def _copy_ckpt(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _rehash(ckpt):
+    """Record the files' current hashes in the manifest (to reach the checks behind it)."""
+    from simulators.gpt2_user.checkpoint import HASHED_FILES, file_sha256
+
+    meta = json.loads((ckpt / "simulator_config.json").read_text())
+    meta["sha256"] = {name: file_sha256(ckpt / name) for name in HASHED_FILES}
+    (ckpt / "simulator_config.json").write_text(json.dumps(meta))
+
+
 def test_corrupt_missing_or_mismatched_checkpoints_name_the_file(tiny_sim_dir, tmp_path):
     bad = _copy_ckpt(tiny_sim_dir, tmp_path / "truncated")
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: content does not match"):
+        GPT2UserSimulator.from_pretrained(bad)
+    _rehash(bad)  # past the manifest, the file itself is unreadable
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*corrupt or truncated"):
         GPT2UserSimulator.from_pretrained(bad)
     missing = _copy_ckpt(tiny_sim_dir, tmp_path / "missing")
@@ -124,12 +140,14 @@ def test_corrupt_missing_or_mismatched_checkpoints_name_the_file(tiny_sim_dir, t
     cfg = json.loads((mismatch / "config.json").read_text())
     cfg["vocab_size"] += 3
     (mismatch / "config.json").write_text(json.dumps(cfg))
+    _rehash(mismatch)
     with pytest.raises(CheckpointError, match=r"config\.json: vocab_size"):
         GPT2UserSimulator.from_pretrained(mismatch)
     wrong_shape = _copy_ckpt(tiny_sim_dir, tmp_path / "shape")
     cfg = json.loads((wrong_shape / "config.json").read_text())
     cfg["n_embd"] = 64
     (wrong_shape / "config.json").write_text(json.dumps(cfg))
+    _rehash(wrong_shape)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: weights do not match"):
         GPT2UserSimulator.from_pretrained(wrong_shape)
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -167,7 +185,5 @@ def test_loss_ignores_the_recommenders_tokens(tiny_sim_dir):
     kinds = batch["target_kind"][0]
     nxt = batch["input_ids"][0][1:]
     targets = nxt[kinds[:-1] > 0]
-    from simulators.tokenization import BUY, CLICK, CONT, LEAVE, SKIP
-
-    assert set(targets.tolist()) <= {SKIP, CLICK, BUY, CONT, LEAVE}
+    assert set(targets.tolist()) <= set(sim.tokenizer.output_tokens)
     assert int((kinds == 1).sum()) == 6 and int((kinds == 2).sum()) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsim_env.cli.generate_logs import (
+from recsim_env.log_generation import (
     PERSONALIZED,
     POPULAR,
     RANDOM,

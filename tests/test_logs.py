@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsim_env.cli.generate_logs import generate
+from recsim_env.log_generation import generate
 from simulators.logs import InteractionLogs, LogFormatError, read_logs, write_logs
 from tests.conftest import TINY_ENV, TINY_WORLD
 
@@ -111,7 +111,7 @@ def test_wrongly_typed_column_is_rejected(tmp_path):
 
 
 def test_summary_statistics_are_sane():
-    from recsim_env.cli.generate_logs import summarize
+    from recsim_env.log_generation import summarize
 
     stats = summarize(_logs(users=200))
     assert 0 < stats["buy_rate"] < stats["click_rate"] < 0.5

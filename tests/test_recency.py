@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from simulators.candidate_scoring import candidate_probs
 from simulators.gpt2_user import GPT2UserSimulator
+from simulators.gpt2_user.candidates import candidate_probs
+from simulators.lm.attention import recency_slopes, window_bias
+from simulators.lm.model import SimulatorConfig, packed_probs
 from simulators.tokenization import step_block_length
-from simulators.user_lm import SimulatorConfig, packed_probs, recency_slopes, window_bias
 from tests.conftest import session_batch
 
 
@@ -107,7 +108,8 @@ def test_a_new_slate_size_between_sessions_resizes_the_ring(tiny_recency_sim_dir
     for k in (3, 5):
         sim.start_sessions(np.arange(2), sim.population[:2])
         for _ in range(4):
-            out = sim.step(np.arange(2), np.stack([rng.permutation(sim.num_items)[:k]] * 2))
+            slate = np.stack([rng.permutation(sim.num_items)[:k]] * 2)
+            out = sim.step(np.arange(2), slate, rng.random((2, k + 1)))
             assert np.isfinite(out.response_probs).all()
         assert sim.cache.context == sim.cache_positions(k)
     fresh = GPT2UserSimulator.from_pretrained(tiny_recency_sim_dir, capacity=2)
@@ -115,8 +117,8 @@ def test_a_new_slate_size_between_sessions_resizes_the_ring(tiny_recency_sim_dir
     slate = np.stack([np.arange(5)] * 2)
     sim.start_sessions(np.arange(2), sim.population[:2])
     np.testing.assert_allclose(
-        sim.step(np.arange(2), slate, peek=True).response_probs,
-        fresh.step(np.arange(2), slate, peek=True).response_probs,
+        sim.peek(np.arange(2), slate).response_probs,
+        fresh.peek(np.arange(2), slate).response_probs,
         atol=1e-6,
     )
 
@@ -131,7 +133,7 @@ def test_peek_and_candidate_scoring_agree_with_a_one_item_step(tiny_recency_sim_
             sim.step(np.arange(2), rng.integers(0, sim.num_items, (2, 3)), rng.random((2, 4)))
         scored = candidate_probs(sim, np.arange(2), cands)
         for j in range(cands.shape[1]):
-            peek = sim.step(np.arange(2), cands[:, j : j + 1], np.full((2, 2), 0.5), peek=True)
+            peek = sim.peek(np.arange(2), cands[:, j : j + 1], np.full((2, 2), 0.5))
             np.testing.assert_allclose(scored[:, j], peek.response_probs[:, 0], atol=1e-5)
 
 

@@ -17,14 +17,14 @@ import recsim_env  # noqa: F401
 from agents.random_agent import RandomAgent
 from agents.sb3 import (
     SB3SlatePolicy,
-    SlateDistribution,
     SlateVecEnv,
     detect_sb3_algo,
-    evaluate_returns,
     load_sb3_model,
     make_model,
     make_sb3_vec_env,
 )
+from agents.sb3.policy import SlateDistribution
+from evaluation.episodes import evaluate_returns
 from recsim_env.cli import main
 from recsim_env.env import ParametricUserSimEnv
 from recsim_env.wrappers import (
@@ -183,7 +183,8 @@ def test_reward_weights_recompute_the_reward():
         assert r == 5.0 * (resp == 2).sum() + 1.0
         if term or trunc:
             break
-    assert weighted_reward(np.array([[-1, -1], [0, 2]]), 1.0, 3.0, 0.5).tolist() == [0.0, 4.5]
+    table = np.array([0.0, 1.0, 4.0])  # skip, click, buy (1 + 3)
+    assert weighted_reward(np.array([[-1, -1], [0, 2]]), table, 0.5).tolist() == [0.0, 4.5]
 
 
 def test_saved_models_load_and_predict(tmp_path, tiny_sim_dir):

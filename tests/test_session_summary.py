@@ -10,10 +10,10 @@ import torch
 
 from recsim_env.cli import main
 from simulators.base import Response
-from simulators.candidate_scoring import candidate_probs
 from simulators.gpt2_user import GPT2UserSimulator
+from simulators.gpt2_user.candidates import candidate_probs
+from simulators.lm.model import packed_probs
 from simulators.tokenization import SimTokenizer, summary_codes
-from simulators.user_lm import packed_probs
 from tests.conftest import session_batch
 
 S, C, B = Response.SKIP, Response.CLICK, Response.BUY
@@ -101,7 +101,7 @@ def test_candidate_scoring_uses_the_summary(tiny_recency_summary_sim_dir):
             sim.step(np.arange(2), cands[:, [step - 1, 0, 1]], forced_responses=forced)
         scored = candidate_probs(sim, np.arange(2), cands)
         for j in range(cands.shape[1]):
-            peek = sim.step(np.arange(2), cands[:, j : j + 1], np.full((2, 2), 0.5), peek=True)
+            peek = sim.peek(np.arange(2), cands[:, j : j + 1], np.full((2, 2), 0.5))
             np.testing.assert_allclose(scored[:, j], peek.response_probs[:, 0], atol=1e-5)
 
 

@@ -5,13 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import simulators.gpt2_user as gpt2_user
-import simulators.user_lm as user_lm
+import simulators.gpt2_user.simulator as gpt2_user
+import simulators.lm.attention as lm_attention
 from recsim_env.cli import main
-from simulators.finetune import collate
 from simulators.gpt2_user import GPT2UserSimulator
+from simulators.lm.attention import CachedAttention
+from simulators.lm.cache import StaticKVCache
+from simulators.lm.model import packed_probs
 from simulators.tokenization import step_block_length
-from simulators.user_lm import CachedAttention, StaticKVCache, packed_probs
+from simulators.training.data import collate
 
 SPEED_KEYS = {
     "naive_h1",
@@ -212,7 +214,7 @@ def test_rows_do_not_depend_on_batch_subset_or_blocking(request, ckpt, monkeypat
     two = _rollout(sub, np.array([1, 5]), [s[[1, 5]] for s in slates], [u[[1, 5]] for u in uni])
     # forwards split into row blocks of a few tokens
     monkeypatch.setattr(gpt2_user, "_CPU_TOKENS_PER_FORWARD", 20)
-    monkeypatch.setattr(user_lm, "ATTENTION_CHUNK_ELEMENTS", 300)
+    monkeypatch.setattr(lm_attention, "ATTENTION_CHUNK_ELEMENTS", 300)
     blocked = GPT2UserSimulator.from_pretrained(tiny_sim_dir, capacity=n)
     blocked.start_sessions(np.arange(n), profiles)
     blk = _rollout(blocked, np.arange(n), slates, uni)
@@ -246,7 +248,8 @@ def test_cached_attention_matches_reference_attention():
         start = torch.tensor([0, 40, 17, 3, 44, 30])
         pos = start[:, None] + torch.arange(t)
         qkv = torch.randn(b, t, 3, nh * hd).to(dtype)
-        got = CachedAttention(cache, pos, rows, n, None)(0, qkv).float()
+        q_new, k_new, v_new = qkv.view(b, t, 3, nh, hd).unbind(2)
+        got = CachedAttention(cache, pos, rows, n, None)(0, q_new, k_new, v_new).float()
         k = cache.k[0, rows, :, :n].float()
         v = cache.v[0, rows, :, :n].float()
         q = qkv[:, :, 0].float().view(b, t, nh, hd).transpose(1, 2)
@@ -265,7 +268,7 @@ def test_cached_attention_matches_reference_attention():
 @pytest.mark.parametrize("chunk", [None, 300])
 def test_bfloat16_simulator_is_close_to_float32(request, monkeypatch, chunk, ckpt):
     if chunk is not None:  # full (padded) attention blocks instead of small float32 ones
-        monkeypatch.setattr(user_lm, "ATTENTION_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(lm_attention, "ATTENTION_CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(1)
     sims = [
         GPT2UserSimulator.from_pretrained(request.getfixturevalue(ckpt), capacity=4, dtype=d)

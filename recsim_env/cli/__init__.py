@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -63,24 +64,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("llm-usersim: interrupted", file=sys.stderr)
         return 130
-    except (
-        UsageError,
-        ValueError,
-        FileNotFoundError,
-        NotADirectoryError,
-        PermissionError,
-        KeyError,
-    ) as exc:
-        if getattr(args, "debug", False):
+    except Exception as exc:
+        if getattr(args, "debug", False) or not _is_user_error(exc):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"llm-usersim {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors a user can fix from the message (bad input, missing files, unknown env ids)."""
+    from gymnasium.error import Error as GymError
+
+    return isinstance(
+        exc,
+        (
+            UsageError,
+            ValueError,
+            FileNotFoundError,
+            NotADirectoryError,
+            IsADirectoryError,
+            PermissionError,
+            KeyError,
+            GymError,
+        ),
+    )
 
 
 if __name__ == "__main__":  # python -m recsim_env.cli

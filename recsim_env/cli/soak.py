@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     import gymnasium as gym
     import torch
 
-    from recsim_env.benchmarks.soak import SoakConfig, soak
+    from evaluation.soak import SoakConfig, soak
 
     if args.threads is not None:
         if args.threads < 1:

@@ -1,6 +1,6 @@
 """`llm-usersim speed`: simulated users per second, naive re-encoding vs the batched simulator.
 
-Measured in one run (see recsim_env.benchmarks.speed for the definitions): the prompt-style
+Measured in one run (see evaluation.speed for the definitions): the prompt-style
 baseline that re-encodes each user's history for every slot decision, the native vector env of
 LLMUserSim-v0 at several batch sizes, the batched simulator at 1, 50 and 200 steps of history,
 the parametric world, and the achieved FLOP/s of the simulator's forward against a matmul peak
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     """Measure, print the table, write JSON."""
     import torch
 
-    from recsim_env.benchmarks.speed import SpeedConfig, default_checkpoint_exists, measure
+    from evaluation.speed import SpeedConfig, default_checkpoint_exists, measure
 
     if args.threads is not None:
         if args.threads < 1:

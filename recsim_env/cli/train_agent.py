@@ -146,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from agents.random_agent import RandomAgent
-    from agents.sb3 import evaluate_returns, make_model, make_sb3_vec_env, mean_ci95
+    from agents.sb3 import make_model, make_sb3_vec_env
+    from evaluation.episodes import evaluate_returns
+    from evaluation.stats import mean_ci95
 
     logging.basicConfig(level=logging.WARNING)
     if args.steps < 1:

@@ -6,9 +6,10 @@ import argparse
 import logging
 
 from recsim_env.cli._common import progress_enabled, write_json
-from simulators.finetune import SimulatorTrainer, TrainConfig
+from simulators.lm.gpt2 import MODEL_SIZES
+from simulators.lm.model import SimulatorConfig
 from simulators.logs import read_logs
-from simulators.user_lm import MODEL_SIZES, SimulatorConfig
+from simulators.training import SimulatorTrainer, TrainConfig
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
 

@@ -1,7 +1,7 @@
 """`llm-usersim validate`: how faithful is a simulated user, and do policies transfer?
 
 With no arguments: the embedded default simulator against the default ground-truth world on
-fresh held-out users (seed 99991, never used in training). See `simulators.fidelity.report` for
+fresh held-out users (seed 99991, never used in training). See `evaluation.fidelity.report` for
 what each section measures and where the held-out events come from.
 """
 
@@ -13,14 +13,14 @@ from pathlib import Path
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
-from recsim_env.cli.generate_logs import POLICIES
+from recsim_env.log_generation import POLICIES
 
 HELP = "Fidelity report: responses, sessions, ground truth, policy ranking, sim-to-real."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of validate."""
-    from simulators.fidelity.report import DEFAULT_HELDOUT_SEED, ValidateConfig
+    from evaluation.fidelity.report import DEFAULT_HELDOUT_SEED, ValidateConfig
 
     d = ValidateConfig()
     p.add_argument("--sim", default=None, help="simulator checkpoint (default: the embedded one)")
@@ -113,8 +113,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, print the headline figures, write the requested files."""
-    from simulators.fidelity.render import write_report
-    from simulators.fidelity.report import ValidateConfig, run_validation
+    from evaluation.fidelity.render import write_report
+    from evaluation.fidelity.report import ValidateConfig, run_validation
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.logs is not None and not Path(args.logs).is_dir():

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from simulators.base import RESPONSE_NAMES, Response
+from simulators.behaviours import DEEPER, DEFAULT_BEHAVIOURS, BehaviourSet, engaged
 from simulators.logs import STEP_COLUMNS, InteractionLogs, LogFormatError
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,6 @@ MAX_SLATE_ITEMS = 300
 
 DEFAULT_SESSION_GAP_MINUTES = 30.0
 """A user's next slate starts a new session when it comes more than this long after the last."""
-
-_RESPONSE_WORDS: dict[str, int] = {
-    **{name: int(code) for name, code in zip(RESPONSE_NAMES, Response)},
-    **{str(int(code)): int(code) for code in Response},
-}
 
 
 class ImportFormatError(LogFormatError):
@@ -92,19 +87,25 @@ def split_cell(value: Any) -> list[Any]:
     return [value]
 
 
-def response_code(token: Any) -> int | None:
-    """`skip`/`click`/`buy` (any case) or 0/1/2 -> the Response code; None when unknown."""
+def response_code(token: Any, behaviours: BehaviourSet = DEFAULT_BEHAVIOURS) -> int | None:
+    """A behaviour name (any case) or its code -> the code; None when unknown.
+
+    With the default behaviours: `skip`/`click`/`buy` or 0/1/2.
+    """
     if isinstance(token, (bool, np.bool_)):
         return None
     if isinstance(token, (int, np.integer)) or (
         isinstance(token, (float, np.floating)) and float(token).is_integer()
     ):
         code = int(token)
-        return code if 0 <= code < len(Response) else None
+        return code if 0 <= code < behaviours.size else None
     if isinstance(token, bytes):
         token = token.decode("utf-8", "replace")
     if isinstance(token, str):
-        return _RESPONSE_WORDS.get(token.strip().lower())
+        word = token.strip().lower()
+        if word.isdigit():
+            return response_code(int(word), behaviours)
+        return behaviours.names.index(word) if word in behaviours.names else None
     return None
 
 
@@ -278,7 +279,7 @@ def users_with_missing(users: pd.DataFrame, referenced: Iterable[str]) -> tuple[
 def summarize(logs: InteractionLogs) -> dict:
     """Counts and rates of an imported log set (slates may have any length).
 
-    `click_rate` counts clicks and buys (any non-skip) per shown item, `buy_rate` buys only.
+    `click_rate` counts any engagement per shown item, `buy_rate` engagement past a click.
     """
     steps = logs.steps
     lengths = steps["items"].map(len).to_numpy()
@@ -294,8 +295,8 @@ def summarize(logs: InteractionLogs) -> dict:
         "steps": len(steps),
         "shown_items": len(resp),
         "catalog_items": len(logs.items),
-        "click_rate": float((resp != Response.SKIP).mean()) if len(resp) else 0.0,
-        "buy_rate": float((resp == Response.BUY).mean()) if len(resp) else 0.0,
+        "click_rate": float(engaged(resp).mean()) if len(resp) else 0.0,
+        "buy_rate": float((resp >= DEEPER).mean()) if len(resp) else 0.0,
         "mean_slate_length": float(lengths.mean()) if len(lengths) else 0.0,
         "max_slate_length": int(lengths.max()) if len(lengths) else 0,
         "mean_session_steps": float(per_session.mean()) if len(per_session) else 0.0,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulators.base import Response
+from simulators.base import Response  # the default behaviours' codes
 from simulators.importers._common import (
     DEFAULT_SESSION_GAP_MINUTES,
     fail,

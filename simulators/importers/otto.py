@@ -8,8 +8,9 @@ Each line is `{"session": int, "events": [{"aid": int, "ts": ms, "type": ...}]}`
 - Events are taken in timestamp order; events with the same timestamp (to the millisecond,
   e.g. the items of one order) form one slate, every other event is a slate of one item.
   An item that appears twice in one slate is kept once with its strongest response.
-- Response per event: clicks -> click, carts -> click, orders -> buy. There are no skips:
-  OTTO has no impressions, so every shown item was interacted with (the click rate is 1).
+- Behaviours: skip, click, cart, buy (`OTTO_BEHAVIOURS`); clicks -> click, carts -> cart,
+  orders -> buy, each deeper level implying the ones before. There are no skips: OTTO has no
+  impressions, so every shown item was interacted with (the click rate is 1).
 - Items: every aid seen, as a string, with no title, category or price (OTTO has none).
 
 Data: CC BY 4.0, attribute "OTTO (otto-de/recsys-dataset)".
@@ -25,14 +26,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulators.base import Response
+from simulators.behaviours import BehaviourSet
 from simulators.importers._common import fail, finish_steps, session_numbers, summarize
 from simulators.logs import InteractionLogs
 
+OTTO_BEHAVIOURS = BehaviourSet(("skip", "click", "cart", "buy"))
+"""OTTO's funnel: a cart implies a click, an order (buy) a cart."""
 EVENT_RESPONSES: dict[str, int] = {
-    "clicks": int(Response.CLICK),
-    "carts": int(Response.CLICK),
-    "orders": int(Response.BUY),
+    "clicks": OTTO_BEHAVIOURS.code("click"),
+    "carts": OTTO_BEHAVIOURS.code("cart"),
+    "orders": OTTO_BEHAVIOURS.code("buy"),
 }
 LICENCE = 'OTTO recsys-dataset, CC BY 4.0; attribute "OTTO (otto-de/recsys-dataset)".'
 
@@ -165,10 +168,11 @@ def import_otto(path: str | Path, session_gap_minutes: float | None = None) -> I
         "proxy": True,
         "proxy_note": (
             "OTTO logs actions, not impressions: each event (or all events sharing a "
-            "millisecond timestamp) is a slate of the items acted on; clicks and carts -> "
-            "click, orders -> buy; there are no skips"
+            "millisecond timestamp) is a slate of the items acted on; clicks -> click, carts "
+            "-> cart, orders -> buy; there are no skips"
         ),
-        "event_responses": {k: Response(v).name.lower() for k, v in EVENT_RESPONSES.items()},
+        "behaviours": OTTO_BEHAVIOURS.to_dict(),
+        "event_responses": {k: OTTO_BEHAVIOURS.names[v] for k, v in EVENT_RESPONSES.items()},
         "sessions_from": (
             "one per OTTO session"
             if session_gap_minutes is None

@@ -109,7 +109,7 @@ class SpeedConfig:
         if self.num_envs is not None and any(n < 1 for n in self.num_envs):
             raise ValueError("num_envs must be >= 1")
         if self.random_size is not None:
-            from simulators.user_lm import MODEL_SIZES
+            from simulators.lm.gpt2 import MODEL_SIZES
 
             if self.random_size not in MODEL_SIZES:
                 raise ValueError(
@@ -186,10 +186,12 @@ def naive_user_steps_per_second(
     Returns:
         (user-steps per [wall, CPU] second, mean tokens per forward).
     """
-    from simulators.tokenization import RESPONSE_TOKENS, step_block_length
-    from simulators.user_lm import window_bias
+    from simulators.lm.attention import FullAttention, window_bias
+    from simulators.lm.model import TokenBlock
+    from simulators.tokenization import step_block_length
 
     model, tok = sim.model, sim.tokenizer
+    nr = sim.behaviours.size
     dev = sim.device
     known = model.item_known.cpu().numpy()
     c = sim.sim_config.context_length
@@ -218,24 +220,23 @@ def naive_user_steps_per_second(
                 upto = p + (k + 2 + 2 * j if j < k else block)  # through i_{j+1}, or r_k
                 seq = [np.concatenate([w, b[p:upto]]) for w, b in zip(window, blk)]
                 t = len(seq[0])
-                x = model.embed(*(torch.as_tensor(a, device=dev)[None] for a in seq))
-                x = x.to(sim.dtype)
+                tokens_in = TokenBlock(*(torch.as_tensor(a, device=dev)[None] for a in seq))
                 pos = torch.arange(t, device=dev)[None]
                 mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None, None]
                 if sim.window:  # recency attention: the same context under the window bias
                     steps = torch.clamp((pos - p) // block, min=-1)
-                    mask = window_bias(steps, steps, mask[:, 0], sim.window, sim._slopes, sim.dtype)
+                    mask = window_bias(steps, steps, mask[:, 0], sim.window, sim.slopes, sim.dtype)
                     pos = torch.zeros_like(pos)
-                h = model.transformer(x, pos, mask)
-                logits = model.output_logits(h[:, -1]).float()[0]
+                h = model(tokens_in, pos, FullAttention(mask))
+                logits = model.output_logits(h[:, -1])[0]
                 forwards += 1
                 tokens += t
                 if j < k:
-                    probs = torch.softmax(logits[:3], -1).cpu().numpy()
+                    probs = torch.softmax(logits[:nr], -1).cpu().numpy()
                     r = int((rng.random() >= np.cumsum(probs)[:-1]).sum())
-                    blk[0][resp_pos[j]] = RESPONSE_TOKENS[r]
+                    blk[0][resp_pos[j]] = tok.response_tokens[r]
                 else:
-                    float(torch.softmax(logits[3:5], -1)[1])
+                    float(torch.softmax(logits[nr : nr + 2], -1)[1])
         dt = clock() - t0
     return user_steps / np.maximum(dt, 1e-9), tokens / forwards
 
@@ -293,7 +294,7 @@ def refill_period(sim: Any, k: int) -> tuple[int, int]:
     (-1, 0) for a recency-attention simulator, which never refills."""
     from simulators.tokenization import step_block_length
 
-    if getattr(sim, "window", 0):
+    if sim.window:
         return -1, 0
 
     c = sim.sim_config.context_length
@@ -342,15 +343,15 @@ def history_sweep(
     # cache lengths) has run once, so one-off kernel selection and allocation (CUDA, oneDNN)
     # stay out of the timed steps
     sim.start_sessions(rows, profiles)
-    for s in range(min(total, getattr(sim, "window", 0) + 3)):
+    for s in range(min(total, sim.window + 3)):
         sim.step(rows, slates[s % len(slates)], uni[s % len(uni)])
     sim.start_sessions(rows, profiles)
     times = np.zeros((total, 2))
     flops = np.zeros(total)
     executed = np.zeros(total)
     tokens = np.zeros(total)
-    stats = getattr(sim, "stats", None)  # executed work, where the simulator counts it
-    ring = bool(getattr(sim, "window", 0))
+    stats = sim.stats  # executed work
+    ring = bool(sim.window)
     for s in range(total):
         if ring:
             before = sim.steps_done[: len(rows)].cpu().numpy().copy()
@@ -404,8 +405,8 @@ def useful_flops(sim: Any, before: np.ndarray, after: np.ndarray, k: int) -> tup
     """
     from simulators.tokenization import step_block_length
 
-    cfg = sim.model.config
-    d, nl = cfg.n_embd, cfg.n_layer
+    bb = sim.model.backbone
+    d, nl = bb.hidden_size, bb.n_layer
     block = step_block_length(k)
     per_token = 24 * d * d * nl
     attn = 4 * d * nl  # per (query, key) pair
@@ -426,8 +427,8 @@ def useful_flops_ring(sim: Any, steps_before: np.ndarray, k: int) -> tuple[float
     """
     from simulators.tokenization import step_block_length
 
-    cfg = sim.model.config
-    d, nl = cfg.n_embd, cfg.n_layer
+    bb = sim.model.backbone
+    d, nl = bb.hidden_size, bb.n_layer
     block = step_block_length(k)
     past = sim.prefix_length + np.minimum(steps_before, sim.window) * block
     pairs = (block * past + block * (block + 1) / 2).sum()
@@ -482,9 +483,9 @@ def peak_rss_mb() -> float:
 
 
 def _cache_bytes(sim: Any, num_envs: int, slate_size: int) -> int:
-    cfg = sim.model.config
+    bb = sim.model.backbone
     el = torch.finfo(sim.dtype).bits // 8
-    return 2 * cfg.n_layer * num_envs * sim.cache_positions(slate_size) * cfg.n_embd * el
+    return 2 * bb.n_layer * num_envs * sim.cache_positions(slate_size) * bb.hidden_size * el
 
 
 # ------------------------------------------------------------------------------- the whole run
@@ -521,10 +522,10 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
         out["random_size"] = cfg.random_size
         out["checkpoint"] += f" (random {cfg.random_size}-sized network)"
     out["model"] = {
-        "n_layer": sim.model.config.n_layer,
-        "n_head": sim.model.config.n_head,
-        "n_embd": sim.model.config.n_embd,
-        "parameters": sum(p.numel() for p in sim.model.gpt2.parameters()),
+        "n_layer": sim.model.backbone.n_layer,
+        "n_head": sim.model.backbone.n_head,
+        "n_embd": sim.model.backbone.hidden_size,
+        "parameters": sim.model.backbone.parameter_count(),
         "context_length": sim.sim_config.context_length,
         "window_steps": sim.sim_config.window_steps,
     }
@@ -592,7 +593,7 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
         )
     out["history_sweep"] = {
         "num_envs": n,
-        "attention_window_steps": int(getattr(sim_n, "window", 0)),
+        "attention_window_steps": int(sim_n.window),
         "refill_period": sweep["period"],
         "first_refill": sweep["first_refill"],
         "steps": sweep["steps"],

@@ -1,16 +1,16 @@
 """Fidelity of a simulated user: responses, sessions, ground truth, policy ranking, sim-to-real.
 
 `llm-usersim validate` is `run_validation` + `write_report`. The metric functions
-(`simulators.fidelity.metrics`) take plain arrays of outcomes and probabilities, so any source
+(`evaluation.fidelity.metrics`) take plain arrays of outcomes and probabilities, so any source
 of per-event probabilities (the GPT-2 user, the ground truth, a baseline) is scored the same way.
 
 Example:
-    >>> from simulators.fidelity import ValidateConfig, run_validation, write_report
+    >>> from evaluation.fidelity import ValidateConfig, run_validation, write_report
     >>> res = run_validation(ValidateConfig(sim="ckpt", users=500))  # doctest: +SKIP
     >>> write_report(res, "fidelity/report.md")  # doctest: +SKIP
 """
 
-from simulators.fidelity.metrics import (
+from evaluation.fidelity.metrics import (
     binary_log_loss,
     expected_calibration_error,
     kendall_tau_b,
@@ -18,8 +18,8 @@ from simulators.fidelity.metrics import (
     kl_categorical,
     roc_auc,
 )
-from simulators.fidelity.render import write_report
-from simulators.fidelity.report import REQUIRED_KEYS, ValidateConfig, run_validation
+from evaluation.fidelity.render import write_report
+from evaluation.fidelity.report import REQUIRED_KEYS, ValidateConfig, run_validation
 
 __all__ = [
     "REQUIRED_KEYS",

@@ -1,7 +1,7 @@
 """The report's sections computed from arrays: responses, leaving, ground truth, sessions, ranking.
 
 Each function takes held-out `Events` plus per-event probabilities (or per-user returns) from any
-source and returns a JSON-ready dict; `simulators.fidelity.report` feeds them.
+source and returns a JSON-ready dict; `evaluation.fidelity.report` feeds them.
 """
 
 from __future__ import annotations
@@ -10,17 +10,23 @@ from typing import Any
 
 import numpy as np
 
-from simulators.base import RESPONSE_NAMES, Response
-from simulators.fidelity import metrics as M
-from simulators.fidelity.events import Events
+from evaluation.fidelity import metrics as M
+from evaluation.fidelity.events import Events
+from evaluation.stats import mean_ci95
+from simulators.behaviours import DEEPER, SKIP, BehaviourSet
 
 ECE_BINS = 15
 MAX_POSITIONS_SHOWN = 20
 
 
 def click_probability(p: np.ndarray) -> np.ndarray:
-    """p(click or buy) from response probabilities (n, 3): a purchase is also a click."""
-    return p[:, Response.CLICK] + p[:, Response.BUY]
+    """p(any engagement) from response probabilities (n, R): a purchase is also a click."""
+    return p[:, SKIP + 1 :].sum(axis=1)
+
+
+def deeper_probability(p: np.ndarray) -> np.ndarray:
+    """p(engagement past a click) from response probabilities (n, R) (a buy by default)."""
+    return p[:, DEEPER:].sum(axis=1)
 
 
 def response_metrics(
@@ -28,15 +34,20 @@ def response_metrics(
     sim_probs: np.ndarray,
     true_probs: np.ndarray | None,
     seed: int,
+    behaviours: BehaviourSet | None = None,
 ) -> dict[str, Any]:
     """AUC, log-loss, ECE, reliability, precision/recall/F1 and position click rates.
 
+    "click" is any engagement and "buy" engagement past a click (the deepest levels).
+
     Args:
         events: held-out events.
-        sim_probs: (n, 3) the simulator's conditional probabilities at the events.
-        true_probs: (n, 3) the ground truth's, or None.
+        sim_probs: (n, R) the simulator's conditional probabilities at the events.
+        true_probs: (n, R) the ground truth's, or None.
         seed: seed of the response samples.
+        behaviours: the behaviour set of the codes (default: skip, click, buy).
     """
+    names = list((behaviours or BehaviourSet()).names)
     y_click, y_buy = events.clicked, events.bought
     sources = {"sim": sim_probs} if true_probs is None else {"sim": sim_probs, "oracle": true_probs}
     out: dict[str, Any] = {"events": len(events)}
@@ -46,18 +57,16 @@ def response_metrics(
             "click_auc": M.roc_auc(y_click, pc),
             "click_logloss": M.binary_log_loss(y_click, pc),
             "ece_click": M.expected_calibration_error(y_click, pc, ECE_BINS),
-            "buy_auc": M.roc_auc(y_buy, p[:, Response.BUY]),
-            "buy_logloss": M.binary_log_loss(y_buy, p[:, Response.BUY]),
+            "buy_auc": M.roc_auc(y_buy, deeper_probability(p)),
+            "buy_logloss": M.binary_log_loss(y_buy, deeper_probability(p)),
             "reliability_click": M.reliability(y_click, pc, ECE_BINS),
         }
         clicked = y_click
         out[name]["buy_given_click_auc"] = M.roc_auc(
-            y_buy[clicked], p[clicked, Response.BUY] / np.maximum(pc[clicked], 1e-12)
+            y_buy[clicked], deeper_probability(p)[clicked] / np.maximum(pc[clicked], 1e-12)
         )
         sampled = M.sample_responses(p, np.random.default_rng(seed))
-        out[name]["precision_recall_f1"] = M.precision_recall_f1(
-            events.response, sampled, list(RESPONSE_NAMES)
-        )
+        out[name]["precision_recall_f1"] = M.precision_recall_f1(events.response, sampled, names)
     k = min(int(events.slot.max()) + 1, MAX_POSITIONS_SHOWN)
     pos = {"logged": M.rate_by_index(events.slot, y_click, k)}
     for name, p in sources.items():
@@ -67,7 +76,7 @@ def response_metrics(
     out["buy_rate"] = {"logged": float(y_buy.mean())}
     for name, p in sources.items():
         out["click_rate"][f"{name}_expected"] = float(click_probability(p).mean())
-        out["buy_rate"][f"{name}_expected"] = float(p[:, Response.BUY].mean())
+        out["buy_rate"][f"{name}_expected"] = float(deeper_probability(p).mean())
     return out
 
 
@@ -149,7 +158,7 @@ def group_metrics(
 
 def session_metrics(events: Events, rollouts: Any, max_steps: int) -> dict[str, Any]:
     """Session lengths (KS) and click/buy rates along the session, simulated vs logged."""
-    from simulators.fidelity.rollouts import click_buy
+    from evaluation.fidelity.rollouts import click_buy
 
     logged_len = events.session_length
     sim_len = rollouts.lengths
@@ -213,7 +222,7 @@ def ranking_metrics(returns: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name in names:
         row: dict[str, Any] = {}
         for side in ("sim", "true"):
-            m, ci = M.mean_ci95(returns[name][side])
+            m, ci = mean_ci95(returns[name][side])
             row[side], row[f"{side}_ci95"] = m, ci
         row["relative_error"] = (
             (row["sim"] - row["true"]) / abs(row["true"]) if row["true"] else None

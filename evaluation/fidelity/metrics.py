@@ -159,16 +159,6 @@ def rate_by_index(index: np.ndarray, values: np.ndarray, length: int) -> list[fl
     return [float(s[i] / n[i]) if n[i] else None for i in range(length)]
 
 
-def mean_ci95(x: np.ndarray) -> tuple[float | None, list[float] | None]:
-    """Mean and normal-approximation 95% confidence interval."""
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) == 0:
-        return None, None
-    m = float(x.mean())
-    half = 1.96 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else 0.0
-    return m, [m - half, m + half]
-
-
 def ci_ties(means: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(n, n) bool: i and j are tied when each mean lies within the other's interval."""
     m = np.asarray(means, dtype=np.float64)

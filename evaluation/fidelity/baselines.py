@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from simulators.fidelity.events import Events
+from evaluation.fidelity.events import Events
 
 MAX_POSITIONS = 20
 """Positions with their own one-hot column; later positions share the last one."""

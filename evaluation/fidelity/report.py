@@ -1,7 +1,7 @@
 """The fidelity report: responses, sessions, ground truth, policy ranking, sim-to-real.
 
 `run_validation(ValidateConfig(...))` returns one JSON-ready dict (see `REQUIRED_KEYS`);
-`simulators.fidelity.render.write_report` turns it into Markdown with plots.
+`evaluation.fidelity.render.write_report` turns it into Markdown with plots.
 
 Where the held-out events come from:
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from simulators.fidelity import metrics as M
-from simulators.fidelity.events import (
+from evaluation.fidelity import metrics as M
+from evaluation.fidelity.events import (
     Events,
     align_items,
     build_events,
@@ -41,8 +41,8 @@ from simulators.fidelity.events import (
     teacher_forced,
     world_replay,
 )
-from simulators.fidelity.ranking import DEFAULT_POLICIES
-from simulators.fidelity.sections import (
+from evaluation.fidelity.ranking import DEFAULT_POLICIES
+from evaluation.fidelity.sections import (
     click_probability,
     ground_truth_metrics,
     group_metrics,
@@ -234,9 +234,9 @@ def _prepare_logs(
     cfg: ValidateConfig, world: Any, train_meta: dict, train_cfg: dict, env_cfg: Any
 ) -> _Data:
     """Held-out logs, the training part (baselines) and warm users (see the module docstring)."""
-    from recsim_env.cli.generate_logs import POLICIES, generate
-    from simulators.finetune import split_by_user
+    from recsim_env.log_generation import POLICIES, generate
     from simulators.logs import read_logs
+    from simulators.training.data import split_by_user
 
     notes: list[str] = []
     train_seed = train_meta.get("seed")
@@ -392,7 +392,7 @@ def _setup(cfg: ValidateConfig) -> _Run:
 
 def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None]:
     """Click baselines and the warm/cold split; returns (baselines, warm_cold, train events)."""
-    from simulators.fidelity.baselines import LogisticBaseline, fit_popularity, item_categories
+    from evaluation.fidelity.baselines import LogisticBaseline, fit_popularity, item_categories
 
     t0 = time.perf_counter()
     sim, events, known = run.sim, run.events, run.known
@@ -455,12 +455,12 @@ def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None
 
 def _sessions(run: _Run) -> dict[str, Any]:
     """Free-running sessions of the simulator vs the logged ones."""
-    from recsim_env.cli.generate_logs import item_popularity, needs_appeal, user_appeal
-    from simulators.fidelity.rollouts import (
+    from evaluation.fidelity.rollouts import (
         generate_seeds,
         rollout_logging_policy,
         rollout_replay,
     )
+    from recsim_env.log_generation import item_popularity, needs_appeal, user_appeal
 
     t0 = time.perf_counter()
     cfg, sim, world, events, data = run.cfg, run.sim, run.world, run.events, run.data
@@ -538,7 +538,7 @@ def _ranking(
     run: _Run, train_events: Events | None
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Policy returns in the simulator and the world, and (with sim2real) the PPO pair."""
-    from simulators.fidelity.ranking import rank_policies, train_ppo
+    from evaluation.fidelity.ranking import rank_policies, train_ppo
 
     t0 = time.perf_counter()
     cfg, sim, world = run.cfg, run.sim, run.world
@@ -632,7 +632,9 @@ def run_validation(cfg: ValidateConfig) -> dict[str, Any]:
     )
     if run.world is not None:
         run.true_probs, run.true_leave = world_replay(run.world, run.heldout, run.events)
-    responses = response_metrics(run.events, run.sim_probs, run.true_probs, cfg.seed)
+    responses = response_metrics(
+        run.events, run.sim_probs, run.true_probs, cfg.seed, run.sim.behaviours
+    )
     leave = leave_metrics(run.events, run.sim_leave, run.true_leave)
     run.lap("responses", t0)
     baselines, warm_cold, train_events = _baselines(run)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from simulators.base import Response
+from simulators.behaviours import DEEPER, engaged
 from simulators.catalog import ProfileEncoder
 from simulators.logs import InteractionLogs
 
@@ -44,7 +44,7 @@ class Events:
     step: np.ndarray  # (n,) step index within the session
     slot: np.ndarray  # (n,) 0-based position in the slate
     item: np.ndarray  # (n,) catalog index (the simulator's catalog)
-    response: np.ndarray  # (n,) Response code
+    response: np.ndarray  # (n,) behaviour code
     clicks_before: np.ndarray  # (n,) clicks (or buys) earlier in the same slate
     step_session: np.ndarray  # (m,) session index of each step
     step_index: np.ndarray  # (m,) step index within the session
@@ -59,13 +59,13 @@ class Events:
 
     @property
     def clicked(self) -> np.ndarray:
-        """(n,) bool: the logged response is a click or a buy."""
-        return self.response != Response.SKIP
+        """(n,) bool: the logged response is any engagement (a click or deeper)."""
+        return engaged(self.response)
 
     @property
     def bought(self) -> np.ndarray:
-        """(n,) bool: the logged response is a buy."""
-        return self.response == Response.BUY
+        """(n,) bool: the logged response is engagement past a click (a buy by default)."""
+        return self.response >= DEEPER
 
     def __len__(self) -> int:
         """Number of slot events."""
@@ -133,7 +133,7 @@ def build_events(logs: InteractionLogs, encoder: ProfileEncoder) -> Events:
     slot_step = np.repeat(np.arange(len(steps)), sizes)
     first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     slot = np.arange(len(item)) - first[slot_step]
-    clicked = (response != Response.SKIP).astype(np.int64)
+    clicked = engaged(response).astype(np.int64)
     cum = np.cumsum(clicked)
     clicks_before = cum - clicked - (cum[first] - clicked[first])[slot_step]
     leave = steps["leave"].to_numpy().astype(bool)
@@ -187,13 +187,13 @@ def teacher_forced(
         progress: show a progress bar.
 
     Returns:
-        (response probs (n, 3) float64 in slot order, leave probs (m,) float64 per step, NaN
+        (response probs (n, R) float64 in slot order, leave probs (m,) float64 per step, NaN
         where no continue/leave decision was logged).
     """
     from tqdm.auto import tqdm
 
-    from simulators.finetune import collate, encode_logs, pack_rows, session_windows
-    from simulators.user_lm import packed_probs
+    from simulators.lm.model import packed_probs
+    from simulators.training.data import collate, encode_logs, pack_rows, session_windows
 
     model = sim.model
     known = model.item_known.detach().cpu().numpy()
@@ -244,8 +244,9 @@ def teacher_forced(
     bar.close()
     probs = np.concatenate(out)
     kind = np.concatenate(kinds)
-    resp = probs[kind == 1, :3]
-    leave_t = probs[kind == 2, 4]
+    r = model.num_behaviours
+    resp = probs[kind == 1, :r]
+    leave_t = probs[kind == 2, r + 1]
     if len(resp) != len(events) or len(leave_t) != int(events.step_has_target.sum()):
         raise RuntimeError(
             f"teacher forcing gave {len(resp)} response and {len(leave_t)} leave targets for "
@@ -266,8 +267,8 @@ def context_spans(sim: Any, logs: InteractionLogs, events: Events) -> np.ndarray
     Returns:
         (R, 4) int64 rows (session, first context step, first predicted step, end step).
     """
-    from simulators.finetune import encode_logs, session_windows
     from simulators.tokenization import CONT, START
+    from simulators.training.data import encode_logs, session_windows
 
     model = sim.model
     data = encode_logs(logs, sim.profile_encoder, model.item_known.detach().cpu().numpy())
@@ -308,7 +309,7 @@ def world_replay(
             predictor with the world's equations has at that context length).
 
     Returns:
-        (response probs (n, 3), leave probs (m,)): p(r_j | state, slate, r_<j) and
+        (response probs (n, R), leave probs (m,)): p(r_j | state, slate, r_<j) and
         p(leave | state, slate, r_1..r_k), float64.
     """
     from simulators.parametric import ParametricUserModel
@@ -334,7 +335,8 @@ def world_replay(
     )
     w.start_sessions(np.arange(len(spans)), prof[spans[:, 0]])
     first_step = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # step id of each session's t=0
-    resp = np.full((len(events), 3), np.nan)
+    nr = w.behaviours.size
+    resp = np.full((len(events), nr), np.nan)
     leave = np.full(len(events.step_leave), np.nan)
     for rel in range(int((spans[:, 3] - spans[:, 1]).max(initial=0))):
         t = spans[:, 1] + rel
@@ -351,6 +353,6 @@ def world_replay(
                 forced_leave=events.step_leave[st],
             )
             rec = t[rows] >= spans[rows, 2]
-            resp[slot_idx[rec].reshape(-1)] = out.response_probs[rec].reshape(-1, 3)
+            resp[slot_idx[rec].reshape(-1)] = out.response_probs[rec].reshape(-1, nr)
             leave[st[rec]] = out.leave_prob[rec]
     return resp, leave

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from simulators.base import Response
+from simulators.behaviours import DEEPER, engaged
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Rollouts:
 
     user: np.ndarray  # (m,) user index
     step: np.ndarray  # (m,) step index within the session
-    responses: np.ndarray  # (m, k_max) Response codes, -1 padded
+    responses: np.ndarray  # (m, k_max) behaviour codes, -1 padded
     leave: np.ndarray  # (m,) bool
     lengths: np.ndarray  # (U,) steps per user
     left: np.ndarray  # (U,) bool, ended by leaving
@@ -63,7 +63,7 @@ def generate_seeds(
 ) -> tuple[np.ndarray, list[int]]:
     """The profiles (world vocabulary) and per-user env seeds `generate(users, ..., seed)` uses.
 
-    Mirrors `recsim_env.cli.generate_logs.generate`: profiles are drawn first, then one seed per
+    Mirrors `recsim_env.log_generation.generate`: profiles are drawn first, then one seed per
     user, batch by batch, from the same generator.
     """
     rng = np.random.default_rng(seed)
@@ -101,15 +101,14 @@ def rollout_logging_policy(
     """
     from tqdm.auto import tqdm
 
-    from recsim_env.cli.generate_logs import choose_slates, needs_appeal, row_kinds
+    from recsim_env.log_generation import choose_slates, needs_appeal, row_kinds
     from recsim_env.sessions import SlateSessionBatch
 
     users = len(seeds)
     if needs_appeal(policy) and appeal is None:
         raise ValueError(f"logging policy {policy!r} needs the users' appeal")
     pool = max(1, min(pool, users))
-    if hasattr(sim, "ensure_capacity"):
-        sim.ensure_capacity(pool)
+    sim.ensure_capacity(pool)
     batch = SlateSessionBatch(sim, cfg, pool)
     row_user = np.full(pool, -1, dtype=np.int64)
     kinds = np.zeros(pool, dtype=np.int64)
@@ -176,8 +175,7 @@ def rollout_replay(
 
     users = len(slates)
     pool = max(1, min(pool, users))
-    if hasattr(sim, "ensure_capacity"):
-        sim.ensure_capacity(pool)
+    sim.ensure_capacity(pool)
     flat = [s for user in slates for s in user]
     rng = np.random.default_rng(seed)
     keys = np.zeros(pool, dtype=np.uint64)
@@ -229,6 +227,6 @@ def rollout_replay(
 
 
 def click_buy(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(clicked, bought, shown) bool arrays of -1-padded responses."""
+    """(clicked, bought, shown) bool arrays of -1-padded responses (bought: past a click)."""
     shown = responses >= 0
-    return (responses > Response.SKIP) & shown, (responses == Response.BUY) & shown, shown
+    return engaged(responses) & shown, (responses >= DEEPER) & shown, shown

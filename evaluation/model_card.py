@@ -1,6 +1,6 @@
 """Model card of a simulator trained on ground-truth-world logs: simulated vs true behaviour.
 
-`python -m simulators.model_card CKPT [--users N] [--seed S]` rolls the same fresh users (a seed
+`python -m evaluation.model_card CKPT [--users N] [--seed S]` rolls the same fresh users (a seed
 not used in training) through the world and through the simulator under the same logging policy
 and writes CKPT/MODEL_CARD.md with the training provenance and the measured rates.
 """
@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from recsim_env.cli.generate_logs import POLICY_DESCRIPTIONS, generate, summarize
 from recsim_env.config import EnvConfig
+from recsim_env.log_generation import POLICY_DESCRIPTIONS, generate, summarize
 from simulators.gpt2_user import GPT2UserSimulator
 from simulators.logs import atomic_write_text
 from simulators.parametric import ParametricUserModel, WorldConfig
@@ -95,7 +95,7 @@ def render(ckpt: Path, rates: dict, command: str) -> str:
         f"| mean session length (steps) | {t['mean_session_length']:.2f} | {s['mean_session_length']:.2f} |",
         f"| click rate per position | {t['click_rate_per_position']} | {s['click_rate_per_position']} |",
         "",
-        "Reproduce: `python -m simulators.model_card simulators/default`. Full fidelity figures: "
+        "Reproduce: `python -m evaluation.model_card simulators/default`. Full fidelity figures: "
         "`llm-usersim validate`.",
         "",
     ]

@@ -1,0 +1,147 @@
+"""Loading saved SB3 models as slate policies (`load_sb3_model`, `SB3SlatePolicy`).
+
+Saved models are SB3's own zip format, which stores some objects (spaces, schedules, the
+policy class) with cloudpickle: load only models you trust (your own).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from recsim_env.wrappers import discrete_to_slate
+
+SB3_ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn")
+METADATA_ATTR = "llm_usersim"
+"""Model attribute (saved in the zip's JSON `data`) describing the env it was trained on."""
+
+
+class SB3SlatePolicy:
+    """A stable-baselines3 model behind the slate-agent interface (`predict` gives slates).
+
+    For models trained with Discrete actions (DQN) the chosen candidate is expanded into a
+    slate by `discrete_to_slate`, the rule used in training. `update` is a no-op.
+
+    Attributes:
+        model: the SB3 model.
+        algo: ppo, a2c or dqn.
+        name: a label for tables.
+    """
+
+    def __init__(self, model: Any, name: str | None = None, slate_size: int | None = None) -> None:
+        """Wrap model; slate_size is needed for Discrete models not saved by llm-usersim."""
+        self.model = model
+        meta = getattr(model, METADATA_ATTR, None) or {}
+        self.algo = str(meta.get("algo") or type(model).__name__.lower())
+        self.name = name or self.algo
+        self.discrete = isinstance(model.action_space, spaces.Discrete)
+        self.slate_size = slate_size or meta.get("slate_size")
+        if self.discrete and not self.slate_size:
+            raise ValueError(
+                "a Discrete-action model needs slate_size= (it was not saved by llm-usersim)"
+            )
+
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Any]:
+        """Slates (slate_size,) or (n, slate_size) for single or batched observations."""
+        action, state = self.model.predict(observation, state, episode_start, deterministic)
+        if self.discrete:
+            ids = np.asarray(observation["candidate_ids"])
+            feats = np.asarray(observation["candidate_features"])
+            feats = feats.reshape(*ids.shape, -1)
+            action = discrete_to_slate(feats, np.asarray(action), int(self.slate_size))
+        return np.asarray(action, dtype=np.int64), state
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Saved models do not learn during evaluation."""
+
+
+def as_slate_policy(policy: Any) -> Any:
+    """An SB3 model wrapped as SB3SlatePolicy; anything else (an agent) unchanged."""
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    return SB3SlatePolicy(policy) if isinstance(policy, BaseAlgorithm) else policy
+
+
+def detect_sb3_algo(path: str | Path) -> str | None:
+    """The algorithm of a saved SB3 zip: our metadata, else SB3's hyperparameters (None)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    meta = data.get(METADATA_ATTR)
+    if isinstance(meta, dict) and meta.get("algo") in SB3_ALGOS:
+        return str(meta["algo"])
+    if "clip_range" in data:
+        return "ppo"
+    if "exploration_rate" in data or "target_update_interval" in data:
+        return "dqn"
+    if "gae_lambda" in data:
+        return "a2c"
+    return None
+
+
+def load_sb3_model(
+    path: str | Path, algo: str | None = None, device: str = "cpu"
+) -> SB3SlatePolicy:
+    """Load a model saved by SB3 (e.g. by `llm-usersim train-agent`) as a slate policy.
+
+    The algorithm is read from the zip (`detect_sb3_algo`) unless given. The zip holds
+    cloudpickled parts (spaces, schedules, the policy class): load only trusted files.
+
+    Args:
+        path: the .zip (the suffix may be left out).
+        algo: ppo, a2c or dqn to skip detection.
+        device: torch device of the policy.
+
+    Returns:
+        SB3SlatePolicy: `predict(obs, deterministic=...)` gives slates (Discrete DQN actions
+        are expanded); the SB3 model is `.model`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an SB3 model of a known algorithm.
+
+    Example:
+        >>> policy = load_sb3_model("runs/ppo/model.zip")
+        >>> action, _ = policy.predict(obs, deterministic=True)
+    """
+    import stable_baselines3 as sb3
+
+    p = Path(path)
+    if not p.exists() and p.with_suffix(".zip").exists():
+        p = p.with_suffix(".zip")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such SB3 model file")
+    if algo is not None and algo.lower() not in SB3_ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; one of {', '.join(SB3_ALGOS)}")
+    found = algo.lower() if algo else detect_sb3_algo(p)
+    tried = [found] if found else list(SB3_ALGOS)
+    errors = []
+    for a in tried:
+        cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[a]
+        try:
+            model = cls.load(str(p), device=device)
+        except Exception as exc:  # SB3 raises many types for a mismatching file
+            errors.append(f"{a}: {type(exc).__name__}: {exc}")
+            continue
+        meta = getattr(model, METADATA_ATTR, None)
+        if not isinstance(meta, dict):
+            setattr(model, METADATA_ATTR, {"algo": a})
+        elif not meta.get("algo"):
+            meta["algo"] = a
+        return SB3SlatePolicy(model, name=f"{a}:{p.stem}")
+    raise ValueError(
+        f"{p}: could not be loaded as an SB3 {'/'.join(tried)} model ({'; '.join(errors)})"
+    )

@@ -1,0 +1,327 @@
+"""The benchmark: every agent meets the same users; per-agent metrics with 95% intervals.
+
+Every agent meets the same N users (user i is the single env reset with seed + i: the same
+profile and candidate draws for every agent) through the shared episode runner
+(`recsim_env.episodes`); learning agents (bandits, SlateQ) learn online during the run. Reported
+per agent, with 95% confidence intervals over users (normal approximation; bootstrap standard
+error for coverage):
+
+- return: mean episode return; ctr / buy_rate: clicks / purchases (engagement past a click)
+  per shown item (per user, then averaged); session_length: steps until the user left or the
+  time limit.
+- diversity: intra-list diversity, 1 - mean pairwise cosine similarity of the item features
+  (category one-hot, standardised log price) within a slate, averaged over a user's slates.
+- coverage: fraction of the catalog shown at least once to any user.
+- novelty: mean -log2 of the shown items' popularity share, where popularity is the clicks per
+  item (Laplace-smoothed) logged by a uniformly random policy on other users of the same env
+  (seeds seed + 10**9 + i), or read from logs. The `popular` agent is fitted on the same
+  clicks.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from evaluation.stats import Z95, mean_ci95
+from recsim_env.episodes import EpisodeStats, make_episode_env, run_episodes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENV = "LLMUserSim-v0"
+DEFAULT_USERS = 200
+"""Users of the no-argument main job."""
+LOG_SEED_OFFSET = 10**9
+"""Seed offset of the random-policy users whose clicks give the popularity counts."""
+METRICS: tuple[str, ...] = (
+    "return",
+    "ctr",
+    "buy_rate",
+    "session_length",
+    "diversity",
+    "coverage",
+    "novelty",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig:
+    """What to benchmark and on whom."""
+
+    env: str = DEFAULT_ENV
+    """Env id."""
+    agents: tuple[str, ...] = ()
+    """Agent names or SB3 specs (`agents.registry.make_agent`); empty: every baseline."""
+    users: int = DEFAULT_USERS
+    """Users (one episode each)."""
+    seed: int = 0
+    """User i is seeded seed + i."""
+    batch: int = 500
+    """Users simulated together (rows of the vector env)."""
+    logs: str | None = None
+    """Log directory for the popularity counts (None: a random-policy run)."""
+    log_users: int | None = None
+    """Users of the random-policy popularity run (None: `users`)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env arguments (simulator=, device=, ...)."""
+
+    def __post_init__(self) -> None:
+        """Validate ranges."""
+        if self.users < 1:
+            raise ValueError(f"users must be >= 1, got {self.users}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.log_users is not None and self.log_users < 1:
+            raise ValueError(f"log_users must be >= 1, got {self.log_users}")
+
+
+def slate_diversity(features: np.ndarray) -> np.ndarray:
+    """Intra-list diversity of slates: features (n, k, F) -> (n,) 1 - mean pairwise cosine."""
+    f = np.asarray(features, dtype=np.float64)
+    k = f.shape[1]
+    if k < 2:
+        return np.zeros(f.shape[0])
+    unit = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    gram = np.einsum("nid,njd->nij", unit, unit)
+    off = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
+    return 1.0 - off
+
+
+def item_novelty(counts: np.ndarray) -> np.ndarray:
+    """-log2 of each item's Laplace-smoothed share of the clicks: (num_items,)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return -np.log2((counts + 1.0) / (counts.sum() + len(counts)))
+
+
+class SlateRecorder:
+    """Collects what every user was shown: diversity and novelty sums, and the items seen."""
+
+    def __init__(self, users: int, novelty: np.ndarray) -> None:
+        """Per-user accumulators for `users` users."""
+        self.novelty = novelty
+        self.diversity_sum = np.zeros(users)
+        self.novelty_sum = np.zeros(users)
+        self._rows: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+        self.users = users
+
+    def __call__(
+        self,
+        users: np.ndarray,
+        obs: dict[str, np.ndarray],
+        items: np.ndarray,
+        responses: np.ndarray,
+    ) -> None:
+        """Record one step of the users that stepped (a `StepObserver`)."""
+        # shown items' features, located among the candidates (the env may dedupe actions)
+        cand = np.asarray(obs["candidate_ids"])
+        pos = np.argmax(cand[:, None, :] == items[:, :, None], axis=2)
+        feats = np.asarray(obs["candidate_features"], dtype=np.float64)
+        feats = feats.reshape(len(users), cand.shape[1], -1)
+        self.diversity_sum[users] += slate_diversity(
+            np.take_along_axis(feats, pos[..., None], axis=1)
+        )
+        num_items = len(self.novelty)
+        self.novelty_sum[users] += self.novelty[np.clip(items, 0, num_items - 1)].sum(axis=1)
+        self._rows.append(np.repeat(users, items.shape[1]))
+        self._cols.append(items.reshape(-1))
+
+    def seen(self) -> sparse.csr_matrix:
+        """(users, num_items) 1 where the item was shown to the user."""
+        rr = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
+        cc = np.concatenate(self._cols) if self._cols else np.zeros(0, np.int64)
+        m = sparse.csr_matrix((np.ones(len(rr)), (rr, cc)), shape=(self.users, len(self.novelty)))
+        m.data[:] = 1.0
+        return m
+
+
+def _coverage_ci(seen: sparse.csr_matrix, seed: int, resamples: int = 200) -> list[float]:
+    """95% CI of catalog coverage: coverage ± 1.96 bootstrap (over users) standard errors.
+
+    Percentile intervals would miss the estimate: the coverage of a resample (fewer distinct
+    users) is never above the full sample's.
+    """
+    users = seen.shape[0]
+    rng = np.random.default_rng(seed)
+    weights = np.stack(
+        [np.bincount(rng.integers(0, users, users), minlength=users) for _ in range(resamples)],
+        axis=1,
+    )  # (users, resamples)
+    cov = ((seen.T @ weights) > 0).mean(axis=0)
+    point = float((np.asarray(seen.sum(axis=0)).reshape(-1) > 0).mean())
+    half = Z95 * float(cov.std(ddof=1))
+    return [max(point - half, 0.0), min(point + half, 1.0)]
+
+
+def summarize(stats: EpisodeStats, recorder: SlateRecorder, seed: int = 0) -> dict[str, Any]:
+    """The per-agent figures of the JSON output (means and 95% CIs)."""
+    shown = np.maximum(stats.shown, 1)
+    steps = np.maximum(stats.steps, 1)
+    res: dict[str, Any] = {}
+    m, ci = mean_ci95(stats.returns)
+    res["return_mean"], res["return_ci95"] = m, ci
+    per_user = {
+        "ctr": stats.engaged / shown,
+        "buy_rate": stats.deeper / shown,
+        "session_length": stats.steps,
+        "diversity": recorder.diversity_sum / steps,
+        "novelty": recorder.novelty_sum / shown,
+    }
+    for key, values in per_user.items():
+        m, ci = mean_ci95(values)
+        res[key], res[f"{key}_ci95"] = m, ci
+    seen = recorder.seen()
+    covered = np.asarray(seen.sum(axis=0)).reshape(-1) > 0
+    res["coverage"] = float(covered.mean())
+    res["coverage_ci95"] = _coverage_ci(seen, seed)
+    res["users"] = len(stats.returns)
+    res["seconds"] = round(stats.seconds, 3)
+    return res
+
+
+def popularity_counts(cfg: BenchmarkConfig, vec: Any) -> np.ndarray:
+    """Clicks per catalog item: from `cfg.logs`, else from a random-policy run on other users."""
+    from agents.popularity import click_counts_from_logs, collect_click_counts
+
+    num_items = int(vec.single_observation_space["candidate_ids"].high.max()) + 1
+    if cfg.logs is None:
+        users = cfg.users if cfg.log_users is None else cfg.log_users
+        return collect_click_counts(vec, users, cfg.seed + LOG_SEED_OFFSET, num_items)
+    from simulators.logs import read_logs
+
+    logs = read_logs(cfg.logs)
+    counts = click_counts_from_logs(logs)
+    index = logs.item_index()  # map by item id onto the env's catalog
+    env_ids = [str(i) for i in vec.unwrapped.simulator.items_table()["item_id"]]
+    return np.array([counts[index[i]] if i in index else 0.0 for i in env_ids])
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    on_agent: Callable[[str], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Build every agent (skipping unavailable defaults) and evaluate it on the same users.
+
+    Args:
+        cfg: the benchmark.
+        on_agent: called with each agent's label before it runs (progress).
+        on_done: called with the number of users finished (progress).
+
+    Returns:
+        {agent label: figures (see `summarize`)}.
+
+    Raises:
+        ValueError: an explicitly named agent is unavailable on this env.
+    """
+    from agents.registry import BASELINES, AgentUnavailable, make_agent
+
+    explicit = bool(cfg.agents)
+    names = list(dict.fromkeys(cfg.agents or BASELINES))
+    vec = make_episode_env(cfg.env, min(cfg.users, cfg.batch), **cfg.env_kwargs)
+    try:
+        counts = popularity_counts(cfg, vec)
+        novelty = item_novelty(counts)
+        agents: list[tuple[str, Any]] = []
+        for name in names:
+            try:
+                kwargs = {"counts": counts} if name == "popular" else {}
+                agent = make_agent(name, vec, seed=cfg.seed, **kwargs)
+            except AgentUnavailable as exc:
+                if explicit:
+                    raise ValueError(f"agent {name!r} is unavailable on {cfg.env}: {exc}") from exc
+                log.warning("note: skipping %s on %s: %s", name, cfg.env, exc)
+                continue
+            label = name if name in BASELINES else str(getattr(agent, "name", name))
+            agents.append((label, agent))
+        results: dict[str, dict[str, Any]] = {}
+        for label, agent in agents:
+            if on_agent is not None:
+                on_agent(label)
+            recorder = SlateRecorder(cfg.users, novelty)
+            stats = run_episodes(
+                agent, vec, cfg.users, cfg.seed, observer=recorder, on_done=on_done
+            )
+            results[label] = summarize(stats, recorder, cfg.seed)
+    finally:
+        vec.close()
+    return results
+
+
+def _value(res: dict[str, Any], metric: str) -> tuple[float, list[float]]:
+    key = "return_mean" if metric == "return" else metric
+    return res[key], res[f"{metric}_ci95"]
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table: mean ± half-width of the 95% CI per metric."""
+    digits = {"return": 2, "session_length": 2}
+    header = ["agent", *METRICS]
+    lines = []
+    for name, res in results.items():
+        cells = [name]
+        for metric in METRICS:
+            m, (lo, hi) = _value(res, metric)
+            d = digits.get(metric, 3)
+            cells.append(f"{m:.{d}f} ± {max(hi - m, m - lo):.{d}f}")
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def write_csv(path: str | Path, results: dict[str, dict[str, Any]]) -> None:
+    """One row per agent: each metric with its CI bounds."""
+    from simulators.logs import atomic_write
+
+    cols = ["agent"]
+    for metric in METRICS:
+        cols += [metric, f"{metric}_ci95_lo", f"{metric}_ci95_hi"]
+    cols += ["users", "seconds"]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for name, res in results.items():
+                row: list[Any] = [name]
+                for metric in METRICS:
+                    m, (lo, hi) = _value(res, metric)
+                    row += [m, lo, hi]
+                w.writerow([*row, res["users"], res["seconds"]])
+
+    atomic_write(path, write)
+
+
+def write_plot(path: str | Path, results: dict[str, dict[str, Any]], title: str) -> None:
+    """Bar plot per metric with 95% CI error bars (matplotlib, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from simulators.logs import atomic_write
+
+    names = list(results)
+    fig = Figure(figsize=(4 * 4, 2 * 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 4).reshape(-1)
+    colors = [f"C{i % 10}" for i in range(len(names))]
+    for ax, metric in zip(axes, METRICS):
+        vals = [_value(results[n], metric) for n in names]
+        means = np.array([v[0] for v in vals])
+        err = np.array([[m - v[1][0], v[1][1] - m] for m, v in zip(means, vals)]).T
+        ax.bar(range(len(names)), means, yerr=np.maximum(err, 0), capsize=3, color=colors)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(metric)
+    axes[-1].axis("off")
+    fig.suptitle(title)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

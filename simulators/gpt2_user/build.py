@@ -1,0 +1,62 @@
+"""build_user_lm: a fresh (or pretrained) UserLM for a catalog and a vocabulary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from simulators.catalog import item_category_index, item_feature_matrix
+from simulators.lm.backbone import backbone_from_pretrained
+from simulators.lm.gpt2 import GPT2Backbone
+from simulators.lm.model import SimulatorConfig, UserLM
+from simulators.tokenization import SimTokenizer, text_buckets
+
+
+def item_text_matrix(titles: list[str], cfg: SimulatorConfig) -> torch.Tensor:
+    """(N, text_max_words) hashed word buckets of item titles (0 pads)."""
+    out = torch.zeros(len(titles), cfg.text_max_words, dtype=torch.long)
+    for i, title in enumerate(titles):
+        b = text_buckets(title or "", cfg.text_buckets, cfg.text_max_words)
+        out[i, : len(b)] = torch.tensor(b, dtype=torch.long)
+    return out
+
+
+def build_user_lm(
+    tokenizer: SimTokenizer,
+    items: pd.DataFrame,
+    sim_config: SimulatorConfig,
+    size: str = "small",
+    base_model: str | None = None,
+    item_known: np.ndarray | None = None,
+) -> UserLM:
+    """A fresh UserLM for a catalog: from a named size, or from a pretrained causal LM.
+
+    `base_model` ('gpt2', a hub name, or a local directory) loads the pretrained network through
+    its backbone adapter and resizes its embeddings to our vocabulary; the network keeps its
+    pretrained blocks.
+
+    Raises:
+        ValueError: unknown size, unsupported or unreadable base model, or a base model whose
+            positions do not cover the context.
+    """
+    if base_model:
+        backbone = backbone_from_pretrained(base_model, tokenizer.vocab_size)
+        if backbone.max_positions < sim_config.context_length:
+            raise ValueError(
+                f"base model has {backbone.max_positions} positions < context_length "
+                f"{sim_config.context_length}"
+            )
+    else:
+        backbone = GPT2Backbone.fresh(size, tokenizer.vocab_size, sim_config.context_length)
+    feats = torch.from_numpy(item_feature_matrix(items))
+    text = item_text_matrix(
+        items.get("title", pd.Series([""] * len(items))).fillna("").astype(str).tolist(), sim_config
+    )
+    known = (
+        torch.ones(len(items), dtype=torch.bool)
+        if item_known is None
+        else torch.from_numpy(item_known)
+    )
+    category = torch.from_numpy(item_category_index(items))
+    return UserLM(backbone, sim_config, feats, text, known, tokenizer.output_tokens, category)

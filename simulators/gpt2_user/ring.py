@@ -1,0 +1,85 @@
+"""RingLayout: where each step lives in the recency-attention KV cache, and what a query sees.
+
+With recency attention (`attention_window_steps` N > 0) a cache row holds the profile and a ring
+of N + 1 step blocks after it: step s writes slot s mod (N + 1). Which step a cache position
+holds, and so the attention bias of a query (profile always visible, steps within the window
+with a per-head penalty by distance, -inf elsewhere), is a function of the row's step count
+alone, so nothing is ever moved or re-encoded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from simulators.lm.attention import window_bias
+
+
+class RingLayout:
+    """The ring of one simulator: prefix length, window, block length and head slopes.
+
+    Args:
+        prefix: cache positions of BOS and the profile.
+        window: N, steps before a query's own step it may attend to.
+        block: tokens per step (`step_block_length(k)`).
+        slopes: (H,) recency penalty per step of distance, on the cache's device.
+    """
+
+    def __init__(self, prefix: int, window: int, block: int, slopes: torch.Tensor) -> None:
+        """Store the layout."""
+        self.prefix, self.window, self.block, self.slopes = prefix, window, block, slopes
+
+    @property
+    def positions(self) -> int:
+        """Cache positions a row needs: the profile and N + 1 blocks."""
+        return self.prefix + (self.window + 1) * self.block
+
+    def length(self, steps: torch.Tensor) -> int:
+        """Cache positions in use by rows at step `steps` (R,): profile and slots written."""
+        slots = min(self.window + 1, int(steps.max()) + 1) if len(steps) else 1
+        return self.prefix + slots * self.block
+
+    def slot_start(self, steps: torch.Tensor) -> torch.Tensor:
+        """First cache position of the block of step `steps` (R,)."""
+        return self.prefix + (steps % (self.window + 1)) * self.block
+
+    def key_steps(self, steps: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which step each of the first n cache positions holds, for rows at step `steps` (R,).
+
+        Returns (R, n) step indices (-1: the profile; a large negative number, never visible,
+        for ring slots this session has not written yet; the query's own slot reads as its own
+        step, and `bias` hides its positions after the query) and each position's offset within
+        its block (n,), -1 for the profile.
+        """
+        p, block, w1 = self.prefix, self.block, self.window + 1
+        pos = torch.arange(n, device=steps.device)
+        slot = (pos - p).clamp(min=0) // block
+        offset = torch.where(pos < p, -1, (pos - p) % block)
+        back = torch.remainder(steps[:, None] % w1 - slot[None, :], w1)  # steps ago (R, n)
+        key = steps[:, None] - back
+        key = torch.where(key < 0, torch.iinfo(torch.long).min // 2, key)  # never written
+        return torch.where((pos < p)[None, :], -1, key), offset
+
+    def bias(
+        self, steps: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[int, torch.Tensor]:
+        """Attended length n and bias (R, H, t, n) of queries at cache `positions` (R, t) of
+        rows at step `steps` (R,) (see `window_bias`)."""
+        n = self.length(steps)
+        key_steps, key_offset = self.key_steps(steps, n)
+        q_offset = (positions - self.prefix) % self.block  # (R, t)
+        same = key_steps[:, None, :] == steps[:, None, None]  # keys of the query's own block
+        allowed = ~same | (key_offset[None, None, :] <= q_offset[:, :, None])
+        query_steps = steps[:, None].expand_as(positions)
+        return n, window_bias(query_steps, key_steps, allowed, self.window, self.slopes, dtype)
+
+    def past_bias(
+        self, steps: torch.Tensor, t: int, dtype: torch.dtype
+    ) -> tuple[int, torch.Tensor]:
+        """Attended length n and bias (R, H, t, n) of t scratch queries of the *next* step of
+        rows at step `steps`: every step written so far within the window, never the slot
+        the next step would overwrite (candidate scoring)."""
+        n = self.length(steps)
+        key_steps, _ = self.key_steps(steps, n)
+        past_ok = (key_steps < steps[:, None])[:, None, :].expand(len(steps), t, n)
+        query_steps = steps[:, None].expand(len(steps), t)
+        return n, window_bias(query_steps, key_steps, past_ok, self.window, self.slopes, dtype)

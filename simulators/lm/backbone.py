@@ -1,0 +1,134 @@
+"""The backbone adapter: what `UserLM` needs of a causal language model, and the registry.
+
+Everything architecture-specific (how a block computes, where positions enter, the head, how a
+pretrained checkpoint is loaded and resized to the simulator's vocabulary) sits in one subclass
+of `Backbone` per architecture; `UserLM`, the KV cache, the attention objects, training and
+stepping only use this interface. Adding another causal LM from `transformers` is a new module
+beside `simulators/lm/gpt2.py` plus one entry in `BACKBONES` (see the README).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from simulators.lm.attention import Attention
+
+
+class Backbone(nn.Module):
+    """A causal LM run functionally over input embeddings, attention delegated per layer.
+
+    Subclasses set `model_type` (the `transformers` config's) and implement the methods below.
+    """
+
+    model_type: ClassVar[str] = ""
+    config: PretrainedConfig
+
+    @property
+    def n_layer(self) -> int:
+        """Transformer layers."""
+        raise NotImplementedError
+
+    @property
+    def n_head(self) -> int:
+        """Attention heads (of keys and values too: the KV cache's head count)."""
+        raise NotImplementedError
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states and input embeddings."""
+        raise NotImplementedError
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.n_head
+
+    @property
+    def max_positions(self) -> int:
+        """Longest context the position embeddings cover."""
+        raise NotImplementedError
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, d) of ids (B, T)."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, attend: Attention
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, d) of input embeddings x (B, T, d) at position_ids (B, T),
+        every layer's attention computed by `attend(layer, q, k, v)`."""
+        raise NotImplementedError
+
+    def head_weight(self) -> torch.Tensor:
+        """The output head's weight (vocab, d) (untied; the user's outputs are rows of it)."""
+        raise NotImplementedError
+
+    def cast_for_inference(self, dtype: torch.dtype) -> None:
+        """Cast the network's weights for inference in dtype."""
+        self.to(dtype)
+
+    def parameter_count(self) -> int:
+        """Parameters of the network."""
+        return sum(p.numel() for p in self.parameters())
+
+    def config_json(self) -> str:
+        """The `transformers` config as JSON (config.json of a checkpoint)."""
+        return self.config.to_json_string()
+
+    @classmethod
+    def fresh(cls, size: str, vocab_size: int, context_length: int) -> Backbone:
+        """A randomly initialised network of a named size."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> Backbone:
+        """An empty network of a saved config (weights are loaded afterwards)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, vocab_size: int) -> Backbone:
+        """Pretrained weights with the token embeddings resized to `vocab_size` (an untied
+        head, so the user's outputs learn apart from the inputs)."""
+        raise NotImplementedError
+
+
+def _registry() -> dict[str, type[Backbone]]:
+    from simulators.lm.gpt2 import GPT2Backbone
+
+    return {GPT2Backbone.model_type: GPT2Backbone}
+
+
+def backbone_class(model_type: str) -> type[Backbone]:
+    """The adapter for a `transformers` model_type.
+
+    Raises:
+        ValueError: the architecture has no adapter (naming the supported ones).
+    """
+    backbones = _registry()
+    if model_type not in backbones:
+        raise ValueError(
+            f"unsupported base-model architecture {model_type!r}; supported: "
+            f"{', '.join(sorted(backbones))}"
+        )
+    return backbones[model_type]
+
+
+def backbone_from_pretrained(path: str | Path, vocab_size: int) -> Backbone:
+    """Load a pretrained causal LM (hub name or local directory) through its adapter.
+
+    Raises:
+        ValueError: the model cannot be found or read, or its architecture is unsupported.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--base-model {path}: cannot load a model config ({first})") from None
+    return backbone_class(config.model_type).from_pretrained(path, vocab_size)

@@ -1,0 +1,354 @@
+"""UserLM: a causal LM backbone plus the input channels of SimTokenizer, and its one forward.
+
+Around the backbone (`simulators.lm.backbone`; GPT-2 by default) sit role, slot and item
+side-information embeddings that are added to the token embeddings, and an optional
+session-summary embedding. The output head is the backbone's own, untied, read only at the
+tokens a user can write: one per behaviour (skip, click, buy by default), then continue and
+leave.
+
+`UserLM.forward(tokens, position_ids, attend)` is the one forward: packed training, cached
+stepping, refills and candidate scoring all call it, and differ only in the `Attention` object
+(`simulators.lm.attention`) that says which keys each query sees and where new keys go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simulators.lm.attention import FullAttention, recency_slopes, window_bias
+from simulators.lm.backbone import Backbone
+from simulators.tokenization import NUM_ROLES, NUM_SUMMARY_CODES
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatorConfig:
+    """Settings of the simulator around the network (saved as simulator_config.json)."""
+
+    context_length: int = 512
+    """Tokens of context per user (GPT-2 n_positions)."""
+    window_steps: int = 12
+    """Steps kept when a full context is refilled (sliding window by re-encoding)."""
+    max_slots: int = 32
+    """Slots with their own slot embedding; later slots share the last one."""
+    text_buckets: int = 4096
+    """Hash buckets of title words and word pairs (learned text embeddings)."""
+    text_max_words: int = 16
+    """Title words (and pairs) kept per item."""
+    item_dropout: float = 0.1
+    """Training only: chance an item token is replaced by <unk_item> (teaches cold start)."""
+    attention_window_steps: int = 0
+    """0: GPT-2's absolute positions and full causal attention; a full context is refilled by
+    re-encoding the profile and the last `window_steps` steps. N > 0: recency attention (ALiBi
+    over steps): no absolute positions, every token attends to the profile, its own step and
+    the N steps before it, with a per-head penalty linear in the step distance. Inference then
+    keeps a ring of N + 1 step blocks in the KV cache: a step costs the same at any history
+    length and nothing is ever re-encoded (earlier steps still reach a token through the
+    layers, up to n_layer * N steps back)."""
+    session_summary: bool = False
+    """Add a learned embedding of the session-summary channel (what the user has clicked and
+    bought of an item's category earlier in the session, see `simulators.tokenization`) to
+    every item token: with recency attention, consumption older than the window still
+    reaches the prediction."""
+    format_version: int = 2
+    """Checkpoint format version (2: weights under `backbone.`, behaviours in vocab.json and a
+    content hash; version-1 checkpoints load unchanged)."""
+
+    def __post_init__(self) -> None:
+        """Validate ranges."""
+        if self.context_length < 32:
+            raise ValueError(f"context_length must be >= 32, got {self.context_length}")
+        if self.window_steps < 1:
+            raise ValueError(f"window_steps must be >= 1, got {self.window_steps}")
+        if self.attention_window_steps < 0:
+            raise ValueError(
+                f"attention_window_steps must be >= 0 (0: full attention), got {self.attention_window_steps}"
+            )
+        if self.max_slots < 1 or self.text_buckets < 2 or self.text_max_words < 1:
+            raise ValueError(
+                "max_slots and text_max_words must be >= 1 and text_buckets >= 2, got "
+                f"{self.max_slots}, {self.text_max_words}, {self.text_buckets}"
+            )
+        if not 0.0 <= self.item_dropout < 1.0:
+            raise ValueError(f"item_dropout must be in [0, 1), got {self.item_dropout}")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+@dataclass
+class TokenBlock:
+    """The five token channels of a batch of token sequences, each (B, T) int64.
+
+    Attributes:
+        input_ids: token ids.
+        roles: role of every token (profile, slate item, re-stated item, response, control).
+        slots: 1-based slot of the item a token belongs to (0 otherwise).
+        items: item index of item tokens (-1 otherwise).
+        summary: session-summary code of item tokens (0 otherwise).
+    """
+
+    input_ids: torch.Tensor
+    roles: torch.Tensor
+    slots: torch.Tensor
+    items: torch.Tensor
+    summary: torch.Tensor
+
+    def __getitem__(self, index: object) -> TokenBlock:
+        """The same index applied to every channel (rows, columns or both)."""
+        return TokenBlock(
+            self.input_ids[index],  # type: ignore[index]
+            self.roles[index],  # type: ignore[index]
+            self.slots[index],  # type: ignore[index]
+            self.items[index],  # type: ignore[index]
+            self.summary[index],  # type: ignore[index]
+        )
+
+    def channels(self) -> tuple[torch.Tensor, ...]:
+        """(input_ids, roles, slots, items, summary)."""
+        return self.input_ids, self.roles, self.slots, self.items, self.summary
+
+
+class UserLM(nn.Module):
+    """A backbone with role/slot/item channels and a per-behaviour user output.
+
+    Args:
+        backbone: the causal LM (`simulators.lm.backbone.Backbone`).
+        sim_config: settings around the network.
+        item_features: (N, F) float item features (category one-hot, log price).
+        item_text: (N, W) int64 hashed title words (0 pads).
+        item_known: (N,) bool items that had a token in training.
+        output_tokens: token ids the head reads: one per behaviour, then continue, leave.
+        item_category: (N,) category index of every item (needed with `session_summary`).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        sim_config: SimulatorConfig,
+        item_features: torch.Tensor,
+        item_text: torch.Tensor,
+        item_known: torch.Tensor,
+        output_tokens: tuple[int, ...],
+        item_category: torch.Tensor | None = None,
+    ) -> None:
+        """Register the embeddings and the catalog side information (as buffers)."""
+        super().__init__()
+        self.backbone = backbone
+        self.sim_config = sim_config
+        d = backbone.hidden_size
+        self.role_emb = nn.Embedding(NUM_ROLES, d)
+        self.slot_emb = nn.Embedding(sim_config.max_slots + 1, d)
+        self.feat_proj = nn.Linear(item_features.shape[1], d, bias=False)
+        self.word_emb = nn.Embedding(sim_config.text_buckets, d, padding_idx=0)
+        for emb in (self.role_emb, self.slot_emb, self.word_emb):
+            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.feat_proj.weight, std=0.02)
+        with torch.no_grad():
+            self.word_emb.weight[0].zero_()
+        self.register_buffer("item_features", item_features.float())
+        self.register_buffer("item_text", item_text.long())
+        self.register_buffer("item_known", item_known.bool())
+        self.register_buffer(
+            "output_ids", torch.tensor(output_tokens, dtype=torch.long), persistent=False
+        )
+        self.summary_emb: nn.Embedding | None = None
+        self._side: torch.Tensor | None = None
+        self._side_key: tuple | None = None
+        self._out_w: torch.Tensor | None = None
+        self._out_key: tuple | None = None
+        if sim_config.session_summary:
+            if item_category is None:
+                raise ValueError("a session_summary simulator needs each item's category index")
+            self.add_session_summary(item_category)
+
+    @property
+    def num_behaviours(self) -> int:
+        """Behaviours the head answers with (outputs before continue/leave)."""
+        return len(self.output_ids) - 2
+
+    def add_session_summary(self, item_category: torch.Tensor) -> None:
+        """Switch the session-summary channel on: a zero-initialised embedding, so a trained
+        network computes the same function until training teaches it to use the channel."""
+        if len(item_category) != len(self.item_features):
+            raise ValueError(
+                f"item_category has {len(item_category)} entries for {len(self.item_features)} items"
+            )
+        dev = self.item_features.device
+        self.summary_emb = nn.Embedding(
+            NUM_SUMMARY_CODES, self.backbone.hidden_size, padding_idx=0, device=dev
+        )
+        nn.init.zeros_(self.summary_emb.weight)
+        self.register_buffer("item_category", item_category.long().to(dev))
+
+    def embed(self, tokens: TokenBlock) -> torch.Tensor:
+        """Input embeddings (B, T, d) of the token channels.
+
+        With autograd every item token's side information is computed from its features and
+        title words; at inference the per-item sums are computed once per weight version
+        (`item_side`) and gathered, and the result is cast to the backbone's dtype.
+        """
+        if not torch.is_grad_enabled():
+            return self._embed_inference(tokens)
+        x = self.backbone.embed_tokens(tokens.input_ids)
+        slots = tokens.slots.clamp(max=self.sim_config.max_slots)
+        x = x + self.role_emb(tokens.roles) + self.slot_emb(slots)
+        if self.summary_emb is not None:
+            x = x + self.summary_emb(tokens.summary)
+        items = tokens.items
+        is_item = items >= 0
+        if bool(is_item.any()):
+            idx = items.clamp(min=0)
+            words = self.item_text[idx]  # (B, T, W)
+            count = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
+            side = (
+                self.feat_proj(self.item_features[idx].to(x.dtype))
+                + self.word_emb(words).sum(-2) / count
+            )
+            x = x + side * is_item.unsqueeze(-1).to(x.dtype)
+        return x
+
+    def _embed_inference(self, tokens: TokenBlock) -> torch.Tensor:
+        """`embed` without autograd, with the per-item side embeddings precomputed."""
+        x = self.backbone.embed_tokens(tokens.input_ids).float()
+        slots = tokens.slots.clamp(max=self.sim_config.max_slots)
+        x = x + self.role_emb(tokens.roles) + self.slot_emb(slots)
+        x = x + self.item_side()[tokens.items + 1]
+        if self.summary_emb is not None:
+            x = x + self.summary_emb(tokens.summary).float()
+        return x.to(self.backbone_dtype)
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        """dtype of the backbone's weights (float32, or bfloat16/float16 for inference)."""
+        return self.backbone.head_weight().dtype
+
+    def item_side(self) -> torch.Tensor:
+        """(num_items + 1, d) float32 side embeddings of every item (row 0: none), recomputed
+        whenever a weight they depend on changes."""
+        params = (self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._side_key != key or self._side is None:
+            with torch.inference_mode():
+                words = self.item_text  # (N, W)
+                count = (words > 0).sum(-1, keepdim=True).clamp(min=1).float()
+                side = (
+                    self.feat_proj(self.item_features.float())
+                    + self.word_emb(words).sum(-2) / count
+                )
+                self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
+            self._side_key = key
+        return self._side
+
+    def forward(
+        self, tokens: TokenBlock, position_ids: torch.Tensor, attend: object
+    ) -> torch.Tensor:
+        """The one forward: final hidden states (B, T, d) of the token channels.
+
+        Args:
+            tokens: (B, T) token channels.
+            position_ids: (B, T) absolute positions (all 0 with recency attention).
+            attend: the `simulators.lm.attention.Attention` of this call (packed sessions, the
+                KV cache, the recency ring or scratch candidates).
+        """
+        return self.backbone(self.embed(tokens), position_ids, attend)
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (..., R + 2) over (behaviours..., continue, leave) from hidden states (..., d).
+
+        With autograd the head is differentiable in the hidden states' dtype; at inference the
+        rows are cached in float32 and the logits computed in float32 (a bfloat16 matmul would
+        build a oneDNN kernel for every distinct row count).
+        """
+        head = self.backbone.head_weight()  # (vocab, d)
+        if torch.is_grad_enabled():
+            return hidden @ head[self.output_ids].t().to(hidden.dtype)  # (R + 2, d)
+        key = (head.data_ptr(), head._version, head.dtype)
+        if self._out_key != key or self._out_w is None:
+            with torch.inference_mode():
+                self._out_w = head[self.output_ids].float()
+            self._out_key = key
+        return hidden.float() @ self._out_w.t()
+
+
+def packed_inputs(
+    model: UserLM, batch: dict[str, torch.Tensor]
+) -> tuple[TokenBlock, torch.Tensor, FullAttention]:
+    """Token channels, position ids and attention of packed rows.
+
+    The mask is block-diagonal causal (a token sees its own session only): bool (B, 1, T, T),
+    or with recency attention an additive (B, H, T, T) bias that also limits each token to the
+    profile and the last `attention_window_steps` steps (position ids are then all 0).
+    """
+    seg = batch["segment_ids"]
+    t = seg.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal  # (B, T, T)
+    tokens = TokenBlock(
+        batch["input_ids"],
+        batch["roles"],
+        batch["slots"],
+        batch["items"],
+        batch.get("summary", torch.zeros_like(batch["input_ids"])),
+    )
+    window = model.sim_config.attention_window_steps
+    if not window:
+        return tokens, batch["position_ids"], FullAttention(mask[:, None])
+    steps = batch["step_ids"]
+    bias = window_bias(steps, steps, mask, window, recency_slopes(model.backbone.n_head))
+    return tokens, torch.zeros_like(batch["position_ids"]), FullAttention(bias)
+
+
+def _target_logits(
+    model: UserLM, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, R + 2) at every target of packed rows (row-major) and their target kinds."""
+    tokens, pos, attend = packed_inputs(model, batch)
+    h = model(tokens, pos, attend)
+    kind = batch["target_kind"]
+    sel = kind > 0
+    return model.output_logits(h[sel]).float(), kind[sel]
+
+
+def packed_loss(
+    model: UserLM, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced loss on packed rows: only the user's tokens (responses, cont/leave) count.
+
+    Args:
+        batch: (B, T) tensors input_ids, roles, slots, items, summary, position_ids, step_ids,
+            segment_ids, target_kind, target (see simulators.tokenization).
+
+    Returns:
+        (mean loss over targets, summed response NLL, summed leave NLL, number of targets).
+    """
+    logits, k = _target_logits(model, batch)
+    r = model.num_behaviours
+    tgt = batch["target"][batch["target_kind"] > 0]
+    resp = k == 1
+    resp_nll = F.cross_entropy(logits[resp, :r], tgt[resp], reduction="sum")
+    leave_nll = F.cross_entropy(logits[~resp, r : r + 2], tgt[~resp], reduction="sum")
+    n = (k > 0).sum()
+    return (resp_nll + leave_nll) / n.clamp(min=1), resp_nll, leave_nll, n
+
+
+def packed_probs(
+    model: UserLM, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted distributions at every target of packed rows.
+
+    Returns:
+        (probs (N, R + 2) with the R response or 2 leave classes filled and the rest 0,
+        target_kind (N,)), in row-major position order.
+    """
+    logits, k = _target_logits(model, batch)
+    r = model.num_behaviours
+    probs = torch.zeros_like(logits)
+    resp = k == 1
+    probs[resp, :r] = torch.softmax(logits[resp, :r], -1)
+    probs[~resp, r : r + 2] = torch.softmax(logits[~resp, r : r + 2], -1)
+    return probs, k
