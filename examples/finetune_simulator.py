@@ -29,10 +29,10 @@ from _args import parse_dataclass  # examples/_args.py
 import recsim_env  # noqa: F401  (registers the env ids)
 from recsim_env.config import EnvConfig
 from recsim_env.log_generation import generate, summarize
+from simulators.lm.model import SimulatorConfig
 from simulators.logs import write_logs
 from simulators.parametric import ParametricUserModel, WorldConfig
 from simulators.training import SimulatorTrainer, TrainConfig
-from simulators.lm.model import SimulatorConfig
 
 
 @dataclass

@@ -67,9 +67,9 @@ def tiny_simulator(out: Path, seed: int = 0) -> dict:
     """Train a tiny GPT-2 user on logs of a tiny world (seconds); returns the env kwargs."""
     from recsim_env.config import EnvConfig
     from recsim_env.log_generation import generate
+    from simulators.lm.model import SimulatorConfig
     from simulators.parametric import ParametricUserModel, WorldConfig
     from simulators.training import SimulatorTrainer, TrainConfig
-    from simulators.lm.model import SimulatorConfig
 
     env_cfg = EnvConfig(slate_size=3, num_candidates=8, history_length=4, max_episode_steps=12)
     world = ParametricUserModel(WorldConfig(num_items=50, num_topics=5, population_size=200))
