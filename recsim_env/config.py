@@ -34,8 +34,8 @@ class EnvConfig:
     """Past steps shown in the observation."""
     rewards: Mapping[str, float] | None = None
     """Reward per behaviour, adding up along the levels (a purchase earns the click's and the
-    buy's); None: click 1 and buy 3, as far as the simulator has those behaviours
-    (`simulators.behaviours`)."""
+    buy's), on top of the defaults click 1 and buy 3 (as far as the simulator has those
+    behaviours, `simulators.behaviours`): `{"buy": 5.0}` keeps the click's 1."""
     max_episode_steps: int = 50
     """Step limit applied by `gym.make` (truncation)."""
     duplicate_policy: str = "dedupe"
@@ -85,8 +85,7 @@ class EnvConfig:
         Raises:
             ValueError: `rewards` names a behaviour the simulator does not have.
         """
-        rewards = behaviours.default_rewards() if self.rewards is None else self.rewards
-        return behaviours.reward_per_code(rewards)
+        return behaviours.reward_per_code({**behaviours.default_rewards(), **(self.rewards or {})})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

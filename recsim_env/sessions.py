@@ -132,6 +132,13 @@ class SlateSessionBatch:
         self.since_click[rows] = 0
         self._draw_candidates(rows)
 
+    def _profile_multi_hot(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), max(vocab, 1)) int8: a log without profile fields still has one column."""
+        hot = self.sim.profile_encoder.multi_hot(self.profiles[rows])
+        if hot.shape[1] == 0:
+            return np.zeros((len(rows), 1), dtype=np.int8)
+        return hot
+
     def observation_space(self) -> spaces.Dict:
         """The observation space of one user (`recsim_env.spaces.make_observation_space`)."""
         return make_observation_space(
@@ -182,7 +189,7 @@ class SlateSessionBatch:
         cand = self.candidates[rows]
         count = np.maximum(self.clicked_count[rows], 1)[:, None].astype(np.float32)
         return {
-            "profile": self.sim.profile_encoder.multi_hot(self.profiles[rows]),
+            "profile": self._profile_multi_hot(rows),
             "candidate_ids": cand.copy(),
             "candidate_features": self.item_features[cand].reshape(len(rows), -1),
             "history_items": self.history_items[rows].copy(),

@@ -179,7 +179,7 @@ def _reward_table(
     """Reward per code of the env's behaviours under new weights (see `RewardWeights`)."""
     base = env.unwrapped
     behaviours = base.simulator.behaviours
-    weights = dict(behaviours.default_rewards() if rewards is None else rewards)
+    weights = {**behaviours.default_rewards(), **(rewards or {})}
     for key, value in named.items():
         if not key.endswith("_reward"):
             raise TypeError(f"unexpected argument {key!r}; pass rewards= or <behaviour>_reward=")

@@ -19,20 +19,14 @@ from typing import Any
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from agents.registry import BASELINES
 from recsim_env.episodes import run_episodes
 from recsim_env.vector_env import SlateUserVectorEnv
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLICIES: tuple[str, ...] = (
-    "random",
-    "popular",
-    "greedy",
-    "linucb",
-    "thompson",
-    "slateq",
-    "text_sim",
-)
+DEFAULT_POLICIES: tuple[str, ...] = BASELINES
+"""Every baseline agent."""
 
 
 def make_policy(name: Any, vec: Any, seed: int, counts: np.ndarray | None) -> Any:

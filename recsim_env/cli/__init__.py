@@ -42,12 +42,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if chosen in SUBCOMMANDS and name != chosen:
             sub.add_parser(name)
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # not built yet
-            raise
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.add_argument(
             "--debug",

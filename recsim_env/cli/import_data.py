@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     ot = sub.add_parser(
         "otto",
-        help="OTTO sessions (JSON lines): clicks and carts -> click, orders -> buy",
+        help="OTTO sessions (JSON lines): clicks, carts and orders as click, cart, buy",
         description="One OTTO session is one user and one log session; events sharing a "
         "timestamp form one slate, other events are 1-item slates.",
     )

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +37,12 @@ from recsim_env.cli._common import progress_enabled, write_json
 HELP = "Train a stable-baselines3 agent (ppo, a2c, dqn) on simulated users; saves OUT/model.zip."
 ALGOS = ("ppo", "a2c", "dqn")
 DEFAULT_ENV = "LLMUserSim-v0"
-EVAL_SEED = 10**6
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of train-agent."""
+    from evaluation.agent_training import AgentTrainingConfig
+
     p.add_argument("--algo", default="ppo", choices=ALGOS, help="SB3 algorithm (default ppo)")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
     p.add_argument("--steps", type=int, default=200_000, help="environment steps to train")
@@ -74,7 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help='env arguments as JSON, e.g. \'{"slate_size": 3, "num_candidates": 8}\'',
     )
     p.add_argument("--eval-users", type=int, default=500, help="users of the final evaluation")
-    p.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of evaluation user 0")
+    p.add_argument(
+        "--eval-seed",
+        type=int,
+        default=AgentTrainingConfig().eval_seed,
+        help="seed of evaluation user 0",
+    )
     p.add_argument(
         "--no-random", action="store_true", help="skip the random-policy reference evaluation"
     )
@@ -143,101 +147,42 @@ def _hyperparams(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, save, evaluate against random and report."""
-    import torch
+    from evaluation.agent_training import AgentTrainingConfig, train_and_evaluate
 
-    from agents.random_agent import RandomAgent
-    from agents.sb3 import make_model, make_sb3_vec_env
-    from evaluation.episodes import evaluate_returns
-    from evaluation.stats import mean_ci95
-
-    logging.basicConfig(level=logging.WARNING)
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.num_envs < 1:
-        raise UsageError(f"--num-envs must be >= 1, got {args.num_envs}")
-    if args.eval_users < 0:
-        raise UsageError(f"--eval-users must be >= 0, got {args.eval_users}")
-    env_kwargs = _env_kwargs(args)
-    hp = _hyperparams(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = AgentTrainingConfig(
+        algo=args.algo,
+        env=args.env,
+        steps=args.steps,
+        out=args.out,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        policy=args.policy,
+        hyperparams=_hyperparams(args),
+        env_kwargs=_env_kwargs(args),
+        eval_users=args.eval_users,
+        eval_seed=args.eval_seed,
+        random_reference=not args.no_random,
+    )
     progress = progress_enabled() if args.progress is None else args.progress
-
-    venv = make_sb3_vec_env(
-        args.env, args.num_envs, seed=args.seed, discrete=args.algo == "dqn", **env_kwargs
-    )
-    try:
-        model = make_model(
-            args.algo,
-            venv,
-            policy=args.policy,
-            seed=args.seed,
-            tensorboard_log=str(out / "tb"),
-            **hp,
-        )
-    except TypeError as exc:  # an unknown SB3 keyword in --hyperparams
-        raise UsageError(f"bad hyperparameters: {exc}") from None
-    t0 = time.perf_counter()
-    model.learn(args.steps, progress_bar=progress, tb_log_name=args.algo)
-    seconds = time.perf_counter() - t0
-    venv.close()
-    model_path = out / "model.zip"
-    model.save(model_path)
-    config = {
-        "algo": args.algo,
-        "env": args.env,
-        "env_kwargs": env_kwargs,
-        "policy": args.policy,
-        "steps": args.steps,
-        "num_envs": args.num_envs,
-        "seed": args.seed,
-        "hyperparams": model.llm_usersim["hyperparams"],
-        "torch_threads": torch.get_num_threads(),
-    }
-    (out / "train_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    res = train_and_evaluate(cfg, progress=progress)
+    steps, seconds = res["timesteps"], res["seconds"]
     print(
-        f"trained {args.algo} for {model.num_timesteps} steps in {seconds:.0f}s "
-        f"({model.num_timesteps / max(seconds, 1e-9):.0f} steps/s); saved {model_path}"
+        f"trained {args.algo} for {steps} steps in {seconds:.0f}s "
+        f"({steps / max(seconds, 1e-9):.0f} steps/s); saved {res['model']}"
     )
-
-    summary: dict[str, Any] = {
-        **config,
-        "timesteps": int(model.num_timesteps),
-        "seconds": round(seconds, 1),
-        "model": str(model_path),
-        "eval_users": args.eval_users,
-        "eval_seed": args.eval_seed,
-    }
-    if args.eval_users > 0:
-        t1 = time.perf_counter()
-        returns = evaluate_returns(
-            model, args.env, users=args.eval_users, seed=args.eval_seed, **env_kwargs
-        )
-        mean, ci = mean_ci95(returns)
-        summary["mean_return"], summary["return_ci95"] = mean, list(ci)
+    if "mean_return" in res:
+        lo, hi = res["return_ci95"]
         print(
-            f"{args.algo}: mean return {mean:.3f} (95% CI {ci[0]:.3f} to {ci[1]:.3f}) "
+            f"{args.algo}: mean return {res['mean_return']:.3f} (95% CI {lo:.3f} to {hi:.3f}) "
             f"over {args.eval_users} users"
         )
-        if not args.no_random:
-            slate_size = int(model.llm_usersim["slate_size"])
-            rand = evaluate_returns(
-                RandomAgent(slate_size, seed=args.eval_seed),
-                args.env,
-                users=args.eval_users,
-                seed=args.eval_seed,
-                **env_kwargs,
-            )
-            rmean, rci = mean_ci95(rand)
-            summary["random_mean_return"], summary["random_return_ci95"] = rmean, list(rci)
-            # the same users met both policies: a paired CI of the difference
-            dmean, dci = mean_ci95(returns - rand)
-            summary["gain_over_random"], summary["gain_over_random_ci95"] = dmean, list(dci)
-            print(
-                f"random: mean return {rmean:.3f} (95% CI {rci[0]:.3f} to {rci[1]:.3f}) "
-                f"over {args.eval_users} users\n"
-                f"{args.algo} - random: {dmean:+.3f} (paired 95% CI {dci[0]:+.3f} to {dci[1]:+.3f})"
-            )
-        summary["eval_seconds"] = round(time.perf_counter() - t1, 1)
-    write_json(args.json, summary)
+    if "random_mean_return" in res:
+        (rlo, rhi), (dlo, dhi) = res["random_return_ci95"], res["gain_over_random_ci95"]
+        print(
+            f"random: mean return {res['random_mean_return']:.3f} (95% CI {rlo:.3f} to "
+            f"{rhi:.3f}) over {args.eval_users} users\n"
+            f"{args.algo} - random: {res['gain_over_random']:+.3f} (paired 95% CI {dlo:+.3f} "
+            f"to {dhi:+.3f})"
+        )
+    write_json(args.json, res)
     return 0

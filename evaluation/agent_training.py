@@ -1,0 +1,125 @@
+"""Train an SB3 agent on simulated users, save it, and score it against random on the same users.
+
+What `llm-usersim train-agent` runs: all `num_envs` users are stepped in one batch
+(`agents.sb3.SlateVecEnv` over the native vector env: one simulator call per step); the saved
+model and a random policy then play one episode each with `eval_users` users (user i seeded
+`eval_seed` + i, as in the benchmark), and the paired difference of their returns says whether
+training helped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluation.episodes import evaluate_returns
+from evaluation.stats import mean_ci95
+
+EVAL_SEED = 10**6
+"""Seed of evaluation user 0 (far from the training users' seeds)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentTrainingConfig:
+    """One training run."""
+
+    algo: str = "ppo"
+    """ppo, a2c or dqn."""
+    env: str = "LLMUserSim-v0"
+    """Env id."""
+    steps: int = 200_000
+    """Environment steps to train."""
+    out: str = "runs/agent"
+    """Output directory (model.zip, train_config.json, tb/)."""
+    num_envs: int = 32
+    """Users stepped together."""
+    seed: int = 0
+    """Seed of the model and of the training users."""
+    policy: str = "slate"
+    """slate (candidate scoring) or mlp (SB3's plain MultiInputPolicy)."""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """SB3 keyword arguments replacing the tuned defaults."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env arguments."""
+    eval_users: int = 500
+    """Users of the final evaluation (0: none)."""
+    eval_seed: int = EVAL_SEED
+    """Seed of evaluation user 0."""
+    random_reference: bool = True
+    """Also evaluate a random policy on the same users."""
+
+    def __post_init__(self) -> None:
+        """Validate ranges."""
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
+        if self.eval_users < 0:
+            raise ValueError(f"eval_users must be >= 0, got {self.eval_users}")
+
+
+def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict[str, Any]:
+    """Train, save OUT/model.zip and OUT/train_config.json, evaluate; returns the summary.
+
+    Raises:
+        ValueError: bad hyperparameters (an unknown SB3 keyword) or env arguments.
+    """
+    import torch
+
+    from agents.random_agent import RandomAgent
+    from agents.sb3 import make_model, make_sb3_vec_env
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    venv = make_sb3_vec_env(
+        cfg.env, cfg.num_envs, seed=cfg.seed, discrete=cfg.algo == "dqn", **cfg.env_kwargs
+    )
+    try:
+        try:
+            model = make_model(
+                cfg.algo,
+                venv,
+                policy=cfg.policy,
+                seed=cfg.seed,
+                tensorboard_log=str(out / "tb"),
+                **cfg.hyperparams,
+            )
+        except TypeError as exc:  # an unknown SB3 keyword
+            raise ValueError(f"bad hyperparameters: {exc}") from None
+        t0 = time.perf_counter()
+        model.learn(cfg.steps, progress_bar=progress, tb_log_name=cfg.algo)
+        seconds = time.perf_counter() - t0
+    finally:
+        venv.close()
+    model_path = out / "model.zip"
+    model.save(model_path)
+    config = {
+        **{k: v for k, v in asdict(cfg).items() if k not in ("hyperparams", "out")},
+        "hyperparams": model.llm_usersim["hyperparams"],
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "train_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    summary: dict[str, Any] = {
+        **config,
+        "timesteps": int(model.num_timesteps),
+        "seconds": round(seconds, 1),
+        "model": str(model_path),
+    }
+    if cfg.eval_users > 0:
+        t1 = time.perf_counter()
+        kw = {"users": cfg.eval_users, "seed": cfg.eval_seed, **cfg.env_kwargs}
+        returns = evaluate_returns(model, cfg.env, **kw)
+        summary["mean_return"], summary["return_ci95"] = mean_ci95(returns)
+        if cfg.random_reference:
+            slate_size = int(model.llm_usersim["slate_size"])
+            rand = evaluate_returns(RandomAgent(slate_size, seed=cfg.eval_seed), cfg.env, **kw)
+            summary["random_mean_return"], summary["random_return_ci95"] = mean_ci95(rand)
+            # the same users met both policies: a paired CI of the difference
+            summary["gain_over_random"], summary["gain_over_random_ci95"] = mean_ci95(
+                returns - rand
+            )
+        summary["eval_seconds"] = round(time.perf_counter() - t1, 1)
+    return summary
