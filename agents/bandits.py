@@ -112,11 +112,18 @@ class LinearBanditAgent(SlateAgent):
             self.theta = np.zeros((m, d))
             self._refresh(np.arange(m))
 
+    def _models(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(A, b, A_inv, theta), allocated by `_ensure` on the first observation."""
+        assert self.A is not None and self.b is not None
+        assert self.A_inv is not None and self.theta is not None
+        return self.A, self.b, self.A_inv, self.theta
+
     def _refresh(self, cats: np.ndarray) -> None:
         """Recompute inverse and mean of the touched categories."""
+        a, b, a_inv, theta = self._models()
         for c in cats:
-            self.A_inv[c] = np.linalg.inv(self.A[c])
-            self.theta[c] = self.A_inv[c] @ self.b[c]
+            a_inv[c] = np.linalg.inv(a[c])
+            theta[c] = a_inv[c] @ b[c]
 
     def _score(self, cat: np.ndarray, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -148,10 +155,11 @@ class LinearBanditAgent(SlateAgent):
         cs = np.take_along_axis(cat[rows], act, axis=1).reshape(-1)
         r = r.reshape(-1)
         touched = np.unique(cs)
+        a, b, _, _ = self._models()
         for c in touched:
             sel = cs == c
-            self.A[c] += xs[sel].T @ xs[sel]
-            self.b[c] += xs[sel].T @ r[sel]
+            a[c] += xs[sel].T @ xs[sel]
+            b[c] += xs[sel].T @ r[sel]
         self._refresh(touched)
 
 
@@ -176,12 +184,13 @@ class LinUCBAgent(LinearBanditAgent):
         self.alpha = alpha
 
     def _score(self, cat: np.ndarray, x: np.ndarray) -> np.ndarray:
-        mean = np.einsum("ncd,ncd->nc", x, self.theta[cat])
+        _, _, a_inv, theta = self._models()
+        mean = np.einsum("ncd,ncd->nc", x, theta[cat])
         width = np.zeros_like(mean)
         for c in np.unique(cat):
             sel = cat == c
             xc = x[sel]
-            width[sel] = np.einsum("md,de,me->m", xc, self.A_inv[c], xc)
+            width[sel] = np.einsum("md,de,me->m", xc, a_inv[c], xc)
         return mean + self.alpha * np.sqrt(np.maximum(width, 0.0))
 
 
@@ -198,16 +207,19 @@ class ThompsonAgent(LinearBanditAgent):
 
     def _refresh(self, cats: np.ndarray) -> None:
         super()._refresh(cats)
+        _, _, a_inv, _ = self._models()
         if self._chol is None:
-            self._chol = np.zeros_like(self.A_inv)
+            self._chol = np.zeros_like(a_inv)
         for c in cats:
             # Cholesky of the inverse precision, symmetrised against round-off
-            self._chol[c] = np.linalg.cholesky((self.A_inv[c] + self.A_inv[c].T) / 2)
+            self._chol[c] = np.linalg.cholesky((a_inv[c] + a_inv[c].T) / 2)
 
     def _score(self, cat: np.ndarray, x: np.ndarray) -> np.ndarray:
         n, _, d = x.shape
-        m = self.theta.shape[0]
+        _, _, _, mean = self._models()
+        assert self._chol is not None  # set by _refresh, which _ensure runs
+        m = mean.shape[0]
         z = self.rng.standard_normal((n, m, d))
-        theta = self.theta[None] + self.v * np.einsum("mde,nme->nmd", self._chol, z)
+        theta = mean[None] + self.v * np.einsum("mde,nme->nmd", self._chol, z)
         sampled = theta[np.arange(n)[:, None], cat]  # (n, C, d)
         return np.einsum("ncd,ncd->nc", x, sampled)

@@ -91,7 +91,7 @@ def transition_rows(info: dict[str, Any], n: int) -> np.ndarray:
     `info["_item_ids"]` is True (the benchmark also clears it for users whose episode is over).
     """
     item_ids = np.asarray(info.get("item_ids", np.zeros((n, 1))))
-    ok = (item_ids.reshape(n, -1) >= 0).all(axis=1)
+    ok = np.asarray((item_ids.reshape(n, -1) >= 0).all(axis=1))
     mask = info.get("_item_ids")
     if mask is not None:
         ok &= np.asarray(mask, dtype=bool).reshape(n)

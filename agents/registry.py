@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -151,7 +151,8 @@ def _check_spaces(model: Any, env: Any, path: Path) -> None:
     obs_space, act_space = view.observation_space, view.action_space
     act = model.action_space
     act_ok = act == act_space or (
-        isinstance(act, spaces.Discrete) and int(act.n) == int(act_space.nvec[0])
+        isinstance(act, spaces.Discrete)
+        and int(act.n) == int(cast(spaces.MultiDiscrete, act_space).nvec[0])
     )
     if model.observation_space != obs_space or not act_ok:
         raise ValueError(

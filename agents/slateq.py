@@ -241,12 +241,17 @@ class SlateQAgent(SlateAgent):
         self._opt = _Adam(self.params, self.lr)
         self._sync_target()
 
+    def _learnt(self) -> dict[str, np.ndarray]:
+        """The parameters, allocated by `_ensure` on the first observation."""
+        assert self.params is not None
+        return self.params
+
     def _extra_dim(self, obs: dict[str, np.ndarray]) -> int:
         f = np.asarray(obs["clicked_features_mean"]).shape[-1]
         return f - int(self.features.num_categories or 0)
 
     def _sync_target(self) -> None:
-        self.target_params = {k: v.copy() for k, v in self.params.items()}
+        self.target_params = {k: v.copy() for k, v in self._learnt().items()}
 
     def _split(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user context (n, du), candidate category (n, C), candidate extras (n, C, e))."""
@@ -287,13 +292,13 @@ class SlateQAgent(SlateAgent):
         """Slates by the selection rule on s * Q̄ (epsilon-greedy while training)."""
         self._ensure(obs)
         user, cat, extra = self._split(obs)
-        s0, s, _, q = self._candidate_values(self.params, user, cat, extra)
+        s0, s, _, q = self._candidate_values(self._learnt(), user, cat, extra)
         n, c = s.shape
         # random tie-breaking before anything is learnt
         q = q + 1e-9 * self.rng.random(q.shape)
         slates = self.select(self.slate_size, s0, s, q)
         if self.training and self.epsilon > 0:
-            rand = self.rng.random(n) < self.epsilon
+            rand = self.rng.random(int(n)) < self.epsilon
             if rand.any():
                 noise = self.rng.random((int(rand.sum()), c))
                 slates[rand] = np.argsort(noise, axis=1)[:, : self.slate_size]
@@ -336,9 +341,9 @@ class SlateQAgent(SlateAgent):
 
     def _targets(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """TD target of every transition's consumed item(s), from its NEXT state: (B,)."""
-        tp = self.target_params
+        tp, params = self.target_params, self._learnt()
         s0, s, q0, q = self._candidate_values(
-            {**self.params, "q": tp["q"], "q_null": tp["q_null"]},
+            {**params, "q": tp["q"], "q_null": tp["q_null"]},
             batch["next_user"],
             batch["next_cat"],
             batch["next_extra"],
@@ -347,7 +352,7 @@ class SlateQAgent(SlateAgent):
             nxt = self.select(self.slate_size, s0, s, q)
         else:
             nxt = batch["next_action"]
-        s_sl = np.take_along_axis(s, nxt, axis=1) * np.exp(self.params["pos"][: nxt.shape[1]])
+        s_sl = np.take_along_axis(s, nxt, axis=1) * np.exp(params["pos"][: nxt.shape[1]])
         q_sl = np.take_along_axis(q, nxt, axis=1)
         rewards = slot_rewards(batch["resp"], self.reward_per_code).sum(axis=1)
         return slateq_target(rewards, s0, s_sl, q0, q_sl, batch["terminated"], self.gamma)
@@ -445,7 +450,7 @@ class SlateQAgent(SlateAgent):
             return
         idx = ready[self.rng.integers(0, len(ready), min(self.batch_size, len(ready)))]
         b = {k: v[idx] for k, v in self._buf.items()}
-        p = self.params
+        p = self._learnt()
         grads = {k: np.zeros_like(v) for k, v in p.items()}
         bsz, k = b["resp"].shape
         m = p["choice"].shape[0]

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -86,8 +86,9 @@ def soak(cfg: SoakConfig, advance: Callable[[int, dict], None] | None = None) ->
     samples: list[dict[str, float]] = []
     try:
         vec.reset(seed=cfg.seed)
-        k = int(vec.single_action_space.shape[0])
-        nc = int(vec.single_action_space.nvec[0])
+        act_space = cast(gym.spaces.MultiDiscrete, vec.single_action_space)
+        k = int(act_space.shape[0])
+        nc = int(act_space.nvec[0])
         rng = np.random.default_rng(cfg.seed)
         gc.collect()
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -270,8 +270,9 @@ def vector_env_user_steps_per_second(
     vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     try:
         vec.reset(seed=seed)
-        k = int(vec.single_action_space.shape[0])
-        nc = int(vec.single_action_space.nvec[0])
+        act_space = cast(gym.spaces.MultiDiscrete, vec.single_action_space)
+        k = int(act_space.shape[0])
+        nc = int(act_space.nvec[0])
         if fixed_actions:
             pool = [np.tile(np.arange(k), (num_envs, 1))]
         else:
@@ -449,11 +450,11 @@ def matmul_peak(
     zero = torch.zeros(n, device=device, dtype=dt)
     kernels: dict[str, Callable[[], torch.Tensor]] = {"torch.mm": lambda: torch.mm(a, b)}
     if device == "cpu" and torch.backends.mkldnn.is_available():
-        lin = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
         try:
+            lin = torch.ops.mkldnn._linear_pointwise
             lin(a[:4], b, zero, "none", [], "")
             kernels["onednn.linear"] = lambda: lin(a, b, zero, "none", [], "")
-        except (RuntimeError, TypeError, NotImplementedError):
+        except (RuntimeError, AttributeError, TypeError, NotImplementedError):
             pass
     best, name = np.zeros(2), ""
     with torch.inference_mode():

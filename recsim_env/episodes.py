@@ -100,13 +100,20 @@ def run_episodes(
             "build it with recsim_env.episodes.make_episode_env"
         )
     n = vec.num_envs
-    stats = EpisodeStats(*(np.zeros(users) for _ in range(5)))
+    stats = EpisodeStats(
+        returns=np.zeros(users),
+        engaged=np.zeros(users),
+        deeper=np.zeros(users),
+        steps=np.zeros(users),
+        shown=np.zeros(users),
+    )
     update = getattr(agent, "update", None)
     user_of_row = np.full(n, -1, dtype=np.int64)
     first = min(n, users)
     user_of_row[:first] = np.arange(first)
     seeds: list[int | None] = [seed + int(u) if u >= 0 else None for u in user_of_row]
-    obs, _ = vec.reset(seed=seeds)
+    # gymnasium types VectorEnv.reset's seed as int | None; its vector envs take a list too
+    obs, _ = vec.reset(seed=seeds)  # type: ignore[arg-type]
     playing = user_of_row >= 0
     next_user = first
     t0 = time.perf_counter()
@@ -147,6 +154,6 @@ def run_episodes(
                 row_seeds: list[int | None] = [None] * n
                 for r in take:
                     row_seeds[r] = seed + int(user_of_row[r])
-                obs, _ = vec.reset(seed=row_seeds, options={"reset_mask": mask})
+                obs, _ = vec.reset(seed=row_seeds, options={"reset_mask": mask})  # type: ignore[arg-type]
     stats.seconds = time.perf_counter() - t0
     return stats

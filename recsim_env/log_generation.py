@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from recsim_env.config import EnvConfig
 from recsim_env.sessions import SlateSessionBatch
-from simulators.base import Response
+from simulators.base import Response, UserSimulator
 from simulators.logs import InteractionLogs
 from simulators.parametric import ParametricUserModel
 from simulators.rng import uniforms
@@ -114,7 +114,7 @@ def generate(
     world: ParametricUserModel,
     batch_size: int = 1024,
     progress: bool = False,
-    simulator: object | None = None,
+    simulator: UserSimulator | None = None,
 ) -> InteractionLogs:
     """Simulate one session per fresh user and return the logs.
 
@@ -122,7 +122,7 @@ def generate(
     `simulator` when given (e.g. a GPT-2 user whose profile vocabulary is the world's), so the
     same users and policy can be rolled out in the world and in a learned simulator.
     """
-    dynamics = world if simulator is None else simulator
+    dynamics: UserSimulator = world if simulator is None else simulator
     if simulator is not None and simulator.profile_encoder.vocab != world.profile_encoder.vocab:
         raise ValueError("the simulator's profile vocabulary differs from the world's")
     if users < 1:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 from gymnasium.utils import seeding
@@ -85,7 +86,7 @@ class SlateUserVectorEnv(VectorEnv):
         elif seed is None:
             seeds = [None] * self.num_envs
         else:
-            seeds = list(seed)
+            seeds = list(cast("Sequence[int | None]", seed))  # (a bool fails here, as before)
             if len(seeds) != self.num_envs:
                 raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
         for i in rows:

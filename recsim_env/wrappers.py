@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 import gymnasium as gym
 import numpy as np
@@ -92,7 +92,7 @@ class DiscreteSlateWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         """Replace the MultiDiscrete slate action by a Discrete lead-candidate action."""
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        nvec = np.asarray(env.action_space.nvec)
+        nvec = np.asarray(cast(spaces.MultiDiscrete, env.action_space).nvec)
         self.slate_size = len(nvec)
         self.num_candidates = int(nvec[0])
         self.action_space = spaces.Discrete(self.num_candidates)
@@ -106,7 +106,7 @@ class DiscreteSlateWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._obs = obs
         return obs, info
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Expand the Discrete action into a slate and step."""
         if self._obs is None:
             raise RuntimeError("step() called before reset(); call reset() first")
@@ -127,7 +127,7 @@ class DiscreteSlateVectorWrapper(VectorWrapper):
     def __init__(self, env: VectorEnv) -> None:
         """Replace the batched slate action by a batched Discrete action."""
         super().__init__(env)
-        nvec = np.asarray(env.single_action_space.nvec)
+        nvec = np.asarray(cast(spaces.MultiDiscrete, env.single_action_space).nvec)
         self.slate_size = len(nvec)
         self.num_candidates = int(nvec[0])
         self.single_action_space = spaces.Discrete(self.num_candidates)
@@ -141,7 +141,8 @@ class DiscreteSlateVectorWrapper(VectorWrapper):
         options: dict[str, Any] | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """Reset and remember the observations the next actions refer to."""
-        obs, info = self.env.reset(seed=seed, options=options)
+        # gymnasium types VectorEnv.reset's seed as int | None; its vector envs take a list too
+        obs, info = self.env.reset(seed=seed, options=options)  # type: ignore[arg-type]
         self._obs = obs
         return obs, info
 
@@ -203,9 +204,12 @@ class RewardWeights(gym.Wrapper, gym.utils.RecordConstructorArgs):
         **behaviour_rewards: float,
     ) -> None:
         """Resolve the weights against the env's behaviours (see `weighted_reward`)."""
-        gym.utils.RecordConstructorArgs.__init__(
-            self, rewards=rewards, step_reward=step_reward, **behaviour_rewards
-        )
+        args: dict[str, Any] = {
+            "rewards": rewards,
+            "step_reward": step_reward,
+            **behaviour_rewards,
+        }
+        gym.utils.RecordConstructorArgs.__init__(self, **args)
         gym.Wrapper.__init__(self, env)
         self.reward_per_code = _reward_table(env, rewards, behaviour_rewards)
         self.step_reward = float(step_reward)

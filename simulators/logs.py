@@ -73,7 +73,7 @@ class InteractionLogs:
         return BehaviourSet.from_dict(self.meta.get("behaviours"))
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call write(tmp_path) then rename tmp_path onto path, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

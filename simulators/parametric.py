@@ -241,7 +241,7 @@ class ParametricUserModel:
         rows = []
         for uid, prof in zip(user_ids, profiles):
             toks = [vocab[i] for i in prof if i >= 0]
-            fields = {f: [] for f in PROFILE_FIELDS}
+            fields: dict[str, list[str]] = {f: [] for f in PROFILE_FIELDS}
             for tok in toks:
                 field, value = tok.split("=", 1)
                 fields[field].append(value)

@@ -40,7 +40,7 @@ class SB3SlatePolicy:
         self.algo = str(meta.get("algo") or type(model).__name__.lower())
         self.name = name or self.algo
         self.discrete = isinstance(model.action_space, spaces.Discrete)
-        self.slate_size = slate_size or meta.get("slate_size")
+        self.slate_size: int | None = slate_size or meta.get("slate_size")
         if self.discrete and not self.slate_size:
             raise ValueError(
                 "a Discrete-action model needs slate_size= (it was not saved by llm-usersim)"
@@ -59,6 +59,7 @@ class SB3SlatePolicy:
             ids = np.asarray(observation["candidate_ids"])
             feats = np.asarray(observation["candidate_features"])
             feats = feats.reshape(*ids.shape, -1)
+            assert self.slate_size is not None  # checked in __init__ for Discrete models
             action = discrete_to_slate(feats, np.asarray(action), int(self.slate_size))
         return np.asarray(action, dtype=np.int64), state
 
@@ -118,6 +119,7 @@ def load_sb3_model(
         >>> action, _ = policy.predict(obs, deterministic=True)
     """
     import stable_baselines3 as sb3
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
     p = Path(path)
     if not p.exists() and p.with_suffix(".zip").exists():
@@ -130,7 +132,12 @@ def load_sb3_model(
     tried = [found] if found else list(SB3_ALGOS)
     errors = []
     for a in tried:
-        cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[a]
+        algorithms: dict[str, type[BaseAlgorithm]] = {
+            "ppo": sb3.PPO,
+            "a2c": sb3.A2C,
+            "dqn": sb3.DQN,
+        }
+        cls = algorithms[a]
         try:
             model = cls.load(str(p), device=device)
         except Exception as exc:  # SB3 raises many types for a mismatching file

@@ -11,7 +11,7 @@ indices as magnitudes; with the same 100k-step PPO budget on ParametricUserSim-v
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,8 +21,15 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 
+def _width(space: spaces.Space) -> int:
+    """Length of a 1-D space's vectors (the observation's spaces are all 1-D)."""
+    shape = space.shape
+    assert shape is not None
+    return int(shape[0])
+
+
 def _multibinary_size(space: spaces.Space) -> int:
-    return int(np.prod(space.n)) if isinstance(space, spaces.MultiBinary) else int(space.shape[0])
+    return int(np.prod(space.n)) if isinstance(space, spaces.MultiBinary) else _width(space)
 
 
 class SlateFeaturesExtractor(BaseFeaturesExtractor):
@@ -49,12 +56,12 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
         item_dim: int = 8,
     ) -> None:
         """Size the networks from the observation space (item_dim 0: no item embedding)."""
-        c = int(observation_space["candidate_ids"].shape[0])
-        num_items = int(np.max(observation_space["candidate_ids"].high)) + 1
-        f = int(observation_space["candidate_features"].shape[0]) // c
+        c = _width(observation_space["candidate_ids"])
+        num_items = int(np.max(cast(spaces.Box, observation_space["candidate_ids"]).high)) + 1
+        f = _width(observation_space["candidate_features"]) // c
         p = _multibinary_size(observation_space["profile"])
-        h = int(observation_space["history_responses"].shape[0])
-        s = int(observation_space["session_features"].shape[0])
+        h = _width(observation_space["history_responses"])
+        s = _width(observation_space["session_features"])
         super().__init__(observation_space, features_dim=c * candidate_dim + context_dim)
         self.num_candidates, self.num_features, self.num_items = c, f, num_items
         self.candidate_dim, self.context_dim = candidate_dim, context_dim
@@ -222,13 +229,14 @@ class SlatePolicy(MultiInputActorCriticPolicy):
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
-        nvec = [int(n) for n in np.asarray(self.action_space.nvec)]
+        nvec = [int(n) for n in np.asarray(cast(spaces.MultiDiscrete, self.action_space).nvec)]
         self.action_dist = SlateDistribution(nvec)
         super()._build(lr_schedule)
-        ext = self.pi_features_extractor
+        ext = cast(SlateFeaturesExtractor, self.pi_features_extractor)
         self.action_net = CandidateScoreHead(ext.num_candidates, ext.candidate_dim, len(nvec))
         if self.ortho_init:
             self.action_net.apply(lambda m: self.init_weights(m, gain=self.score_gain))
-        self.optimizer = self.optimizer_class(
+        # as in SB3's own policies: optimizer_class is typed as Optimizer, whose __init__ has no lr
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3.loading import METADATA_ATTR, SB3_ALGOS
 from agents.sb3.policy import SlateFeaturesExtractor, SlatePolicy
+from agents.sb3.vec_env import SlateVecEnv
 from recsim_env.wrappers import DISCRETE_SLATE_RULE
 
 POLICIES: tuple[str, ...] = ("slate", "mlp")
@@ -122,7 +123,7 @@ def make_model(
             "algo": algo,
             "policy": policy,
             "env_id": getattr(spec, "id", None),
-            "slate_size": int(venv.unwrapped.config.slate_size),
+            "slate_size": int(cast(SlateVecEnv, venv.unwrapped).config.slate_size),
             "action": DISCRETE_SLATE_RULE if discrete else "slate",
             "hyperparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool))},
         },

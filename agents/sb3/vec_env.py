@@ -9,7 +9,7 @@ so SB3 logs episode returns), optionally with Discrete actions for DQN
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -17,6 +17,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
+from recsim_env.vector_env import SlateUserVectorEnv
 from recsim_env.wrappers import DiscreteSlateVectorWrapper
 
 
@@ -50,12 +51,12 @@ class SlateVecEnv(VecEnv):
     @property
     def simulator(self) -> Any:
         """The batched simulator behind the wrapped vector env."""
-        return self.venv.unwrapped.simulator
+        return cast(SlateUserVectorEnv, self.venv.unwrapped).simulator
 
     @property
     def config(self) -> Any:
         """The EnvConfig of the wrapped vector env."""
-        return self.venv.unwrapped.config
+        return cast(SlateUserVectorEnv, self.venv.unwrapped).config
 
     @property
     def single_observation_space(self) -> spaces.Space:
@@ -76,7 +77,8 @@ class SlateVecEnv(VecEnv):
         """Reset every row (with the seeds set by `seed()`, once)."""
         seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
         options = self._options[0] if any(self._options) else None
-        obs, _ = self.venv.reset(seed=seeds, options=options)
+        # gymnasium types VectorEnv.reset's seed as int | None; its vector envs take a list too
+        obs, _ = self.venv.reset(seed=seeds, options=options)  # type: ignore[arg-type]
         self.reset_infos = [{} for _ in range(self.num_envs)]
         self._reset_seeds()
         self._reset_options()
@@ -110,8 +112,8 @@ class SlateVecEnv(VecEnv):
             final = info.get("final_obs")
             if final is None:
                 raise RuntimeError("the vector env ended an episode without info['final_obs']")
-            for i in np.nonzero(dones)[0]:
-                infos[i]["terminal_observation"] = final[i]
+            for row in np.nonzero(dones)[0]:
+                infos[row]["terminal_observation"] = final[row]
         return obs, np.asarray(rewards, dtype=np.float32), dones, infos
 
     def close(self) -> None:

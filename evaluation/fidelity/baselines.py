@@ -15,12 +15,16 @@ statistics in either.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from evaluation.fidelity.events import Events
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 MAX_POSITIONS = 20
 """Positions with their own one-hot column; later positions share the last one."""
@@ -103,7 +107,7 @@ class LogisticBaseline:
         self.num_profile_tokens = int(num_profile_tokens)
         self.max_train = max_train
         self.seed = seed
-        self.model = None
+        self.model: LogisticRegression | None = None
 
     def design(self, events: Events) -> sparse.csr_matrix:
         """Sparse feature matrix (n, D) of events."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -238,12 +238,13 @@ def teacher_forced(
         offsets = np.concatenate([[0], np.cumsum(counts)])
         if offsets[-1] != len(probs):
             raise RuntimeError("packed targets do not match the windows")
-        for j, i in enumerate(idx):
-            out[i] = probs[offsets[j] : offsets[j + 1]]
-            kinds[i] = kind[offsets[j] : offsets[j + 1]]
+        for j, win in enumerate(idx):
+            out[win] = probs[offsets[j] : offsets[j + 1]]
+            kinds[win] = kind[offsets[j] : offsets[j + 1]]
     bar.close()
-    probs = np.concatenate(out)
-    kind = np.concatenate(kinds)
+    # every window lies in exactly one width's plan, so none is left None
+    probs = np.concatenate(cast("list[np.ndarray]", out))
+    kind = np.concatenate(cast("list[np.ndarray]", kinds))
     r = model.num_behaviours
     resp = probs[kind == 1, :r]
     leave_t = probs[kind == 2, r + 1]

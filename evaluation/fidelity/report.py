@@ -193,7 +193,9 @@ def _env_config(meta: dict) -> Any:
     from recsim_env.config import EnvConfig
 
     names = {f.name for f in fields(EnvConfig)}
-    env = meta.get("env") if isinstance(meta.get("env"), dict) else {}
+    env = meta.get("env")
+    if not isinstance(env, dict):
+        env = {}
     return EnvConfig(**{k: v for k, v in env.items() if k in names})
 
 
@@ -241,7 +243,7 @@ def _prepare_logs(
     notes: list[str] = []
     train_seed = train_meta.get("seed")
     policy = cfg.policy or (
-        train_meta.get("policy") if train_meta.get("policy") in POLICIES else "mixed"
+        str(train_meta["policy"]) if train_meta.get("policy") in POLICIES else "mixed"
     )
 
     def fresh(users: int, seed: int) -> InteractionLogs:
@@ -396,8 +398,10 @@ def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None
 
     t0 = time.perf_counter()
     sim, events, known = run.sim, run.events, run.known
+    assert run.sim_probs is not None  # teacher-forced before the sections
+    sim_click = click_probability(run.sim_probs)
     preds: dict[str, np.ndarray | None] = {
-        "sim": click_probability(run.sim_probs),
+        "sim": sim_click,
         "oracle": None if run.true_probs is None else click_probability(run.true_probs),
     }
     baselines: dict[str, Any] = {"fitted_on_events": 0}
@@ -422,7 +426,7 @@ def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None
         baselines[f"{name}_click_logloss"] = (
             None if p is None else M.binary_log_loss(events.clicked, p)
         )
-    baselines["sim_click_auc"] = M.roc_auc(events.clicked, preds["sim"])
+    baselines["sim_click_auc"] = M.roc_auc(events.clicked, sim_click)
     kl = None if run.true_probs is None else M.kl_categorical(run.true_probs, run.sim_probs)
     item_warm = known[events.item]
     warm_cold: dict[str, Any] = {
@@ -481,7 +485,10 @@ def _sessions(run: _Run) -> dict[str, Any]:
                         "but the simulator's profile vocabulary differs from the world's"
                     )
                 wprof = profiles
-        appeal = user_appeal(world, wprof) if needs_appeal(data.policy) else None
+        appeal = None
+        if needs_appeal(data.policy):
+            assert wprof is not None  # set above whenever the policy ranks by appeal
+            appeal = user_appeal(world, wprof)
         rollouts = rollout_logging_policy(
             sim,
             run.env_cfg,
@@ -526,8 +533,13 @@ def _ground_truth(run: _Run) -> dict[str, Any]:
         ctx_probs, _ = world_replay(run.world, run.heldout, events, spans)
         for s, _start, first, end in spans[spans[:, 1] > 0]:
             beyond |= (events.session == s) & (events.step >= first) & (events.step < end)
+    sim_probs, true_probs = run.sim_probs, run.true_probs
+    sim_leave, true_leave = run.sim_leave, run.true_leave
+    # teacher-forced and replayed in the world before the sections
+    assert sim_probs is not None and true_probs is not None
+    assert sim_leave is not None and true_leave is not None
     gt = ground_truth_metrics(
-        events, run.sim_probs, run.true_probs, run.sim_leave, run.true_leave, ctx_probs, beyond
+        events, sim_probs, true_probs, sim_leave, true_leave, ctx_probs, beyond
     )
     gt["note"] = KL_FLOOR_NOTE
     run.lap("ground_truth", t0)

@@ -6,6 +6,7 @@ source and returns a JSON-ready dict; `evaluation.fidelity.report` feeds them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -140,7 +141,7 @@ def ground_truth_metrics(
 
 
 def group_metrics(
-    mask: np.ndarray, events: Events, preds: dict[str, np.ndarray | None], kl: np.ndarray | None
+    mask: np.ndarray, events: Events, preds: Mapping[str, np.ndarray | None], kl: np.ndarray | None
 ) -> dict[str, Any]:
     n = int(mask.sum())
     res: dict[str, Any] = {

@@ -465,6 +465,7 @@ class GPT2UserSimulator:
         fixed = torch.zeros(m, dtype=torch.long, device=dev)  # slots already decided
         todo = torch.arange(m, device=dev)  # local indices still decoding
         w0 = 0  # first block position recomputed this round
+        loc: torch.Tensor | slice
         while len(todo):
             whole = len(todo) == m
             if whole:  # first round

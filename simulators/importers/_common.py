@@ -192,19 +192,21 @@ def read_table(path: str | Path) -> pd.DataFrame:
     raise ImportFormatError(f"{path}: unknown file type (expected .csv, .csv.gz or .parquet)")
 
 
-def session_numbers(users: Sequence[str], times: np.ndarray, gap_seconds: float) -> np.ndarray:
+def session_numbers(
+    users: Sequence[str] | np.ndarray, times: np.ndarray, gap_seconds: float
+) -> np.ndarray:
     """Per-row session number within its user, for rows sorted by (user, time).
 
     A row starts a new session when its user differs from the previous row's, or when it comes
     strictly more than `gap_seconds` after the previous row.
     """
-    users = np.asarray(users, dtype=object)
+    user_arr = np.asarray(users, dtype=object)
     times = np.asarray(times, dtype=float)
-    n = len(users)
+    n = len(user_arr)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     new_user = np.ones(n, dtype=bool)
-    new_user[1:] = users[1:] != users[:-1]
+    new_user[1:] = user_arr[1:] != user_arr[:-1]
     new_session = new_user.copy()
     new_session[1:] |= (times[1:] - times[:-1]) > gap_seconds
     counter = np.cumsum(new_session)

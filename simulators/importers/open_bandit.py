@@ -61,6 +61,7 @@ def _find(directory: Path, policy: str, campaign: str | None) -> tuple[Path, Pat
     ]
     if len(here) > 1:
         raise ValueError(f"{directory}: several campaigns here, pick one with --campaign")
+    found: Path | None
     if here:
         found = here[0]
     else:

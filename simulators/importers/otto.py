@@ -132,7 +132,7 @@ def import_otto(path: str | Path, session_gap_minutes: float | None = None) -> I
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    records = []
+    records: list[dict[str, object]] = []
     for key, _line, events in _events(p):
         events = sorted(events, key=lambda e: e[0])  # stable: file order among equal ts
         groups: dict[int, dict[str, int]] = {}

@@ -277,7 +277,12 @@ class CachedAttention(Attention):
             while hi < b and hi + 1 - lo <= rows_for(length(hi)):
                 hi += 1
             nb = length(hi - 1)
-            idx = order[lo:hi]
+            block_rows = order[lo:hi]
+            small = dense and 4 * (hi - lo) <= rows_for(nb)  # runs in float32 (MKL), unpadded
+            m = rows_for(nb) if dense and not small else hi - lo
+            if m > hi - lo:  # dense only
+                block_rows = torch.cat([block_rows, block_rows[-1:].expand(m - (hi - lo))])
+            idx: torch.Tensor | slice = block_rows
             first = order_list[lo]
             if (
                 not dense
@@ -285,10 +290,6 @@ class CachedAttention(Attention):
                 and order_list[lo:hi] == list(range(first, first + hi - lo))
             ):
                 idx = slice(first, first + hi - lo)  # float32: attend over a view, no copy
-            small = dense and 4 * (hi - lo) <= rows_for(nb)  # runs in float32 (MKL), unpadded
-            m = rows_for(nb) if dense and not small else hi - lo
-            if m > hi - lo:
-                idx = torch.cat([idx, idx[-1:].expand(m - (hi - lo))])
             keys = torch.arange(nb, device=dev)
             bias_dtype = torch.float32 if small else dtype
             bias = torch.zeros(len(positions[idx]), 1, t, nb, dtype=bias_dtype, device=dev)
@@ -337,6 +338,7 @@ class CachedAttention(Attention):
                 torch.bmm(p, vc[rows, :, :n].reshape(m * nh, n, hd), out=out)
                 continue
             # dense copies: bmm on CPU would otherwise copy (and transpose) the strided slices
+            assert isinstance(rows, torch.Tensor)  # a row-index block has cache-row indices
             kb = self._kb[: m * nh * n * hd].view(m, nh, n, hd)
             vb = self._vb[: m * nh * n * hd].view(m, nh, n, hd)
             torch.index_select(kc[:, :, :n], 0, rows, out=kb)

@@ -12,11 +12,13 @@ linear (+GELU) instead of MKL's GEMM, with shapes bucketed (`simulators.lm.kerne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from simulators.lm.attention import Attention
 from simulators.lm.backbone import Backbone
@@ -36,6 +38,7 @@ def make_gpt2_config(size: str, vocab_size: int, context_length: int) -> GPT2Con
     """A GPT2Config of a named size for our vocabulary, untied head, no dropout."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown --size {size!r}; allowed: {sorted(MODEL_SIZES)}")
+    shape = MODEL_SIZES[size]
     return GPT2Config(
         vocab_size=vocab_size,
         n_positions=context_length,
@@ -46,7 +49,9 @@ def make_gpt2_config(size: str, vocab_size: int, context_length: int) -> GPT2Con
         bos_token_id=BOS,
         eos_token_id=LEAVE,
         pad_token_id=PAD,
-        **MODEL_SIZES[size],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        n_embd=shape["n_embd"],
     )
 
 
@@ -87,6 +92,11 @@ class GPT2Backbone(Backbone):
         """n_positions."""
         return int(self.config.n_positions)
 
+    @property
+    def _blocks(self) -> Sequence[GPT2Block]:
+        """The transformer blocks (`transformer.h`, a ModuleList typed as holding Modules)."""
+        return cast("Sequence[GPT2Block]", self.lm.transformer.h)
+
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """wte(input_ids)."""
         return self.lm.transformer.wte(input_ids)
@@ -104,7 +114,7 @@ class GPT2Backbone(Backbone):
         nh = self.n_head
         h = (x + tr.wpe(position_ids)).reshape(b * t, d)
         fast = self._fast_linears(h)
-        for layer, block in enumerate(tr.h):
+        for layer, block in enumerate(self._blocks):
             a = block.ln_1(h)
             if fast is not None:
                 w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_out, b_out = fast[layer]
@@ -132,8 +142,7 @@ class GPT2Backbone(Backbone):
         if torch.is_grad_enabled() or h.device.type != "cpu" or not onednn_linear_ok(h.dtype):
             return None
         mods = [
-            (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)
-            for blk in self.lm.transformer.h
+            (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj) for blk in self._blocks
         ]
         params = [p for layer in mods for mod in layer for p in (mod.weight, mod.bias)]
         key = (h.dtype, *((id(p), p.data_ptr(), p._version) for p in params))

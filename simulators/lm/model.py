@@ -126,6 +126,13 @@ class UserLM(nn.Module):
         item_category: (N,) category index of every item (needed with `session_summary`).
     """
 
+    # Buffers (registered in __init__ / add_session_summary).
+    item_features: torch.Tensor
+    item_text: torch.Tensor
+    item_known: torch.Tensor
+    output_ids: torch.Tensor
+    item_category: torch.Tensor
+
     def __init__(
         self,
         backbone: Backbone,

@@ -453,31 +453,7 @@ def _load_init_sim(cfg: TrainConfig, data: SessionData, logs: InteractionLogs) -
     """The checkpoint of `--init-sim`, checked against the logs it is to continue on."""
     if cfg.base_model:
         raise ValueError("--init-sim and --base-model are exclusive: pick one starting point")
-    sim = GPT2UserSimulator.from_pretrained(cfg.init_sim)
-    if sim.tokenizer.to_dict() != data.tokenizer.to_dict():
-        raise ValueError(
-            f"--init-sim {cfg.init_sim}: its vocabulary (profile tokens, {sim.num_items} items) "
-            f"differs from the logs' ({data.tokenizer.num_items} items); continue only on logs "
-            "of the same catalog and profile fields"
-        )
-    ids = [str(i) for i in sim.items_table()["item_id"]]
-    if ids != [str(i) for i in logs.items["item_id"]]:
-        raise ValueError(f"--init-sim {cfg.init_sim}: its catalog's item ids differ from the logs'")
-    return sim
-
-
-def _summary_writer(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but keep training alive without it
-        return None
-    return SummaryWriter(str(path))
-
-
-def _load_init_sim(cfg: TrainConfig, data: SessionData, logs: InteractionLogs) -> GPT2UserSimulator:
-    """The checkpoint of `--init-sim`, checked against the logs it is to continue on."""
-    if cfg.base_model:
-        raise ValueError("--init-sim and --base-model are exclusive: pick one starting point")
+    assert cfg.init_sim is not None  # called only with --init-sim
     sim = GPT2UserSimulator.from_pretrained(cfg.init_sim)
     if sim.tokenizer.to_dict() != data.tokenizer.to_dict():
         raise ValueError(
