@@ -173,8 +173,10 @@ class EnvView:
 
 
 def env_view(env: Any) -> EnvView:
-    """The simulators, rows, config and spaces behind a single env, a native vector env (or a
-    wrapper of either), our SB3 `SlateVecEnv`, or an SB3 `DummyVecEnv` of single envs.
+    """The simulators, rows, config and spaces behind an env.
+
+    The env is a single env, a native vector env (or a wrapper of either), our SB3
+    `SlateVecEnv`, or an SB3 `DummyVecEnv` of single envs.
 
     Raises:
         ValueError: no simulator can be reached (e.g. a subprocess VecEnv).

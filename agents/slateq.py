@@ -122,8 +122,10 @@ def slateq_target(
 
     Args:
         rewards: (n,) reward of the consumed item (0 for the null item).
-        next_s_no_click / next_s: choice scores at s' of ⊥ and of A''s items.
-        next_q_no_click / next_q: Q̄ at s' of ⊥ and of A''s items.
+        next_s_no_click: (n,) choice score at s' of ⊥.
+        next_s: (n, k) choice scores at s' of A''s items.
+        next_q_no_click: (n,) Q̄ at s' of ⊥.
+        next_q: (n, k) Q̄ at s' of A''s items.
         terminated: (n,) bool, the session ended (no bootstrap).
         gamma: discount.
 

@@ -22,8 +22,10 @@ from simulators.parametric import ParametricUserModel, WorldConfig
 def compare_rates(
     ckpt: str | Path, users: int = 5000, seed: int = 424242, policy: str | None = None
 ) -> dict:
-    """Click rate, buy rate, session length and per-position click rate: world vs simulator,
-    under `policy` (default: the training logs' policy)."""
+    """Click rate, buy rate, session length and per-position click rate: world vs simulator.
+
+    Both are rolled out under `policy` (default: the training logs' policy).
+    """
     sim = GPT2UserSimulator.from_pretrained(ckpt, capacity=1024)
     training = sim.extra.get("training", {})
     policy = policy or training.get("log_meta", {}).get("policy") or "mixed"

@@ -156,8 +156,10 @@ def _load(cfg: SpeedConfig, capacity: int) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _random_network(sim: str | None, size: str, seed: int) -> tuple[Any, Any]:
-    """The checkpoint and a seeded random network of a named size for its catalog (built once
-    per run; each batch size wraps the same module)."""
+    """The checkpoint and a seeded random network of a named size for its catalog.
+
+    Built once per run; each batch size wraps the same module.
+    """
     from simulators.gpt2_user import build_user_lm, load_batched_simulator
 
     ckpt = load_batched_simulator(sim)
@@ -257,9 +259,9 @@ def vector_env_user_steps_per_second(
     fixed_actions: bool = False,
     **kwargs: Any,
 ) -> np.ndarray:
-    """User-steps per [wall, CPU] second of `gym.make_vec(env_id, num_envs,
-    vectorization_mode="vector_entry_point")`.
+    """User-steps per [wall, CPU] second of a native vector env of `env_id`.
 
+    The env is `gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point")`.
     Actions are random valid slates (distinct candidates), drawn before timing, or the first
     slate_size candidates every step with fixed_actions.
     """
@@ -291,8 +293,10 @@ def vector_env_user_steps_per_second(
 
 # ------------------------------------------------------------------------------- history sweep
 def refill_period(sim: Any, k: int) -> tuple[int, int]:
-    """(first step that refills, steps between refills) of the sliding window for slate size k;
-    (-1, 0) for a recency-attention simulator, which never refills."""
+    """(first step that refills, steps between refills) of the sliding window for slate size k.
+
+    (-1, 0) for a recency-attention simulator, which never refills.
+    """
     from simulators.tokenization import step_block_length
 
     if sim.window:
@@ -397,9 +401,11 @@ def history_sweep(
 
 
 def useful_flops(sim: Any, before: np.ndarray, after: np.ndarray, k: int) -> tuple[float, float]:
-    """Matmul FLOPs a step must do, from the cache lengths before and after it: the block's
-    tokens, plus the re-encoded window of rows that were refilled, each token's projections and
-    MLP plus attention over its causal length (no padding, no speculative re-runs).
+    """Matmul FLOPs a step must do, from the cache lengths before and after it.
+
+    Counted: the block's tokens, plus the re-encoded window of rows that were refilled, each
+    token's projections and MLP plus attention over its causal length (no padding, no
+    speculative re-runs).
 
     Returns:
         (FLOPs, tokens).
@@ -420,8 +426,10 @@ def useful_flops(sim: Any, before: np.ndarray, after: np.ndarray, k: int) -> tup
 
 
 def useful_flops_ring(sim: Any, steps_before: np.ndarray, k: int) -> tuple[float, float]:
-    """`useful_flops` of a recency-attention simulator: every query of the block attends to the
-    profile, the min(steps, window) earlier steps of its ring and its own block causally.
+    """`useful_flops` of a recency-attention simulator.
+
+    Every query of the block attends to the profile, the min(steps, window) earlier steps of
+    its ring and its own block causally.
 
     Returns:
         (FLOPs, tokens).
@@ -441,8 +449,11 @@ def useful_flops_ring(sim: Any, steps_before: np.ndarray, k: int) -> tuple[float
 def matmul_peak(
     device: str, dtype: str, reps: int, clock: _Clock, small: bool = False
 ) -> tuple[np.ndarray, str]:
-    """Best FLOP per [wall, CPU] second of a large square matmul in dtype: torch.mm, and
-    oneDNN's linear on CPU; and the name of the kernel with the best wall-clock rate."""
+    """Best FLOP per [wall, CPU] second of a large square matmul in dtype, and the best kernel.
+
+    The kernels are torch.mm, and oneDNN's linear on CPU; the name returned is that of the
+    kernel with the best wall-clock rate.
+    """
     dt = getattr(torch, dtype)
     n = 256 if small else 2048 if device == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=dt)

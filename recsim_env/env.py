@@ -121,8 +121,11 @@ def make_parametric_simulator(world: Any = None, capacity: int = 1) -> UserSimul
 def make_llm_simulator(
     simulator: Any = None, device: str = "cpu", dtype: str = "float32", capacity: int = 1
 ) -> UserSimulator:
-    """The simulator of LLMUserSim-v0: the embedded default (None), a checkpoint directory, or
-    any object implementing `simulators.base.UserSimulator` (used as it is)."""
+    """The simulator of LLMUserSim-v0.
+
+    The embedded default (None), a checkpoint directory, or any object implementing
+    `simulators.base.UserSimulator` (used as it is).
+    """
     from simulators.gpt2_user import load_batched_simulator
 
     return load_batched_simulator(simulator, device=device, dtype=dtype, capacity=capacity)

@@ -1,6 +1,7 @@
-"""The episode runner: one episode per user, user i seeded seed + i, shared by everything that
-plays whole episodes (the benchmark, the fidelity report's ranking, SB3 evaluation, the
-popularity counts).
+"""The episode runner: one episode per user, user i seeded seed + i.
+
+It is shared by everything that plays whole episodes (the benchmark, the fidelity report's
+ranking, SB3 evaluation, the popularity counts).
 
 `run_episodes` plays `users` users through a native vector env in DISABLED autoreset mode: row r
 starts with user r, and as soon as a row's user leaves (or hits the step limit) the row is reset

@@ -66,8 +66,10 @@ class SlateUserVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Reset every row (or the rows of `options["reset_mask"]`); row i is seeded with
-        seed + i (or seed[i]); None keeps each row's own random stream."""
+        """Reset every row (or the rows of `options["reset_mask"]`).
+
+        Row i is seeded with seed + i (or seed[i]); None keeps each row's own random stream.
+        """
         mask = None if options is None else options.get("reset_mask")
         if mask is None:
             rows = self._all

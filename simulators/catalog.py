@@ -48,8 +48,11 @@ def item_feature_matrix(items: pd.DataFrame) -> np.ndarray:
 
 
 def item_category_index(items: pd.DataFrame) -> np.ndarray:
-    """(num_items,) int64 index of each item's category among the sorted categories (the order
-    of `item_feature_matrix`'s one-hot block); all 0 when the table has no category column."""
+    """(num_items,) int64 index of each item's category among the sorted categories.
+
+    The order is that of `item_feature_matrix`'s one-hot block; all 0 when the table has no
+    category column.
+    """
     if "category" not in items.columns:
         return np.zeros(len(items), dtype=np.int64)
     cats = items["category"].fillna("").astype(str)

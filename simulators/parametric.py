@@ -314,8 +314,10 @@ class ParametricUserModel:
         self.fatigue[rows] = 0.0
 
     def _slot_params(self, rows: np.ndarray, slates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Choice probabilities P_j (B, k) (MNL incl. no-click) and, per deeper level, the
-        probability of reaching it from the level before (B, k, R - 2)."""
+        """Choice probabilities P_j (B, k) (MNL incl. no-click) and deeper-level probabilities.
+
+        Per deeper level: the probability of reaching it from the level before (B, k, R - 2).
+        """
         cfg = self.config
         k = slates.shape[1]
         topic = self.item_topic[slates]  # (B, k)
@@ -345,8 +347,10 @@ class ParametricUserModel:
 
     @staticmethod
     def _levels(engage: np.ndarray, deeper: np.ndarray) -> np.ndarray:
-        """Per-level probabilities (..., R) of a slot engaged with probability `engage` (...)
-        whose deeper levels follow with the conditional probabilities `deeper` (..., R - 2)."""
+        """Per-level probabilities (..., R) of a slot engaged with probability `engage` (...).
+
+        Its deeper levels follow with the conditional probabilities `deeper` (..., R - 2).
+        """
         out = [1.0 - engage]
         reach = engage
         for lvl in range(deeper.shape[-1]):

@@ -78,8 +78,11 @@ class EncodedSession:
 
 
 def summary_codes(clicks: np.ndarray, buys: np.ndarray) -> np.ndarray:
-    """Session-summary codes of per-category counts: 0 for nothing consumed (and for every
-    non-item token), else clicks and buys, each capped, combined into one index."""
+    """Session-summary codes of per-category counts.
+
+    0 for nothing consumed (and for every non-item token), else clicks and buys, each capped,
+    combined into one index.
+    """
     c = np.minimum(clicks, SUMMARY_CLICK_LEVELS - 1)
     b = np.minimum(buys, SUMMARY_BUY_LEVELS - 1)
     return (c * SUMMARY_BUY_LEVELS + b).astype(np.int64)
@@ -175,7 +178,8 @@ class SimTokenizer:
         """Encode one session (item indices per step, Response codes per step).
 
         `item_category` ((num_items,) category index per item) feeds the session-summary
-        channel; without it every item counts as one category."""
+        channel; without it every item counts as one category.
+        """
         pid, prole = self.prefix(profile)
         ids, roles, slots, items = (
             [pid],
@@ -276,8 +280,10 @@ class SimTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> SimTokenizer:
-        """Inverse of to_dict; checks the stored token list matches (a version-1 vocabulary,
-        without a behaviour set, has skip, click, buy)."""
+        """Inverse of to_dict; checks the stored token list matches.
+
+        A version-1 vocabulary, without a behaviour set, has skip, click, buy.
+        """
         version = d.get("format_version", 1)
         if version not in (1, VOCAB_FORMAT_VERSION):
             raise ValueError(

@@ -120,7 +120,8 @@ def precision_recall_f1(
     """Per-class precision, recall, F1 and support of predicted vs true class indices.
 
     Args:
-        y_true, y_pred: (n,) class indices in [0, len(labels)).
+        y_true: (n,) true class indices in [0, len(labels)).
+        y_pred: (n,) predicted class indices in [0, len(labels)).
         labels: class names, in index order.
     """
     y_true = np.asarray(y_true, dtype=np.int64)

@@ -30,9 +30,12 @@ DEFAULT_POLICIES: tuple[str, ...] = BASELINES
 
 
 def make_policy(name: Any, vec: Any, seed: int, counts: np.ndarray | None) -> Any:
-    """Build a policy for one env: a baseline name or SB3 spec (`agents.registry.make_agent`),
-    or an object with `predict` (used as is). Greedy reads the env's own simulator: the true
-    probabilities in the world, the simulator's own in the simulator."""
+    """Build a policy for one env.
+
+    The policy is a baseline name or SB3 spec (`agents.registry.make_agent`), or an object
+    with `predict` (used as is). Greedy reads the env's own simulator: the true probabilities
+    in the world, the simulator's own in the simulator.
+    """
     from agents.registry import make_agent
 
     if not isinstance(name, str):

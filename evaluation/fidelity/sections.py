@@ -108,8 +108,10 @@ def ground_truth_metrics(
 
     Args:
         events: held-out events.
-        sim_probs, true_probs: (n, 3) conditional response probabilities.
-        sim_leave, true_leave: (m,) leave probabilities (NaN where no decision was logged).
+        sim_probs: (n, 3) the simulator's conditional response probabilities.
+        true_probs: (n, 3) the world's conditional response probabilities.
+        sim_leave: (m,) the simulator's leave probabilities (NaN where no decision was logged).
+        true_leave: (m,) the world's leave probabilities (NaN where no decision was logged).
         context_probs: (n, 3) the world's probabilities given only what the simulator's context
             window shows (`world_replay(..., spans=context_spans(...))`), for the context floor.
         context_mask: (n,) bool, events whose window lacks earlier steps of the session.
@@ -143,6 +145,14 @@ def ground_truth_metrics(
 def group_metrics(
     mask: np.ndarray, events: Events, preds: Mapping[str, np.ndarray | None], kl: np.ndarray | None
 ) -> dict[str, Any]:
+    """Click rate, each source's click AUC and (with kl) the mean KL on the events of a group.
+
+    Args:
+        mask: (n,) bool, the events of the group.
+        events: held-out events.
+        preds: (n,) click probabilities per source (None: the source is missing).
+        kl: (n,) KL(true || sim) per event, or None without a world.
+    """
     n = int(mask.sum())
     res: dict[str, Any] = {
         "events": n,

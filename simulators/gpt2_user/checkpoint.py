@@ -213,8 +213,11 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def load_batched_simulator(
     simulator: Any = None, device: str = "cpu", dtype: str = "float32", capacity: int = 1
 ) -> Any:
-    """The embedded default (None or 'default'), a checkpoint directory, or an existing
-    simulator object (any `simulators.base.UserSimulator`; its capacity is grown)."""
+    """A batched simulator from `simulator` with rows 0..capacity-1 usable.
+
+    `simulator` is the embedded default (None or 'default'), a checkpoint directory, or an
+    existing simulator object (any `simulators.base.UserSimulator`; its capacity is grown).
+    """
     if simulator is None or (isinstance(simulator, str) and simulator == "default"):
         simulator = DEFAULT_SIMULATOR_DIR
     if isinstance(simulator, (str, Path)):

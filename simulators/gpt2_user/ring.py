@@ -62,8 +62,10 @@ class RingLayout:
     def bias(
         self, steps: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[int, torch.Tensor]:
-        """Attended length n and bias (R, H, t, n) of queries at cache `positions` (R, t) of
-        rows at step `steps` (R,) (see `window_bias`)."""
+        """Attended length n and bias (R, H, t, n) of queries at cache `positions` (R, t).
+
+        The rows are at step `steps` (R,) (see `window_bias`).
+        """
         n = self.length(steps)
         key_steps, key_offset = self.key_steps(steps, n)
         q_offset = (positions - self.prefix) % self.block  # (R, t)
@@ -75,9 +77,11 @@ class RingLayout:
     def past_bias(
         self, steps: torch.Tensor, t: int, dtype: torch.dtype
     ) -> tuple[int, torch.Tensor]:
-        """Attended length n and bias (R, H, t, n) of t scratch queries of the *next* step of
-        rows at step `steps`: every step written so far within the window, never the slot
-        the next step would overwrite (candidate scoring)."""
+        """Attended length n and bias (R, H, t, n) of t scratch queries of the *next* step.
+
+        The rows are at step `steps`; the queries see every step written so far within the
+        window, never the slot the next step would overwrite (candidate scoring).
+        """
         n = self.length(steps)
         key_steps, _ = self.key_steps(steps, n)
         past_ok = (key_steps < steps[:, None])[:, None, :].expand(len(steps), t, n)

@@ -141,17 +141,23 @@ class GPT2UserSimulator:
         return torch.where(known, self._item_base + items, unk)
 
     def summary_codes(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Session-summary codes (R, k) of items (R, k) for cache rows (R,): what each row
-        consumed of each item's category so far (see `simulators.tokenization.summary_codes`)."""
+        """Session-summary codes (R, k) of items (R, k) for cache rows (R,).
+
+        What each row consumed of each item's category so far (see
+        `simulators.tokenization.summary_codes`).
+        """
         got = self.consumed[rows[:, None], self.model.item_category[items]].long()
         return got[..., 0] * SUMMARY_BUY_LEVELS + got[..., 1]
 
     # --------------------------------------------------------------------------- state
     def cache_positions(self, slate_size: int | None = None) -> int:
-        """Positions a cache row holds: the whole context, or with recency attention only the
-        profile and the ring of window + 1 step blocks, 4x less at the default's context
-        (the ring's block length follows the slate size: the given one, else the one of the
-        running sessions; before any step only the profile is held)."""
+        """Positions a cache row holds.
+
+        The whole context, or with recency attention only the profile and the ring of
+        window + 1 step blocks, 4x less at the default's context (the ring's block length
+        follows the slate size: the given one, else the one of the running sessions; before
+        any step only the profile is held).
+        """
         if not self.window:
             return self.sim_config.context_length
         if slate_size is not None:
@@ -179,9 +185,11 @@ class GPT2UserSimulator:
         """Session summary of every row: (clicks, buys) per category so far, capped."""
 
     def _fit_ring(self) -> None:
-        """Resize the cache's position axis to the ring's block length, keeping every row's
-        contents (runs when the first step fixes the block length, or a new slate size
-        changes it between sessions)."""
+        """Resize the cache's position axis to the ring's block length.
+
+        Every row's contents are kept. Runs when the first step fixes the block length, or a
+        new slate size changes it between sessions.
+        """
         c = self.cache_positions()
         if self.cache is None or self.cache.context == c:
             return
@@ -215,8 +223,10 @@ class GPT2UserSimulator:
 
     # --------------------------------------------------------------------------- hot path
     def count_flops(self, rows: int, t: int, attended: float) -> None:
-        """Add the matmul FLOPs of a forward of `rows` x `t` tokens (attended: keys summed
-        over queries) to `stats`."""
+        """Add the matmul FLOPs of a forward of `rows` x `t` tokens to `stats`.
+
+        `attended` is the number of attended keys summed over the queries.
+        """
         bb = self.model.backbone
         d, nl = bb.hidden_size, bb.n_layer
         self.stats["tokens"] += rows * t
@@ -371,8 +381,11 @@ class GPT2UserSimulator:
         uniforms: np.ndarray | None = None,
         forced_responses: np.ndarray | None = None,
     ) -> StepOutcome:
-        """What `step` would return, without advancing anything (the next real step overwrites
-        the scratch positions). Without uniforms the responses are drafted as skips (forced)."""
+        """What `step` would return, without advancing anything.
+
+        The next real step overwrites the scratch positions. Without uniforms the responses are
+        drafted as skips (forced).
+        """
         if uniforms is None and forced_responses is None:
             forced_responses = np.zeros(np.shape(slates), dtype=np.int64)
         return self._decode(rows, slates, uniforms, forced_responses, None, peek=True)
@@ -416,8 +429,10 @@ class GPT2UserSimulator:
         forced_leave: np.ndarray | None,
         peek: bool,
     ) -> StepOutcome:
-        """`step` (peek=False) or the same probabilities without advancing (peek=True: the
-        next real step overwrites the scratch positions)."""
+        """`step` (peek=False) or the same probabilities without advancing (peek=True).
+
+        With peek=True the next real step overwrites the scratch positions.
+        """
         rows_np = np.asarray(rows, dtype=np.int64)
         slates_np = np.asarray(slates, dtype=np.int64)
         nb, k = slates_np.shape
@@ -527,9 +542,11 @@ class GPT2UserSimulator:
         return StepOutcome(responses_np, probs_np, leave, leave_prob_np)
 
     def _check_ring(self, block: int, peek: bool) -> None:
-        """Fix the ring's block length at the first step; a different slate size later is an
-        error while sessions of the old one are under way (a peek at a shorter slate fits its
-        slot and is fine)."""
+        """Fix the ring's block length at the first step.
+
+        A different slate size later is an error while sessions of the old one are under way
+        (a peek at a shorter slate fits its slot and is fine).
+        """
         need = self.prefix_length + (self.window + 1) * block
         if need > self.sim_config.context_length:
             raise ValueError(
@@ -557,8 +574,10 @@ class GPT2UserSimulator:
         first_step: torch.Tensor,
         state_rows: torch.Tensor,
     ) -> TokenBlock:
-        """The step's tokens (R, 1 + 3k) in five channels (see SimTokenizer.encode_session)
-        for cache rows `state_rows` (R,)."""
+        """The step's tokens (R, 1 + 3k) in five channels for cache rows `state_rows` (R,).
+
+        The channels are those of SimTokenizer.encode_session.
+        """
         r, k = slate.shape
         dev = self.device
         item_tok = self.item_tokens(slate)  # (R, k)
@@ -579,9 +598,11 @@ class GPT2UserSimulator:
     def _record_consumption(
         self, rows: torch.Tensor, slate: torch.Tensor, responses: torch.Tensor
     ) -> None:
-        """Add a step's clicks and buys to its rows' session summary, capped where
-        `summary_codes` caps them (accumulating, since a sampled slate may hold two clicks of
-        one category)."""
+        """Add a step's clicks and buys to its rows' session summary.
+
+        The counts are capped where `summary_codes` caps them (accumulating, since a sampled
+        slate may hold two clicks of one category).
+        """
         r_idx, j_idx = torch.nonzero(responses != SKIP, as_tuple=True)
         if len(r_idx) == 0:
             return

@@ -25,8 +25,10 @@ from simulators.lm.cache import StaticKVCache
 
 
 def recency_slopes(n_head: int) -> torch.Tensor:
-    """Per-head attention penalty per step of distance (recency attention): 1, 1/2, 1/4, ...
-    and 0 for the last head, which weighs its whole window by content alone."""
+    """Per-head attention penalty per step of distance (recency attention).
+
+    1, 1/2, 1/4, ... and 0 for the last head, which weighs its whole window by content alone.
+    """
     return torch.tensor([2.0**-h for h in range(n_head - 1)] + [0.0])
 
 
@@ -47,6 +49,7 @@ def window_bias(
         allowed: bool (B, T, S), what the mask allows before the window (causality, sessions).
         window: steps before a query's own step it may attend to.
         slopes: (H,) penalty per step of distance.
+        dtype: dtype of the bias.
     """
     dist = query_steps[:, :, None] - key_steps[:, None, :]
     profile = (key_steps == -1)[:, None, :]
@@ -57,8 +60,10 @@ def window_bias(
 
 
 class Attention:
-    """Attention of one transformer call: `(layer, q, k, v) -> (B * T, H * hd)`, with q, k, v
-    of shape (B, T, H, hd) (see the module docstring)."""
+    """Attention of one transformer call: `(layer, q, k, v) -> (B * T, H * hd)`.
+
+    q, k and v have shape (B, T, H, hd) (see the module docstring).
+    """
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -68,8 +73,9 @@ class Attention:
 
 
 class FullAttention(Attention):
-    """Self-attention over the call's own tokens (packed training, parity checks); a mask of
-    None means plain causal attention (the fused kernels skip the masked blocks).
+    """Self-attention over the call's own tokens (packed training, parity checks).
+
+    A mask of None means plain causal attention (the fused kernels skip the masked blocks).
 
     Args:
         mask: bool (B, 1, T, T) (True: may attend) or an additive float bias (B, H, T, T).
@@ -147,8 +153,9 @@ _CUDA_INFERENCE_SDPA = [
 
 
 def causal_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal self-attention (B, H, T, hd) by blocks of rows with bmm: in bfloat16 on CPU about
-    1.7x faster than the fused SDPA kernel at T ~ 200, hd 32.
+    """Causal self-attention (B, H, T, hd) by blocks of rows with bmm.
+
+    In bfloat16 on CPU this is about 1.7x faster than the fused SDPA kernel at T ~ 200, hd 32.
 
     Every block has the same number of rows (the last one overlaps the previous; its rows are
     computed twice, identically) so that oneDNN builds one kernel per T, not one per batch size;
@@ -173,8 +180,10 @@ def causal_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
 
 
 class FreshRowsAttention(FullAttention):
-    """Rows encoded from position 0: write their keys/values, attend over the new tokens
-    (causally when mask is None)."""
+    """Rows encoded from position 0: write their keys/values, attend over the new tokens.
+
+    The attention is causal when mask is None.
+    """
 
     def __init__(
         self,
@@ -230,6 +239,7 @@ class CachedAttention(Attention):
         mask: torch.Tensor | None,
         row_offset: int = 0,
     ) -> None:
+        """Plan the attention: the mask on CUDA, blocks of rows of similar length on CPU."""
         self.cache, self.n, self.rows, self.offset = cache, n, rows, row_offset
         self.index = cache.flat_index(positions, rows, row_offset)
         b, t = positions.shape
@@ -356,9 +366,10 @@ class CachedAttention(Attention):
 
 
 class WindowedCachedAttention(Attention):
-    """New tokens of some cache rows attend over the first n cached positions under an additive
-    bias (B, H, T, n): the recency-attention ring, where which keys a query sees and how far
-    back they lie is given by the bias, not by the order of the positions.
+    """New tokens of some cache rows attend over the first n cached positions under a bias.
+
+    The additive bias is (B, H, T, n): the recency-attention ring, where which keys a query
+    sees and how far back they lie is given by the bias, not by the order of the positions.
 
     On CPU, rows run in blocks of equal size (the last block overlaps the one before; its rows
     are computed twice, identically) through `bmm -> softmax -> bmm`; bfloat16 matmuls build a
@@ -374,6 +385,7 @@ class WindowedCachedAttention(Attention):
         bias: torch.Tensor,
         row_offset: int = 0,
     ) -> None:
+        """Keep the cache, rows and bias; compute where the new keys/values are written."""
         self.cache, self.n, self.rows, self.offset, self.bias = cache, n, rows, row_offset, bias
         self.index = cache.flat_index(positions, rows, row_offset)
         self.scale = cache.head_dim**-0.5
@@ -424,9 +436,11 @@ class WindowedCachedAttention(Attention):
 
 
 class ScratchAttention(Attention):
-    """Tokens that read cached rows but are never written: each query sees the first n cached
-    positions of its row and the call's own tokens, as `mask` allows (candidate scoring: every
-    candidate attends to the user's history and to its own tokens only).
+    """Tokens that read cached rows but are never written.
+
+    Each query sees the first n cached positions of its row and the call's own tokens, as
+    `mask` allows (candidate scoring: every candidate attends to the user's history and to its
+    own tokens only).
 
     Args:
         cache: the cache.

@@ -60,8 +60,10 @@ class Backbone(nn.Module):
     def forward(
         self, x: torch.Tensor, position_ids: torch.Tensor, attend: Attention
     ) -> torch.Tensor:
-        """Final hidden states (B, T, d) of input embeddings x (B, T, d) at position_ids (B, T),
-        every layer's attention computed by `attend(layer, q, k, v)`."""
+        """Final hidden states (B, T, d) of input embeddings x (B, T, d) at position_ids (B, T).
+
+        Every layer's attention is computed by `attend(layer, q, k, v)`.
+        """
         raise NotImplementedError
 
     def head_weight(self) -> torch.Tensor:
@@ -92,8 +94,10 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, vocab_size: int) -> Backbone:
-        """Pretrained weights with the token embeddings resized to `vocab_size` (an untied
-        head, so the user's outputs learn apart from the inputs)."""
+        """Pretrained weights with the token embeddings resized to `vocab_size`.
+
+        The head is untied, so the user's outputs learn apart from the inputs.
+        """
         raise NotImplementedError
 
 

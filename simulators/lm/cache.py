@@ -39,8 +39,11 @@ class StaticKVCache:
     def flat_index(
         self, positions: torch.Tensor, rows: torch.Tensor | None, row_offset: int = 0
     ) -> torch.Tensor:
-        """Indices into the flat per-layer view of positions (B, T) of cache rows `rows` (rows
-        row_offset.. in order if None): (B * T * H,) in (b, t, h) order."""
+        """Indices into the flat per-layer view of positions (B, T) of cache rows `rows`.
+
+        `rows` None means rows row_offset.. in order. The indices are (B * T * H,) in (b, t, h)
+        order.
+        """
         b, _ = positions.shape
         r = (
             torch.arange(row_offset, row_offset + b, device=positions.device)

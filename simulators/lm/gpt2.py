@@ -174,8 +174,11 @@ class GPT2Backbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, vocab_size: int) -> GPT2Backbone:
-        """Pretrained GPT-2 ('gpt2', a hub name, or a local directory), embeddings resized to
-        the simulator's vocabulary and the head untied (a copy of the pretrained one)."""
+        """Pretrained GPT-2 ('gpt2', a hub name, or a local directory) for the simulator.
+
+        The embeddings are resized to the simulator's vocabulary and the head untied (a copy
+        of the pretrained one).
+        """
         lm = GPT2LMHeadModel.from_pretrained(str(path))
         lm.resize_token_embeddings(vocab_size)
         lm.config.tie_word_embeddings = False

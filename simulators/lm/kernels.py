@@ -33,7 +33,7 @@ def onednn_linear_ok(dtype: torch.dtype) -> bool:
 
 
 def padded_rows(m: int) -> int:
-    """m rounded up to one of about 8 sizes per octave (at most 12.5% more; multiples of 8)."""
+    """Round m up to one of about 8 sizes per octave (at most 12.5% more; multiples of 8)."""
     if m <= 64:
         return -(-m // 8) * 8
     g = 1 << (m.bit_length() - 4)
@@ -43,7 +43,7 @@ def padded_rows(m: int) -> int:
 def fused_linear(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False
 ) -> torch.Tensor:
-    """x @ w.T + b (w is (out, in)), optionally followed by the tanh GELU, in one oneDNN call.
+    """One oneDNN call: x @ w.T + b (w is (out, in)), optionally followed by the tanh GELU.
 
     oneDNN builds (and caches, with its JIT code and reordered weights) one kernel per input
     shape; padding the rows to `padded_rows` keeps the number of shapes small, so memory stays
@@ -62,8 +62,11 @@ def fused_linear(
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's tanh GELU; without autograd in float32, as x * sigmoid(2z) in place (the same
-    function, 0.5 * (1 + tanh(z)) = sigmoid(2z), about twice as fast on CPU)."""
+    """GPT-2's tanh GELU.
+
+    Without autograd in float32 it is computed as x * sigmoid(2z) in place (the same function,
+    0.5 * (1 + tanh(z)) = sigmoid(2z), about twice as fast on CPU).
+    """
     if torch.is_grad_enabled() or x.dtype != torch.float32:
         return F.gelu(x, approximate="tanh")
     c = 2.0 * math.sqrt(2.0 / math.pi)

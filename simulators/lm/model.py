@@ -179,8 +179,11 @@ class UserLM(nn.Module):
         return len(self.output_ids) - 2
 
     def add_session_summary(self, item_category: torch.Tensor) -> None:
-        """Switch the session-summary channel on: a zero-initialised embedding, so a trained
-        network computes the same function until training teaches it to use the channel."""
+        """Switch the session-summary channel on with a zero-initialised embedding.
+
+        A trained network thus computes the same function until training teaches it to use the
+        channel.
+        """
         if len(item_category) != len(self.item_features):
             raise ValueError(
                 f"item_category has {len(item_category)} entries for {len(self.item_features)} items"
@@ -231,12 +234,14 @@ class UserLM(nn.Module):
 
     @property
     def backbone_dtype(self) -> torch.dtype:
-        """dtype of the backbone's weights (float32, or bfloat16/float16 for inference)."""
+        """The dtype of the backbone's weights (float32, or bfloat16/float16 for inference)."""
         return self.backbone.head_weight().dtype
 
     def item_side(self) -> torch.Tensor:
-        """(num_items + 1, d) float32 side embeddings of every item (row 0: none), recomputed
-        whenever a weight they depend on changes."""
+        """(num_items + 1, d) float32 side embeddings of every item (row 0: none).
+
+        Recomputed whenever a weight they depend on changes.
+        """
         params = (self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text)
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._side_key != key or self._side is None:
@@ -327,6 +332,7 @@ def packed_loss(
     """Teacher-forced loss on packed rows: only the user's tokens (responses, cont/leave) count.
 
     Args:
+        model: the network.
         batch: (B, T) tensors input_ids, roles, slots, items, summary, position_ids, step_ids,
             segment_ids, target_kind, target (see simulators.tokenization).
 

@@ -82,8 +82,10 @@ def split_by_user(users: list[str], val_fraction: float, seed: int) -> np.ndarra
 
 
 def session_step_ids(s: EncodedSession) -> np.ndarray:
-    """Step index of every token of a session (-1 for BOS and the profile; the closing LEAVE
-    belongs to the last step): what recency attention measures distances in."""
+    """Step index of every token of a session: what recency attention measures distances in.
+
+    -1 for BOS and the profile; the closing LEAVE belongs to the last step.
+    """
     return np.searchsorted(s.step_start, np.arange(len(s.input_ids)), side="right") - 1
 
 
