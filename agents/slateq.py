@@ -20,6 +20,8 @@ The pure functions mirror RecSim's `slate_decomp_q_agent` (batched over users): 
 thin online learner around them: linear per-category models (the features of
 `agents.bandits.PairFeatures`) for the choice logits and for Q̄, fitted with Adam on a replay
 buffer at every `update`, a target copy of Q̄ synced each update, and epsilon-greedy slates.
+The functions and the learner stay in one module, as in RecSim: the learner is only their
+training loop, and both are read against the derivation above.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from evaluation.speed import peak_rss_mb, rss_mb
+from evaluation.speed_measurements import peak_rss_mb, rss_mb
 
 WARMUP_ENV_STEPS = 100
 """Upper bound of the warm-up, in env steps."""

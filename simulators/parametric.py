@@ -22,6 +22,9 @@ deeper level follows the one before it with the buy model's form and its own int
 (`funnel_bias` for the levels between click and the deepest, `buy_bias` for the deepest), so a
 world of skip, click, cart, buy is a config change. "buy" in the formulas above means the
 deepest level of a set of three or more; a click drifts interest once per level reached.
+
+The config, the state and the equations above stay in one module: the world is one model, and
+its code is checked against these formulas.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ Example:
     >>> write_report(res, "fidelity/report.md")  # doctest: +SKIP
 """
 
+from evaluation.fidelity.config import REQUIRED_KEYS, ValidateConfig
 from evaluation.fidelity.metrics import (
     binary_log_loss,
     expected_calibration_error,
@@ -19,7 +20,7 @@ from evaluation.fidelity.metrics import (
     roc_auc,
 )
 from evaluation.fidelity.render import write_report
-from evaluation.fidelity.report import REQUIRED_KEYS, ValidateConfig, run_validation
+from evaluation.fidelity.report import run_validation
 
 __all__ = [
     "REQUIRED_KEYS",

@@ -1,4 +1,8 @@
-"""The fidelity report as Markdown with PNG plots beside it (matplotlib, no display needed)."""
+"""The fidelity report as Markdown with PNG plots beside it (matplotlib, no display needed).
+
+One module, though long: the plots and the text render the same report dict section by section
+with the same number formatting, and a section's figure and its table change together.
+"""
 
 from __future__ import annotations
 

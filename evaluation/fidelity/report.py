@@ -1,20 +1,10 @@
 """The fidelity report: responses, sessions, ground truth, policy ranking, sim-to-real.
 
 `run_validation(ValidateConfig(...))` returns one JSON-ready dict (see `REQUIRED_KEYS`);
-`evaluation.fidelity.render.write_report` turns it into Markdown with plots.
-
-Where the held-out events come from:
-
-- No `logs`: fresh users of the ground-truth world (`generate(users, policy, seed)` with a seed
-  the simulator's training logs did not use), logged with the training logs' policy (the
-  default's: 'mixed'). Every held-out user is a cold user. The baselines are fitted on
-  `baseline_users` further fresh users (seed + 1) of the same world and policy, standing in for
-  the simulator's training part (its logs are not shipped with the checkpoint).
-- `logs` that the checkpoint was trained on (same meta.json): the users train-sim held out for
-  validation (same split) are the held-out (cold) users; the others are the training part
-  (baselines; a sample of them are the warm users).
-- Other `logs`: every user is held out; baselines are fitted on fresh world users when the
-  logs come from a world, else skipped.
+`evaluation.fidelity.render.write_report` turns it into Markdown with plots. The inputs (the
+simulator, the world, the held-out logs and where they come from) are gathered by
+`evaluation.fidelity.inputs.setup_run`; each section below reads that run, and `run_validation`
+runs them in order and assembles the document.
 
 The ground-truth section (KL, oracle AUC, policy ranking, sim-to-real) needs a world: the
 logs' world, the checkpoint's training world, `default`, or a WorldConfig JSON file.
@@ -22,26 +12,28 @@ logs' world, the checkpoint's training world, `default`, or a WorldConfig JSON f
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evaluation.fidelity import metrics as M
+from evaluation.fidelity.config import (
+    DEFAULT_HELDOUT_SEED,
+    KL_FLOOR_NOTE,
+    REQUIRED_KEYS,
+    TARGETS,
+    ValidateConfig,
+)
 from evaluation.fidelity.events import (
     Events,
     align_items,
     build_events,
     context_spans,
-    select_users,
     teacher_forced,
     world_replay,
 )
-from evaluation.fidelity.ranking import DEFAULT_POLICIES
+from evaluation.fidelity.inputs import ValidationRun, setup_run
 from evaluation.fidelity.sections import (
     click_probability,
     ground_truth_metrics,
@@ -51,268 +43,9 @@ from evaluation.fidelity.sections import (
     response_metrics,
     session_metrics,
 )
-from simulators.logs import InteractionLogs
 
-log = logging.getLogger(__name__)
-
-DEFAULT_HELDOUT_SEED = 99991
-REQUIRED_KEYS: tuple[str, ...] = (
-    "click_auc",
-    "oracle_click_auc",
-    "buy_auc",
-    "click_logloss",
-    "ece_click",
-    "kl_per_slot",
-    "kl_floor",
-    "floor_click_auc",
-    "session_length_ks",
-    "kendall_tau",
-    "policy_returns",
-    "sim2real_ratio",
-)
-TARGETS: dict[str, tuple[str, float]] = {
-    "kl_per_slot": ("<=", 0.02),
-    "click_auc_gap": ("<=", 0.01),
-    "ece_click": ("<=", 0.01),
-    "session_length_ks": ("<=", 0.05),
-    "kendall_tau": (">=", 1.0),
-    "sim2real_ratio": (">=", 0.9),
-}
-"""The issue's targets for the embedded default (click_auc_gap = oracle AUC - sim AUC)."""
-KL_FLOOR_NOTE = (
-    "The ground-truth world is identifiable: a user's initial interests are a deterministic "
-    "function of the profile (no hidden draws), and drift and fatigue are deterministic "
-    "functions of the slates shown and the responses given, all of which the simulator reads. "
-    "A predictor that knows the world's equations therefore reproduces the true probabilities "
-    "exactly: kl_floor = 0 and floor_click_auc = oracle_click_auc. The one limit is the "
-    "context: a session longer than the simulator's context is read through its sliding window "
-    "(profile + recent steps), which forgets older drift; kl_floor_context and "
-    "floor_context_click_auc measure that floor (the world's equations fed only what the "
-    "window shows) and events_beyond_context the share of events it concerns."
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ValidateConfig:
-    """Settings of `llm-usersim validate`."""
-
-    sim: str | None = None
-    """Simulator checkpoint directory (None: the embedded default)."""
-    logs: str | None = None
-    """Log directory to validate on (None: fresh held-out users of the world)."""
-    world: str = "auto"
-    """'auto' (the logs' world, else the checkpoint's training world, else the default when no
-    logs are given), 'default', 'none', or a JSON file of WorldConfig fields."""
-    users: int = 2000
-    """Held-out users (fresh users generated; or at most this many held-out log users)."""
-    seed: int = DEFAULT_HELDOUT_SEED
-    """Seed of the fresh held-out users (and of sampling in the metrics)."""
-    policy: str | None = None
-    """Logging policy of fresh users (default: the training logs' policy, else 'mixed')."""
-    baseline_users: int = 10_000
-    """Fresh users the baselines are fitted on (world case without training logs)."""
-    warm_users: int = 500
-    """Training-part users evaluated as warm users (when the logs are the training logs)."""
-    ranking: bool = True
-    """Run the policy ranking (needs a world)."""
-    policies: tuple[str, ...] = DEFAULT_POLICIES
-    """Policies ranked (agents.registry names or SB3 specs)."""
-    policy_users: int = 256
-    """Users per policy and env in the ranking."""
-    policy_envs: int = 128
-    """Rows of the ranking's vector envs."""
-    ppo: str | None = None
-    """A trained SB3 model ('ppo:PATH' or PATH.zip) added to the ranking."""
-    sim2real: bool = False
-    """Train PPO on the simulator and on the world (same budget) and compare on the world."""
-    ppo_steps: int = 100_000
-    """Env steps of each sim2real PPO run."""
-    ppo_envs: int = 32
-    """Envs of each sim2real PPO run."""
-    ppo_seeds: int = 3
-    """PPO pairs of sim2real, one per seed (seed, seed + 1, ...): one PPO run's return moves a
-    lot with its seed, so the ratio is of the returns averaged over the pairs."""
-    pool: int = 256
-    """Batch rows of the simulator's free-running sessions."""
-    device: str = "cpu"
-    """Device of the simulator."""
-    progress: bool = False
-    """Progress bars and per-section log lines."""
-
-    def __post_init__(self) -> None:
-        """Validate ranges."""
-        for name in ("users", "policy_users", "policy_envs", "pool", "ppo_envs", "ppo_seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("baseline_users", "warm_users", "ppo_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable form."""
-        d = asdict(self)
-        d["policies"] = list(self.policies)
-        return d
-
-
-# ----------------------------------------------------------------------------- setup
-
-
-def _resolve_world(spec: str, logs_meta: dict | None, train_meta: dict) -> Any:
-    """The ParametricUserModel named by --world (None for no ground truth)."""
-    from simulators.parametric import ParametricUserModel, WorldConfig
-
-    names = {f.name for f in fields(WorldConfig)}
-
-    def build(d: dict) -> Any:
-        return ParametricUserModel(WorldConfig(**{k: v for k, v in d.items() if k in names}))
-
-    if spec == "none":
-        return None
-    if spec == "default":
-        return ParametricUserModel(WorldConfig())
-    if spec == "auto":
-        if logs_meta is not None:
-            return build(logs_meta["world"]) if isinstance(logs_meta.get("world"), dict) else None
-        if isinstance(train_meta.get("world"), dict):
-            return build(train_meta["world"])
-        return ParametricUserModel(WorldConfig())
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(
-            f"--world must be auto, default, none or a WorldConfig JSON file; got {spec!r}"
-        )
-    try:
-        return build(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _env_config(meta: dict) -> Any:
-    """The EnvConfig recorded in log metadata (defaults where absent)."""
-    from recsim_env.config import EnvConfig
-
-    names = {f.name for f in fields(EnvConfig)}
-    env = meta.get("env")
-    if not isinstance(env, dict):
-        env = {}
-    return EnvConfig(**{k: v for k, v in env.items() if k in names})
-
-
-def _check_catalog(sim: Any, world: Any) -> None:
-    """Raise ValueError unless the simulator's catalog and profile vocabulary are the world's."""
-    sim_ids = [str(i) for i in sim.items_table()["item_id"]]
-    world_ids = [str(i) for i in world.items_table()["item_id"]]
-    if sim_ids != world_ids:
-        raise ValueError(
-            "the simulator's catalog is not the world's (different item ids or order); "
-            "pass --world none or the world the simulator was trained on"
-        )
-    if list(sim.profile_encoder.vocab) != list(world.profile_encoder.vocab):
-        raise ValueError("the simulator's profile vocabulary differs from the world's")
-
-
-def _session_users(logs: InteractionLogs) -> list[str]:
-    """The user of every session, in tokenisation order (what train-sim splits)."""
-    from simulators.logs import sessions_in_order
-
-    steps = sessions_in_order(logs.steps)
-    first = steps.drop_duplicates(["user_id", "session_id"])
-    return first["user_id"].astype(str).tolist()
-
-
-@dataclass
-class _Data:
-    heldout: InteractionLogs
-    train: InteractionLogs | None
-    warm: InteractionLogs | None
-    generated: bool
-    policy: str | None
-    seed: int
-    notes: list[str]
-
-
-def _prepare_logs(
-    cfg: ValidateConfig, world: Any, train_meta: dict, train_cfg: dict, env_cfg: Any
-) -> _Data:
-    """Held-out logs, the training part (baselines) and warm users (see the module docstring)."""
-    from recsim_env.log_generation import POLICIES, generate
-    from simulators.logs import read_logs
-    from simulators.training.data import split_by_user
-
-    notes: list[str] = []
-    train_seed = train_meta.get("seed")
-    policy = cfg.policy or (
-        str(train_meta["policy"]) if train_meta.get("policy") in POLICIES else "mixed"
-    )
-
-    def fresh(users: int, seed: int) -> InteractionLogs:
-        return generate(users, policy, seed, env_cfg, world)
-
-    if cfg.logs is None:
-        if world is None:
-            raise ValueError(
-                "the simulator was not trained on a known world's catalog: pass --logs DIR "
-                "(held-out logs of its catalog) or --world (the world it was trained on)"
-            )
-        seed = cfg.seed
-        while seed == train_seed or seed + 1 == train_seed:
-            seed += 2
-        if seed != cfg.seed:
-            notes.append(f"held-out seed moved from {cfg.seed} to {seed} (used in training)")
-        heldout = fresh(cfg.users, seed)
-        train = fresh(cfg.baseline_users, seed + 1) if cfg.baseline_users else None
-        if train is not None:
-            notes.append(
-                f"baselines fitted on {cfg.baseline_users} fresh users (seed {seed + 1}, policy "
-                f"{policy}) standing in for the simulator's training part"
-            )
-        return _Data(heldout, train, None, True, policy, seed, notes)
-
-    logs = read_logs(cfg.logs)
-    meta_equal = logs.meta == train_meta
-    users_all = sorted(set(logs.steps["user_id"].astype(str)))
-    rng = np.random.default_rng(cfg.seed)
-    train = warm = None
-    if meta_equal and train_cfg:
-        session_users = _session_users(logs)
-        is_val = split_by_user(
-            session_users, float(train_cfg.get("val_fraction", 0.1)), int(train_cfg.get("seed", 0))
-        )
-        held_users = sorted({u for u, v in zip(session_users, is_val) if v})
-        train_users = sorted(set(users_all) - set(held_users))
-        notes.append(
-            f"the logs are the simulator's training logs: the {len(held_users)} users train-sim "
-            "held out for validation are the held-out (cold) users"
-        )
-        train = select_users(logs, set(train_users))
-        if cfg.warm_users and train_users:
-            pick = rng.choice(
-                len(train_users), min(cfg.warm_users, len(train_users)), replace=False
-            )
-            warm = select_users(logs, {train_users[i] for i in pick})
-    else:
-        held_users = users_all
-        if world is not None and cfg.baseline_users:
-            train = fresh(cfg.baseline_users, cfg.seed + 1)
-            notes.append(f"baselines fitted on {cfg.baseline_users} fresh world users")
-        else:
-            notes.append(
-                "the logs are not the simulator's training logs and no world is known: "
-                "no training part, the baselines are skipped"
-            )
-    if len(held_users) > cfg.users:
-        pick = rng.choice(len(held_users), cfg.users, replace=False)
-        held_users = [held_users[i] for i in sorted(pick)]
-        notes.append(f"held-out users subsampled to {cfg.users}")
-    log_policy = logs.meta.get("policy") if logs.meta.get("policy") in POLICIES else None
-    return _Data(
-        select_users(logs, set(held_users)), train, warm, False, log_policy, cfg.seed, notes
-    )
-
-
-# ----------------------------------------------------------------------------- sections
-
+# the settings and keys stay importable from here, where the CLI and callers have taken them
+__all__ = ["DEFAULT_HELDOUT_SEED", "REQUIRED_KEYS", "ValidateConfig", "run_validation"]
 
 GREEDY_NOTE = (
     "greedy ranks candidates by expected one-step reward under the env's own response model: "
@@ -321,78 +54,7 @@ GREEDY_NOTE = (
 )
 
 
-@dataclass
-class _Run:
-    """What the sections share: inputs, held-out events and the models' probabilities."""
-
-    cfg: ValidateConfig
-    sim_path: str
-    sim: Any
-    world: Any
-    env_cfg: Any
-    data: _Data
-    heldout: InteractionLogs
-    events: Events
-    known: np.ndarray
-    notes: list[str]
-    timings: dict[str, float]
-    sim_probs: np.ndarray | None = None
-    sim_leave: np.ndarray | None = None
-    true_probs: np.ndarray | None = None
-    true_leave: np.ndarray | None = None
-
-    def lap(self, name: str, t0: float) -> None:
-        """Record a section's time."""
-        self.timings[name] = round(time.perf_counter() - t0, 2)
-        if self.cfg.progress:
-            log.warning("%s done in %.1fs", name, self.timings[name])
-
-
-def _setup(cfg: ValidateConfig) -> _Run:
-    """Load the simulator, resolve the world, prepare held-out (and training-part) logs."""
-    from simulators.gpt2_user import DEFAULT_SIMULATOR_DIR, load_batched_simulator
-
-    t0 = time.perf_counter()
-    sim_path = cfg.sim or str(DEFAULT_SIMULATOR_DIR)
-    sim = load_batched_simulator(sim_path, device=cfg.device, capacity=1)
-    training = (sim.extra or {}).get("training", {}) or {}
-    train_meta = training.get("log_meta", {}) or {}
-    train_cfg = training.get("train_config", {}) or {}
-    logs_meta = None
-    if cfg.logs is not None:
-        from simulators.logs import read_logs
-
-        logs_meta = read_logs(cfg.logs, validate=False).meta
-    world = _resolve_world(cfg.world, logs_meta, train_meta)
-    if world is not None:
-        try:
-            _check_catalog(sim, world)
-        except ValueError:
-            if cfg.world != "auto":
-                raise
-            log.warning("the simulator's catalog differs from the world's: no ground truth")
-            world = None
-    env_cfg = _env_config(logs_meta if logs_meta is not None and "env" in logs_meta else train_meta)
-    data = _prepare_logs(cfg, world, train_meta, train_cfg, env_cfg)
-    heldout = align_items(data.heldout, sim.items_table())
-    run = _Run(
-        cfg=cfg,
-        sim_path=str(sim_path),
-        sim=sim,
-        world=world,
-        env_cfg=env_cfg,
-        data=data,
-        heldout=heldout,
-        events=build_events(heldout, sim.profile_encoder),
-        known=sim.model.item_known.detach().cpu().numpy(),
-        notes=list(data.notes),
-        timings={},
-    )
-    run.lap("setup", t0)
-    return run
-
-
-def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None]:
+def _baselines(run: ValidationRun) -> tuple[dict[str, Any], dict[str, Any], Events | None]:
     """Click baselines and the warm/cold split; returns (baselines, warm_cold, train events)."""
     from evaluation.fidelity.baselines import LogisticBaseline, fit_popularity, item_categories
 
@@ -457,7 +119,7 @@ def _baselines(run: _Run) -> tuple[dict[str, Any], dict[str, Any], Events | None
     return baselines, warm_cold, train_events
 
 
-def _sessions(run: _Run) -> dict[str, Any]:
+def _sessions(run: ValidationRun) -> dict[str, Any]:
     """Free-running sessions of the simulator vs the logged ones."""
     from evaluation.fidelity.rollouts import (
         generate_seeds,
@@ -522,7 +184,7 @@ def _sessions(run: _Run) -> dict[str, Any]:
     return sessions
 
 
-def _ground_truth(run: _Run) -> dict[str, Any]:
+def _ground_truth(run: ValidationRun) -> dict[str, Any]:
     """KL to the truth, and the floor of the simulator's context window."""
     t0 = time.perf_counter()
     events = run.events
@@ -547,7 +209,7 @@ def _ground_truth(run: _Run) -> dict[str, Any]:
 
 
 def _ranking(
-    run: _Run, train_events: Events | None
+    run: ValidationRun, train_events: Events | None
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Policy returns in the simulator and the world, and (with sim2real) the PPO pair."""
     from evaluation.fidelity.ranking import rank_policies, train_ppo
@@ -637,7 +299,7 @@ def _ranking(
 def run_validation(cfg: ValidateConfig) -> dict[str, Any]:
     """Run every section the inputs allow and return the report as a JSON-ready dict."""
     t_all = time.perf_counter()
-    run = _setup(cfg)
+    run = setup_run(cfg)
     t0 = time.perf_counter()
     run.sim_probs, run.sim_leave = teacher_forced(
         run.sim, run.heldout, run.events, progress=cfg.progress
@@ -660,7 +322,7 @@ def run_validation(cfg: ValidateConfig) -> dict[str, Any]:
 
 
 def _assemble(
-    run: _Run,
+    run: ValidationRun,
     responses: dict[str, Any],
     leave: dict[str, Any],
     baselines: dict[str, Any],

@@ -11,6 +11,9 @@ q, k, v and what follows, so one forward serves training, stepping and candidate
 - `CachedAttention`: new tokens over the first n cached positions (full attention).
 - `WindowedCachedAttention`: new tokens over the recency ring, under an additive bias.
 - `ScratchAttention`: tokens that read the cache but are never written (candidate scoring).
+
+They are one module because they are one contract over one cache layout
+(`simulators.lm.cache`), sharing the recency bias and the CPU blocking of the cached kinds.
 """
 
 from __future__ import annotations

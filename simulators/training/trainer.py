@@ -7,6 +7,9 @@
   (seed, epoch) and item dropout of (seed, step).
 - accelerate drives devices and precision, so `accelerate launch` runs the same code on several
   GPUs or machines.
+
+The loop, its resumable state (save/load) and early stopping act on one trainer's state, so they
+stay in one module; the data side (windows, packing, splits) is `simulators.training.data`.
 """
 
 from __future__ import annotations
