@@ -282,7 +282,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 def write_csv(path: str | Path, results: dict[str, dict[str, Any]]) -> None:
     """One row per agent: each metric with its CI bounds."""
-    from simulators.logs import atomic_write
+    from simulators.atomic import atomic_write
 
     cols = ["agent"]
     for metric in METRICS:
@@ -308,7 +308,7 @@ def write_plot(path: str | Path, results: dict[str, dict[str, Any]], title: str)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from simulators.logs import atomic_write
+    from simulators.atomic import atomic_write
 
     names = list(results)
     fig = Figure(figsize=(4 * 4, 2 * 3.4), layout="constrained")

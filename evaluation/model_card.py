@@ -14,8 +14,8 @@ from pathlib import Path
 
 from recsim_env.config import EnvConfig
 from recsim_env.log_generation import POLICY_DESCRIPTIONS, generate, summarize
+from simulators.atomic import atomic_write_text
 from simulators.gpt2_user import GPT2UserSimulator
-from simulators.logs import atomic_write_text
 from simulators.parametric import ParametricUserModel, WorldConfig
 
 

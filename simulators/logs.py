@@ -14,16 +14,16 @@ A log directory holds:
 - ``meta.json``: ``{"format": "llm-usersim-logs", "version": 1, "behaviours": {"names": [...]},
   ...}`` plus provenance; without ``behaviours`` the codes are skip, click, buy.
 
-Every file is written to a temporary name and renamed into place, and ``meta.json`` is written
-last: a directory without it (an interrupted write) never reads as valid.
+`write_logs` validates first (`simulators.log_validation`), writes the whole set into a hidden
+temporary sibling and swaps it in place of the output with one atomic exchange, holding a lock
+on the output meanwhile: an interrupted write (a kill, a full disk) leaves the earlier complete
+log set as it was, and a second concurrent writer fails at once. `read_logs` validates once.
+Row numbers in errors are 0-based positions in the Parquet tables.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +32,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simulators.atomic import (
+    atomic_write,
+    atomic_write_text,
+    exclusive_output,
+    swap_directory,
+    temporary_sibling,
+)
 from simulators.behaviours import BehaviourSet
+from simulators.log_validation import STEP_COLUMNS, LogFormatError, validate_log_tables
 
 LOG_FORMAT = "llm-usersim-logs"
 LOG_VERSION = 1
-STEP_COLUMNS = ("user_id", "session_id", "step", "items", "responses", "leave")
 
 STEPS_SCHEMA = pa.schema(
     [
@@ -48,10 +55,6 @@ STEPS_SCHEMA = pa.schema(
         ("leave", pa.bool_()),
     ]
 )
-
-
-class LogFormatError(ValueError):
-    """A log file is missing, unreadable or malformed; the message names file, row and column."""
 
 
 @dataclass
@@ -73,37 +76,49 @@ class InteractionLogs:
         return BehaviourSet.from_dict(self.meta.get("behaviours"))
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Call write(tmp_path) then rename tmp_path onto path, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def check_log_output(out_dir: str | Path) -> Path:
+    """Refuse an output that is neither absent, an empty directory, nor a log set.
 
+    A log set is replaced whole; anything else there would be lost. Call it before any work.
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomically write a text file."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    Raises:
+        LogFormatError: the output is a file, or a directory holding other things.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LogFormatError(f"{out}: exists and is a file, not a log directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise LogFormatError(
+            f"{out}: exists and holds other files; give a new or empty directory, or an earlier "
+            "log set to replace"
+        )
+    return out
 
 
 def write_logs(logs: InteractionLogs, out_dir: str | Path) -> Path:
-    """Write a log set to out_dir (validating it first); returns the directory."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Validate a log set and write it to out_dir as a whole (see the module docstring).
+
+    Raises:
+        LogFormatError: the logs are malformed, or out_dir is not a place for logs.
+        simulators.atomic.OutputBusyError: another process is writing out_dir.
+    """
+    out = check_log_output(out_dir)
+    validate_log_tables(logs, source=str(out))
+    with exclusive_output(out):
+        tmp = temporary_sibling(out)
+        try:
+            _write_files(logs, tmp)
+            swap_directory(tmp, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def _write_files(logs: InteractionLogs, out: Path) -> None:
     meta_path = out / "meta.json"
-    if meta_path.exists():
-        meta_path.unlink()  # the set is invalid until every file is in place again
-    validate_tables(logs, source=str(out))
     steps = pa.Table.from_pandas(
         logs.steps[list(STEP_COLUMNS)].reset_index(drop=True),
         schema=STEPS_SCHEMA,
@@ -129,7 +144,6 @@ def write_logs(logs: InteractionLogs, out_dir: str | Path) -> Path:
         "behaviours": logs.behaviours.to_dict(),
     }
     atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return out
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -167,101 +181,8 @@ def read_logs(log_dir: str | Path, validate: bool = True) -> InteractionLogs:
         meta=meta,
     )
     if validate:
-        validate_tables(logs, source=str(d))
+        validate_log_tables(logs, source=str(d))
     return logs
-
-
-def _fail(file: str, row: int | None, column: str, problem: str) -> LogFormatError:
-    where = f", row {row}" if row is not None else ""
-    return LogFormatError(f"{file}{where}, column '{column}': {problem}")
-
-
-def validate_tables(logs: InteractionLogs, source: str = "<memory>") -> None:
-    """Check every column and row; raise LogFormatError naming file, row and column."""
-    steps_f, items_f, users_f = (
-        f"{source}/steps.parquet",
-        f"{source}/items.parquet",
-        f"{source}/users.parquet",
-    )
-    for col in ("item_id",):
-        if col not in logs.items.columns:
-            raise _fail(items_f, None, col, "required column is missing")
-    if "user_id" not in logs.users.columns:
-        raise _fail(users_f, None, "user_id", "required column is missing")
-    item_ids = logs.items["item_id"].astype(str)
-    dup = item_ids.duplicated()
-    if dup.any():
-        r = int(np.argmax(dup.to_numpy()))
-        raise _fail(items_f, r, "item_id", f"duplicate item id {item_ids.iloc[r]!r}")
-    if "price" in logs.items.columns:
-        price = pd.to_numeric(logs.items["price"], errors="coerce")
-        bad = price.isna() & logs.items["price"].notna()
-        bad |= price < 0
-        if bad.any():
-            r = int(np.argmax(bad.to_numpy()))
-            raise _fail(
-                items_f,
-                r,
-                "price",
-                f"expected a non-negative number, got {logs.items['price'].iloc[r]!r}",
-            )
-    steps = logs.steps
-    for col in STEP_COLUMNS:
-        if col not in steps.columns:
-            raise _fail(
-                steps_f, None, col, f"required column is missing (columns: {list(STEP_COLUMNS)})"
-            )
-    try:
-        behaviours = logs.behaviours
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LogFormatError(f"{source}/meta.json: invalid 'behaviours' ({exc})") from None
-    num_codes = behaviours.size
-    allowed = ", ".join(f"{i} {n}" for i, n in enumerate(behaviours.names))
-    known_items = set(item_ids.tolist())
-    known_users = set(logs.users["user_id"].astype(str).tolist())
-    step_vals = pd.to_numeric(steps["step"], errors="coerce")
-    for r, (uid, sid, step, items, responses, leave) in enumerate(
-        zip(
-            steps["user_id"],
-            steps["session_id"],
-            step_vals,
-            steps["items"],
-            steps["responses"],
-            steps["leave"],
-        )
-    ):
-        if not isinstance(uid, str) or not uid:
-            raise _fail(steps_f, r, "user_id", f"expected a non-empty string, got {uid!r}")
-        if uid not in known_users:
-            raise _fail(steps_f, r, "user_id", f"user {uid!r} is not in the users table")
-        if not isinstance(sid, str) or not sid:
-            raise _fail(steps_f, r, "session_id", f"expected a non-empty string, got {sid!r}")
-        if pd.isna(step) or step < 0 or step != int(step):
-            raise _fail(
-                steps_f,
-                r,
-                "step",
-                f"expected a non-negative integer, got {steps['step'].iloc[r]!r}",
-            )
-        if items is None or isinstance(items, str) or len(items) == 0:
-            raise _fail(
-                steps_f, r, "items", f"expected a non-empty list of item ids, got {items!r}"
-            )
-        if responses is None or isinstance(responses, str) or len(responses) != len(items):
-            raise _fail(
-                steps_f,
-                r,
-                "responses",
-                f"expected a list of {len(items)} response codes (one per item), got {responses!r}",
-            )
-        for it in items:
-            if it not in known_items:
-                raise _fail(steps_f, r, "items", f"item {it!r} is not in the items table")
-        for code in responses:
-            if code is None or not 0 <= int(code) < num_codes:
-                raise _fail(steps_f, r, "responses", f"response code {code!r} not in {allowed}")
-        if not isinstance(leave, (bool, np.bool_)):
-            raise _fail(steps_f, r, "leave", f"expected a boolean, got {leave!r}")
 
 
 def sessions_in_order(steps: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from simulators.logs import atomic_write, atomic_write_text
+from simulators.atomic import atomic_write, atomic_write_text
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

@@ -24,7 +24,7 @@ def write_json(path: str | Path | None, data: dict) -> None:
     """Atomically write figures as JSON (no-op when path is None)."""
     if path is None:
         return
-    from simulators.logs import atomic_write_text
+    from simulators.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, default=_default) + "\n")
 

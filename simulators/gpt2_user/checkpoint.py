@@ -25,11 +25,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from simulators.atomic import atomic_write, atomic_write_text
 from simulators.catalog import ProfileEncoder
 from simulators.gpt2_user.simulator import GPT2UserSimulator
 from simulators.lm.backbone import backbone_class
 from simulators.lm.model import SimulatorConfig, UserLM
-from simulators.logs import atomic_write, atomic_write_text
 from simulators.tokenization import SimTokenizer
 
 DEFAULT_SIMULATOR_DIR = Path(__file__).resolve().parent.parent / "default"

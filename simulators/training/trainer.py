@@ -28,10 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from simulators.atomic import atomic_write
 from simulators.catalog import item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
-from simulators.logs import InteractionLogs, atomic_write
+from simulators.logs import InteractionLogs
 from simulators.training.data import (
     SessionData,
     collate,

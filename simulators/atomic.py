@@ -1,0 +1,146 @@
+"""Outputs that are whole or absent: atomic files, swapped directories, one writer at a time.
+
+- `atomic_write(path, write)`: write a temporary sibling, fsync, rename over `path`; readers
+  never see half a file, and an interruption leaves the earlier file as it was.
+- `swap_directory(tmp, out)`: put a fully written directory in place of `out` with one atomic
+  exchange (Linux `renameat2(RENAME_EXCHANGE)`; two renames elsewhere), then delete the old
+  one, so the earlier complete output survives any interruption.
+- `exclusive_output(out)`: an advisory lock (`flock`) on a hidden sibling of `out`, held while a
+  command writes it: a second writer fails at once with `OutputBusyError`, and the lock goes
+  with the process if it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class OutputBusyError(RuntimeError):
+    """Another process is writing the same output; the message names it and the lock file."""
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """Call write(tmp_path) then rename tmp_path onto path (see the module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the call is unavailable."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    res = fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
+        return False  # unsupported here (old kernel, some filesystems)
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def temporary_sibling(out: str | Path) -> Path:
+    """A fresh, empty hidden directory beside `out` (same filesystem, for the final rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+
+
+def swap_directory(tmp: str | Path, out: str | Path) -> None:
+    """Replace `out` (absent or a directory) by the directory `tmp`.
+
+    Atomic where the platform allows; the old contents are deleted afterwards.
+    """
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if _exchange(tmp, out):  # out now holds the new tree, tmp the old one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def lock_path(out: str | Path) -> Path:
+    """The hidden lock file of an output path."""
+    out = Path(out)
+    return out.parent / f".{out.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive_output(out: str | Path) -> Iterator[None]:
+    """Hold the write lock of `out` for the block (see the module docstring).
+
+    Raises:
+        OutputBusyError: another process holds it.
+    """
+    import fcntl
+
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise OutputBusyError(
+                f"{out}: {holder} is writing this output right now (lock {path}); wait for it "
+                "or choose another output"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"llm-usersim (pid {os.getpid()})")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete `.NAME.*.tmp` leftovers of interrupted atomic writes inside a directory."""
+    d = Path(directory)
+    if not d.is_dir():
+        return
+    for p in d.glob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
