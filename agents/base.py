@@ -20,8 +20,9 @@ from simulators.behaviours import DEFAULT_BEHAVIOURS, DEFAULT_REWARDS
 
 
 def is_batched(observation: dict[str, np.ndarray]) -> bool:
-    """True when the observation holds one row per env (candidate_ids is 2-D)."""
-    return np.asarray(observation["candidate_ids"]).ndim == 2
+    """True when the observation holds one row per env (its 1-D keys are 2-D)."""
+    key = "candidate_features" if "candidate_features" in observation else "candidate_ids"
+    return np.asarray(observation[key]).ndim == 2
 
 
 def as_batch(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,10 +119,52 @@ def slot_rewards(responses: np.ndarray, reward_per_code: np.ndarray) -> np.ndarr
 
 
 def candidate_matrix(obs: dict[str, np.ndarray]) -> np.ndarray:
-    """Batched candidate features reshaped to (n, num_candidates, F) float64."""
-    ids = np.asarray(obs["candidate_ids"])
+    """Batched candidate features reshaped to (n, num_candidates, F) float64.
+
+    F is the width of `clicked_features_mean` (the same item features), so no catalog ids are
+    needed.
+    """
     feats = np.asarray(obs["candidate_features"], dtype=np.float64)
-    return feats.reshape(ids.shape[0], ids.shape[1], -1)
+    f = np.asarray(obs["clicked_features_mean"]).shape[-1]
+    return feats.reshape(feats.shape[0], -1, f)
+
+
+SLATE_AGENT_KEYS: tuple[str, ...] = (
+    "profile",
+    "candidate_ids",
+    "candidate_features",
+    "history_items",
+    "history_responses",
+    "clicked_features_mean",
+    "session_features",
+)
+"""What the baseline agents read: the whole observation with catalog ids."""
+
+
+def require_slate_agent_env(
+    observation_space: spaces.Space, action_space: spaces.Space, who: str
+) -> None:
+    """Raise a clear error when an agent meets an env built for generic learners.
+
+    The baselines give slates (`action_mode='slate'`) and read the whole observation with the
+    catalog ids; `recsim_env.config.SLATE_AGENT_KWARGS` builds such an env.
+
+    Raises:
+        AgentNeedsSlateEnv: naming the env arguments.
+    """
+    keys = getattr(observation_space, "spaces", {})
+    missing = [k for k in SLATE_AGENT_KEYS if k not in keys]
+    if missing or not isinstance(action_space, spaces.MultiDiscrete):
+        what = f"observes no {missing}" if missing else f"takes {action_space} actions"
+        raise AgentNeedsSlateEnv(
+            f"{who} gives slates and reads the whole observation, this env {what}: build it with "
+            "action_mode='slate', observation='full', include_item_ids=True "
+            "(recsim_env.config.SLATE_AGENT_KWARGS; recsim_env.episodes.make_episode_env does)"
+        )
+
+
+class AgentNeedsSlateEnv(ValueError):
+    """A baseline met an env without slate actions or the whole observation with ids."""
 
 
 def category_block_size(item_features: np.ndarray) -> int:

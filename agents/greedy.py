@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import SlateAgent, default_reward_per_code, env_view
+from agents.base import SlateAgent, default_reward_per_code, env_view, require_slate_agent_env
 from simulators.base import UserSimulator
 
 ProbsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -212,8 +212,10 @@ class GreedyAgent(SlateAgent):
 
         Raises:
             ValueError: when the chosen mode cannot work with this env.
+            agents.base.AgentNeedsSlateEnv: the env is not built for slate agents.
         """
         view = env_view(env)
+        require_slate_agent_env(view.observation_space, view.action_space, "the greedy agent")
         rewards = view.reward_per_code
         if mode in ("auto", "oracle"):
             return cls(

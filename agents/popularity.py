@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import SlateAgent, top_k
+from agents.base import SlateAgent, env_view, top_k
 from simulators.behaviours import engaged
 
 
@@ -51,7 +51,7 @@ def collect_click_counts(
         users: sessions to log (user i is seeded seed + i).
         seed: seed of the first user (and of the random policy); keep these users apart from
             the ones you evaluate on.
-        num_items: catalog size (default: read from the observation space).
+        num_items: catalog size (default: the simulator's).
 
     Returns:
         (num_items,) float64 click counts.
@@ -59,8 +59,7 @@ def collect_click_counts(
     from agents.random_agent import RandomAgent
     from recsim_env.episodes import run_episodes
 
-    obs_space = vector_env.single_observation_space
-    n_items = int(num_items or obs_space["candidate_ids"].high.max() + 1)
+    n_items = int(num_items or env_view(vector_env).simulator.num_items)
     k = len(vector_env.single_action_space.nvec)
     counts = np.zeros(n_items)
 

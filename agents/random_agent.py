@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.base import SlateAgent
+from agents.base import SlateAgent, candidate_matrix
 
 
 class RandomAgent(SlateAgent):
@@ -14,5 +14,5 @@ class RandomAgent(SlateAgent):
 
     def act(self, obs: dict[str, np.ndarray], deterministic: bool) -> np.ndarray:
         """Random distinct candidate indices."""
-        n, c = obs["candidate_ids"].shape
+        n, c = candidate_matrix(obs).shape[:2]
         return np.argsort(self.rng.random((n, c)), axis=1)[:, : self.slate_size]

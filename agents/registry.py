@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from agents.base import SlateAgent, category_block_size, env_view
+from agents.base import SlateAgent, category_block_size, env_view, require_slate_agent_env
 
 BASELINES: tuple[str, ...] = (
     "random",
@@ -48,7 +48,14 @@ def _popularity_counts(env: Any, users: int, seed: int) -> np.ndarray:
     kwargs = {
         k: v
         for k, v in spec.kwargs.items()
-        if k not in ("num_envs", "vectorization_mode", "max_episode_steps", "autoreset_mode")
+        if k
+        not in (
+            "num_envs",
+            "vectorization_mode",
+            "max_episode_steps",
+            "autoreset_mode",
+            "render_mode",
+        )
     }
     vec = make_episode_env(spec.id, min(users, 256), **kwargs)
     try:
@@ -68,8 +75,13 @@ def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> A
             (a log directory) and otherwise logs `log_users` (1000) random-policy sessions
             on a fresh copy of the env with seeds from `log_seed` (10**6).
 
+    The baselines give slates and read the whole observation with the candidates' catalog ids:
+    build the env with `**recsim_env.config.SLATE_AGENT_KWARGS` (the benchmark's
+    `recsim_env.episodes.make_episode_env` does).
+
     Raises:
         AgentUnavailable: the env's simulator lacks what the agent needs.
+        agents.base.AgentNeedsSlateEnv: the env is not built for slate agents.
         ValueError: unknown name.
     """
     from agents.bandits import LinUCBAgent, ThompsonAgent
@@ -84,6 +96,7 @@ def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> A
     view = env_view(env)
     k = view.slate_size
     rewards = view.reward_per_code
+    require_slate_agent_env(view.observation_space, view.action_space, f"the {name!r} agent")
     if name == "random":
         return RandomAgent(k, seed)
     if name == "popular":
@@ -137,7 +150,8 @@ def load_sb3_agent(spec: str, env: Any = None) -> Any:
         raise FileNotFoundError(f"{p}: no such SB3 model file")
     from agents.sb3 import load_sb3_model
 
-    agent = load_sb3_model(p, algo or None)
+    slate_size = None if env is None else env_view(env).slate_size
+    agent = load_sb3_model(p, algo or None, slate_size=slate_size)
     if env is not None:
         _check_spaces(agent.model, env, p)
     return agent
@@ -149,12 +163,24 @@ def _check_spaces(model: Any, env: Any, path: Path) -> None:
 
     view = env_view(env)
     obs_space, act_space = view.observation_space, view.action_space
+    num_candidates = view.config.num_candidates
     act = model.action_space
     act_ok = act == act_space or (
         isinstance(act, spaces.Discrete)
         and int(act.n) == int(cast(spaces.MultiDiscrete, act_space).nvec[0])
     )
-    if model.observation_space != obs_space or not act_ok:
+    # a model of a score action mode acts through its top slate_size candidates
+    num_features = int(np.asarray(view.simulator.item_features).shape[1])
+    act_ok = act_ok or (
+        isinstance(act, spaces.Box) and act.shape in ((num_candidates,), (num_features,))
+    )
+    # the env may observe more keys (catalog ids) than the model was trained on
+    env_keys = cast(spaces.Dict, obs_space).spaces
+    model_keys = getattr(model.observation_space, "spaces", {})
+    obs_ok = bool(model_keys) and all(
+        key in env_keys and env_keys[key] == space for key, space in model_keys.items()
+    )
+    if not obs_ok or not act_ok:
         raise ValueError(
             f"{path}: the model's observation/action spaces differ from the env's "
             "(trained on another catalog or EnvConfig?)"

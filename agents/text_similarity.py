@@ -120,12 +120,13 @@ class TextSimilarityAgent(SlateAgent):
     @classmethod
     def from_env(cls, env: Any, **kwargs: Any) -> TextSimilarityAgent:
         """Titles and profile vocabulary from the env's simulator (`items_table()`)."""
-        from agents.base import env_view
+        from agents.base import env_view, require_slate_agent_env
 
         view = env_view(env)
         items = view.simulator.items_table()
         if "title" not in items.columns:
             raise ValueError("the items table has no 'title' column")
+        require_slate_agent_env(view.observation_space, view.action_space, "the text_sim agent")
         titles = items["title"].fillna("").tolist()
         return cls(titles, list(view.simulator.profile_encoder.vocab), view.slate_size, **kwargs)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from evaluation.episodes import evaluate_returns
 from evaluation.stats import mean_ci95
+from recsim_env.config import SLATE_AGENT_KWARGS
 
 EVAL_SEED = 10**6
 """Seed of evaluation user 0 (far from the training users' seeds)."""
@@ -74,8 +75,12 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # PPO/A2C/DQN here act with slates; the slate policy also reads the whole observation and
+    # embeds the candidates' catalog ids (a generic MLP policy gets neither)
+    base = dict(SLATE_AGENT_KWARGS) if cfg.policy == "slate" else {"action_mode": "slate"}
+    env_kwargs = {**base, **cfg.env_kwargs}
     venv = make_sb3_vec_env(
-        cfg.env, cfg.num_envs, seed=cfg.seed, discrete=cfg.algo == "dqn", **cfg.env_kwargs
+        cfg.env, cfg.num_envs, seed=cfg.seed, discrete=cfg.algo == "dqn", **env_kwargs
     )
     try:
         try:

@@ -190,7 +190,7 @@ def popularity_counts(cfg: BenchmarkConfig, vec: Any) -> np.ndarray:
     """Clicks per catalog item: from `cfg.logs`, else from a random-policy run on other users."""
     from agents.popularity import click_counts_from_logs, collect_click_counts
 
-    num_items = int(vec.single_observation_space["candidate_ids"].high.max()) + 1
+    num_items = int(vec.unwrapped.simulator.num_items)
     if cfg.logs is None:
         users = cfg.users if cfg.log_users is None else cfg.log_users
         return collect_click_counts(vec, users, cfg.seed + LOG_SEED_OFFSET, num_items)

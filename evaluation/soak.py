@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from evaluation.speed_measurements import peak_rss_mb, rss_mb
+from recsim_env.config import SLATE_AGENT_KWARGS
 
 WARMUP_ENV_STEPS = 100
 """Upper bound of the warm-up, in env steps."""
@@ -74,7 +75,7 @@ def soak(cfg: SoakConfig, advance: Callable[[int, dict], None] | None = None) ->
 
     import recsim_env  # noqa: F401  (registers the ids)
 
-    kwargs: dict[str, Any] = dict(cfg.env_kwargs)
+    kwargs: dict[str, Any] = {**SLATE_AGENT_KWARGS, **dict(cfg.env_kwargs)}  # random slates
     if cfg.env_id.startswith("LLMUserSim"):
         kwargs.update(simulator=cfg.sim, device=cfg.device, dtype=cfg.dtype)
     cuda = cfg.device == "cuda" and cfg.env_id.startswith("LLMUserSim")

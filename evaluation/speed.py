@@ -14,6 +14,12 @@ Figures (user-steps per second: one user answering one slate, leave decision inc
   exactly once) and 5 steps otherwise. A recency-attention simulator (ring KV cache) never
   refills: its cost grows only until the ring is full (attention_window_steps + 1 steps).
 - parametric_{n}: the ParametricUserSim-v0 vector env with fixed valid actions.
+- clients at n users (`client_num_envs`, default 256; `evaluation.speed_clients`): the same
+  users through every RL client's path, in one run: `direct_{n}` (the simulator driven
+  directly on its tensor path, no env), `torchrl_{n}` (the TorchRL-native env), `sb3_{n}` (the
+  SB3 fast path), and under `clients` also the native vector env and the per-user single-env
+  routes (SB3's DummyVecEnv, Tianshou's DummyVectorEnv where installed);
+  `torchrl_vs_direct_{n}` and `sb3_vs_direct_{n}` are the fractions of the direct rate kept.
 - achieved FLOP/s: the matmul FLOPs a step needs (projections and MLP of every token of the
   step's block and of refilled windows, attention over each query's causal length; no padding
   and no speculative re-runs, so the figure does not reward wasted work), counted analytically
@@ -44,6 +50,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.speed_clients import (
+    SINGLE_ENV_CLIENTS_MAX,
+    direct_rate,
+    sb3_rate,
+    single_env_client_rates,
+    torchrl_available,
+    torchrl_rate,
+    vector_env_rate,
+)
 from evaluation.speed_measurements import (
     Clock,
     history_sweep,
@@ -66,6 +81,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "history_cost_ratio_200_vs_1": ("<=", 1.3),
     "peak_fraction": (">=", 0.5),
     "parametric_256": (">=", 100_000.0),
+    "torchrl_vs_direct_256": (">=", 1 / 1.2),
+    "sb3_vs_direct_256": (">=", 1 / 1.2),
+    "torchrl_65536": (">=", 1_000_000.0),
 }
 
 
@@ -99,6 +117,8 @@ class SpeedConfig:
     """Batch of the history sweep."""
     parametric_num_envs: int = PARAMETRIC_NUM_ENVS
     """Batch of the parametric env."""
+    client_num_envs: tuple[int, ...] = (SWEEP_NUM_ENVS,)
+    """Batches at which every client's path is timed (`evaluation.speed_clients`)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """EnvConfig fields for the envs (slate_size, num_candidates, ...)."""
     seed: int = 0
@@ -117,6 +137,8 @@ class SpeedConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.num_envs is not None and any(n < 1 for n in self.num_envs):
             raise ValueError("num_envs must be >= 1")
+        if any(n < 1 for n in self.client_num_envs):
+            raise ValueError("client_num_envs must be >= 1")
         if self.random_size is not None:
             from simulators.lm.gpt2 import MODEL_SIZES
 
@@ -305,6 +327,10 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
     )
     put(f"parametric_{n}", rate)
 
+    # (e) every client's path at the same batch
+    for n in cfg.client_num_envs:
+        measure_clients(cfg, n, clock, out, cpu, say)
+
     # ratios, memory, context
     h50 = f"batched_{cfg.sweep_num_envs}_h50"
     for table in (out, cpu):
@@ -339,6 +365,87 @@ def measure(cfg: SpeedConfig, progress: Callable[[str], None] | None = None) -> 
     out["cpu_count"] = os.cpu_count()
     out["load_average"] = {"start": list(load_before), "end": list(os.getloadavg())}
     return out
+
+
+def _shared_network(sim: Any, cfg: SpeedConfig) -> Any:
+    """A capacity-1 simulator of its own sessions around `sim`'s network (single envs)."""
+    from simulators.gpt2_user import GPT2UserSimulator
+
+    return GPT2UserSimulator(
+        sim.model,
+        sim.tokenizer,
+        sim.profile_encoder,
+        sim.population,
+        sim.items,
+        sim.extra,
+        cfg.device,
+        cfg.dtype,
+        1,
+    )
+
+
+def measure_clients(
+    cfg: SpeedConfig,
+    n: int,
+    clock: Clock,
+    out: dict[str, Any],
+    cpu: dict[str, float],
+    say: Callable[[str], None],
+) -> None:
+    """Time LLMUserSim-v0 through every client's path at n users (see the module docstring).
+
+    Writes `direct_{n}`, `torchrl_{n}`, `sb3_{n}` and the ratios to the direct rate into
+    out / cpu, and every client's rate under `clients[str(n)]`.
+    """
+    k = EnvConfig(**cfg.env_kwargs).slate_size
+    q, smoke = cfg.quick, cfg.smoke
+    steps = 1 if smoke else max(3, min(40, 4096 // n)) if q else max(6, min(150, 16384 // n))
+    warm = 1 if smoke else 2 if q else 5
+    env_kw = {"device": cfg.device, "dtype": cfg.dtype, **cfg.env_kwargs}
+    rates: dict[str, np.ndarray] = {}
+    say(f"clients at num_envs {n}: simulator driven directly")
+    sim = _load(cfg, n)
+    rates["direct"] = direct_rate(sim, n, k, steps, warm, cfg.seed, clock)
+    sim.close()
+    say(f"clients at num_envs {n}: native vector env")
+    rates["vector_env"] = vector_env_rate(
+        "LLMUserSim-v0", n, steps, warm, cfg.seed, clock, simulator=_load(cfg, n), **env_kw
+    )
+    say(f"clients at num_envs {n}: SB3 fast path")
+    rates["sb3_fast_path"] = sb3_rate(
+        "LLMUserSim-v0", n, steps, warm, cfg.seed, clock, simulator=_load(cfg, n), **env_kw
+    )
+    if torchrl_available():
+        say(f"clients at num_envs {n}: TorchRL env")
+        rates["torchrl_env"] = torchrl_rate(
+            "LLMUserSim-v0", n, steps, warm, cfg.seed, clock, simulator=_load(cfg, n), **env_kw
+        )
+    if n <= SINGLE_ENV_CLIENTS_MAX and cfg.device == "cpu":
+        say(f"clients at num_envs {n}: single envs (SB3 DummyVecEnv, Tianshou)")
+        base = _load(cfg, 1)
+        rates.update(
+            single_env_client_rates(
+                "LLMUserSim-v0",
+                lambda: _shared_network(base, cfg),
+                n,
+                1 if smoke else 2,
+                1,
+                cfg.seed,
+                clock,
+                **cfg.env_kwargs,
+            )
+        )
+    out.setdefault("clients", {})[str(n)] = {c: float(r[0]) for c, r in rates.items()}
+    out.setdefault("clients_per_cpu_second", {})[str(n)] = {
+        c: float(r[1]) for c, r in rates.items()
+    }
+    for key, client in (("direct", "direct"), ("torchrl", "torchrl_env"), ("sb3", "sb3_fast_path")):
+        if client in rates:
+            out[f"{key}_{n}"], cpu[f"{key}_{n}"] = float(rates[client][0]), float(rates[client][1])
+    for table in (out, cpu):
+        for key in ("torchrl", "sb3"):
+            if f"{key}_{n}" in table:
+                table[f"{key}_vs_direct_{n}"] = table[f"{key}_{n}"] / table[f"direct_{n}"]
 
 
 def _met(value: float | None, op: str, bound: float) -> bool | None:

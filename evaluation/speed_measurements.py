@@ -131,7 +131,9 @@ def vector_env_user_steps_per_second(
     import gymnasium as gym
 
     import recsim_env  # noqa: F401  (registers the ids)
+    from recsim_env.config import SLATE_AGENT_KWARGS
 
+    kwargs = {**SLATE_AGENT_KWARGS, **kwargs}  # random slates, every key (the earlier figures')
     vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     try:
         vec.reset(seed=seed)

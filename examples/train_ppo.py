@@ -30,6 +30,7 @@ from agents.random_agent import RandomAgent
 from agents.sb3 import make_model, make_sb3_vec_env
 from evaluation.episodes import evaluate_returns
 from evaluation.stats import mean_ci95
+from recsim_env.config import SLATE_AGENT_KWARGS
 from simulators.gpt2_user import DEFAULT_SIMULATOR_DIR
 
 
@@ -94,6 +95,9 @@ def main() -> None:
     if args.smoke:
         env_kwargs["max_episode_steps"] = 12
 
+    # SlatePolicy (make_model's default) gives slates, reads the whole observation and embeds
+    # the candidates' catalog ids
+    env_kwargs.update(SLATE_AGENT_KWARGS)
     venv = make_sb3_vec_env(args.env_id, num_envs=args.num_envs, seed=args.seed, **env_kwargs)
     hp = {"n_steps": 16, "batch_size": 32, "n_epochs": 2} if args.smoke else {}
     model = make_model("ppo", venv, seed=args.seed, tensorboard_log=str(out / "tb"), **hp)

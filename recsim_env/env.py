@@ -1,7 +1,14 @@
-"""Single-user slate envs: SlateUserEnv and its two faces, ParametricUserSim and LLMUserSim."""
+"""Single-user slate envs: SlateUserEnv and its two faces, ParametricUserSim and LLMUserSim.
+
+Both take Gymnasium's standard keyword arguments (`render_mode=None` or `'ansi'`), every
+EnvConfig field and `<behaviour>_reward=`; anything else raises TypeError in Python's own
+phrasing ("__init__() got an unexpected keyword argument 'x'"), which tools that probe optional
+arguments (TorchRL's `GymEnv` passes `frameskip=`) recognise and drop.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import gymnasium as gym
@@ -13,11 +20,61 @@ from recsim_env.spaces import make_action_space
 from simulators.base import UserSimulator
 
 _ROW = np.zeros(1, dtype=np.int64)
+RENDER_MODES: tuple[str, ...] = ("ansi",)
+"""Render modes of every env: 'ansi' gives the last slate and the user's answers as text."""
 
 
 def split_env_kwargs(kwargs: dict[str, Any]) -> tuple[EnvConfig, dict[str, Any]]:
     """Split plain keyword arguments into an EnvConfig and the rest (simulator options)."""
     return EnvConfig.from_kwargs(kwargs)
+
+
+def reject_unknown(owner: str, rest: dict[str, Any], own: Iterable[str]) -> None:
+    """Raise Python's own TypeError for the first unexpected keyword, listing the valid ones.
+
+    Args:
+        owner: the callable's name, e.g. 'LLMUserSimEnv.__init__'.
+        rest: the keywords left after the known ones were taken.
+        own: the callable's own keywords besides the EnvConfig fields.
+
+    Raises:
+        TypeError: "<owner>() got an unexpected keyword argument 'x'; valid: ...".
+    """
+    if not rest:
+        return
+    name = next(iter(rest))
+    valid = [*EnvConfig.field_names(), "<behaviour>_reward", *own]
+    raise TypeError(
+        f"{owner}() got an unexpected keyword argument {name!r}; valid: {', '.join(valid)}"
+    )
+
+
+def check_render_mode(render_mode: str | None) -> str | None:
+    """Validate a render mode (None or one of RENDER_MODES).
+
+    Raises:
+        ValueError: naming the allowed modes.
+    """
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(
+            f"render_mode must be None or one of {list(RENDER_MODES)}, got {render_mode!r}"
+        )
+    return render_mode
+
+
+def render_step(
+    sim: UserSimulator, step: int, slate: np.ndarray | None, responses: np.ndarray | None
+) -> str:
+    """One user's last step as text: 'step 3: item 12 (jazz) click | item 40 (rock) skip ...'."""
+    if slate is None or responses is None:
+        return f"step {step}: no slate shown yet"
+    names = sim.behaviours.names
+    cats = sim.items_table()["category"].to_numpy()
+    parts = [
+        f"item {int(i)} ({cats[int(i)]}) {names[int(r)] if r >= 0 else '-'}"
+        for i, r in zip(slate, responses)
+    ]
+    return f"step {step}: " + " | ".join(parts)
 
 
 class SlateUserEnv(gym.Env):
@@ -30,14 +87,20 @@ class SlateUserEnv(gym.Env):
     or leaves.
 
     ## Action Space
-    `MultiDiscrete([num_candidates] * slate_size)`: candidate indices in display order. Repeats
-    are replaced by the lowest free candidate (`duplicate_policy='dedupe'`, default) or raise
-    ValueError (`'error'`). Wrong shape, dtype, NaN or out-of-range values raise ValueError.
+    `action_mode='slate'` (default): `MultiDiscrete([num_candidates] * slate_size)`, candidate
+    indices in display order. A slate that repeats a candidate shows, in each repeated slot,
+    the lowest-index candidate not yet in the slate (`duplicate_policy='dedupe'`, default; a
+    policy sampling slots independently repeats often, 42-47% of slates for SB3's plain PPO) or
+    raises ValueError (`'error'`). `action_mode='scores'`: `Box(-1, 1, (num_candidates,))`, one
+    score per candidate; the slate_size best are shown, best first, so no slate repeats a
+    candidate (PPO, SAC and TD3 act on it unmodified). Either way `info["slate"]` holds the
+    candidate indices actually shown. Wrong shape, dtype, NaN or out-of-range values raise
+    ValueError.
 
     ## Observation Space
-    See `recsim_env.spaces.make_observation_space`: profile multi-hot, candidate ids and
-    features, the last `history_length` slates and responses, clicked-item feature mean and
-    session features.
+    See `recsim_env.spaces.make_observation_space`: profile multi-hot, candidate features, the
+    responses to the last `history_length` slates, clicked-item feature mean and session
+    features; catalog ids (`candidate_ids`, `history_items`) only with `include_item_ids=True`.
 
     ## Rewards
     A reward per behaviour, adding up along the levels (`EnvConfig.rewards`): by default 1.0 per
@@ -47,25 +110,49 @@ class SlateUserEnv(gym.Env):
     A user drawn from the simulator's population, with an empty history.
 
     ## Episode End
-    Terminated when the user leaves; truncated after `max_episode_steps` (50) by `gym.make`.
+    Terminated when the user leaves. Truncated after `max_episode_steps` steps: by the TimeLimit
+    wrapper of `gym.make` (the registered 50, or `gym.make(id, max_episode_steps=N)`); an env
+    constructed directly truncates itself when given `max_episode_steps=` (`truncate_after`).
+    Nothing else depends on the limit.
 
     ## Arguments
-    Any EnvConfig field as a keyword, plus the simulator's own (see subclasses).
+    Any EnvConfig field as a keyword, `render_mode` (None or 'ansi'), plus the simulator's own
+    (see subclasses). Built in a fresh process (a subprocess vector env, a Ray worker) from the
+    id `"recsim_env:LLMUserSim-v0"`, `gym.make` imports `recsim_env` first, which registers it.
 
     ## Version History
-    - v0: initial release.
+    - v0: initial release. Later in v0: `candidate_ids` / `history_items` left the default
+      observation (`include_item_ids=True` keeps them), `session_features[0]` is scaled by a
+      fixed 50 steps, `action_mode='scores'`, `info["slate"]`, `render_mode`.
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}  # noqa: RUF012
 
-    def __init__(self, simulator: UserSimulator, config: EnvConfig | None = None) -> None:
-        """Wrap a batched simulator (any `simulators.base.UserSimulator`) as a single-user env."""
+    def __init__(
+        self,
+        simulator: UserSimulator,
+        config: EnvConfig | None = None,
+        render_mode: str | None = None,
+        truncate_after: int | None = None,
+    ) -> None:
+        """Wrap a batched simulator (any `simulators.base.UserSimulator`) as a single-user env.
+
+        Args:
+            simulator: the users.
+            config: env settings (default EnvConfig()).
+            render_mode: None or 'ansi'.
+            truncate_after: truncate episodes after this many steps (None: only a TimeLimit
+                wrapper truncates, which is how `gym.make` builds the env).
+        """
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
+        self.render_mode = check_render_mode(render_mode)
+        self.truncate_after = truncate_after
         self._batch = SlateSessionBatch(simulator, cfg, 1)
-        self.action_space = make_action_space(cfg)
+        self.action_space = make_action_space(cfg, self._batch.num_features)
         self.observation_space = self._batch.observation_space()
         self._needs_reset = True
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -74,6 +161,7 @@ class SlateUserEnv(gym.Env):
         super().reset(seed=seed)
         self._batch.reset_rows(_ROW, [int(self.np_random.integers(2**63))])
         self._needs_reset = False
+        self._last = None
         return self._get_obs(), {}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -82,17 +170,31 @@ class SlateUserEnv(gym.Env):
             raise RuntimeError(
                 "step() called before reset() or after the episode ended; call reset() first"
             )
-        actions = validate_actions(action, None, self.config)
+        weights = self.config.action_mode == "weights"
+        feats = self._batch.candidate_features(_ROW) if weights else None
+        actions = validate_actions(action, None, self.config, feats)
         out, rewards, slates = self._batch.step(_ROW, actions)
         terminated = bool(out.leave[0])
-        self._needs_reset = terminated
+        limit = self.truncate_after
+        truncated = not terminated and limit is not None and int(self._batch.steps[0]) >= limit
+        self._needs_reset = terminated or truncated
+        self._last = (slates[0], out.responses[0])
         info = {
+            "slate": actions[0],
             "item_ids": slates[0],
             "responses": out.responses[0],
             "response_probs": out.response_probs[0],
             "leave_prob": float(out.leave_prob[0]),
         }
-        return self._get_obs(), float(rewards[0]), terminated, False, info
+        return self._get_obs(), float(rewards[0]), terminated, truncated, info
+
+    def render(self) -> str | None:
+        """The last slate and the user's answers as text ('ansi'), or None without a mode."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            return None
+        slate, responses = self._last if self._last is not None else (None, None)
+        return render_step(self.simulator, int(self._batch.steps[0]), slate, responses)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in self._batch.observations(_ROW).items()}
@@ -134,15 +236,16 @@ def make_llm_simulator(
 class ParametricUserSimEnv(SlateUserEnv):
     """`ParametricUserSim-v0`: the ground-truth world as an env (see SlateUserEnv).
 
-    Arguments: EnvConfig fields and `world` (a WorldConfig, dict or ParametricUserModel).
+    Arguments: EnvConfig fields, `world` (a WorldConfig, dict or ParametricUserModel) and
+    `render_mode`.
     """
 
-    def __init__(self, world: Any = None, **kwargs: Any) -> None:
+    def __init__(self, world: Any = None, render_mode: str | None = None, **kwargs: Any) -> None:
         """Build the world and the env."""
         cfg, rest = split_env_kwargs(kwargs)
-        if rest:
-            raise TypeError(f"unexpected arguments {sorted(rest)}; EnvConfig fields or world=")
-        super().__init__(make_parametric_simulator(world), cfg)
+        reject_unknown("ParametricUserSimEnv.__init__", rest, ("world", "render_mode"))
+        limit = cfg.max_episode_steps if "max_episode_steps" in kwargs else None
+        super().__init__(make_parametric_simulator(world), cfg, render_mode, limit)
 
 
 class LLMUserSimEnv(SlateUserEnv):
@@ -150,16 +253,22 @@ class LLMUserSimEnv(SlateUserEnv):
 
     Arguments: EnvConfig fields, `simulator` (None for the embedded default, a checkpoint
     directory, or any `simulators.base.UserSimulator` object), `device` ('cpu', 'cuda', ...),
-    `dtype`.
+    `dtype`, `render_mode`.
     """
 
     def __init__(
-        self, simulator: Any = None, device: str = "cpu", dtype: str = "float32", **kwargs: Any
+        self,
+        simulator: Any = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        render_mode: str | None = None,
+        **kwargs: Any,
     ) -> None:
         """Load the simulator and build the env."""
         cfg, rest = split_env_kwargs(kwargs)
-        if rest:
-            raise TypeError(
-                f"unexpected arguments {sorted(rest)}; EnvConfig fields, simulator=, device=, dtype="
-            )
-        super().__init__(make_llm_simulator(simulator, device=device, dtype=dtype), cfg)
+        own = ("simulator", "device", "dtype", "render_mode")
+        reject_unknown("LLMUserSimEnv.__init__", rest, own)
+        check_render_mode(render_mode)
+        limit = cfg.max_episode_steps if "max_episode_steps" in kwargs else None
+        sim = make_llm_simulator(simulator, device=device, dtype=dtype)
+        super().__init__(sim, cfg, render_mode, limit)

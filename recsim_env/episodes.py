@@ -54,9 +54,15 @@ class EpisodeStats:
 
 
 def make_episode_env(env_id: str, num_envs: int, **env_kwargs: Any) -> VectorEnv:
-    """A native vector env of `env_id` in DISABLED autoreset mode (what `run_episodes` needs)."""
-    import recsim_env  # noqa: F401  (registers the ids)
+    """A native vector env of `env_id` in DISABLED autoreset mode (what `run_episodes` needs).
 
+    Unless given otherwise, it takes slates and observes everything, catalog ids included
+    (`recsim_env.config.SLATE_AGENT_KWARGS`): what the baseline agents give and read.
+    """
+    import recsim_env  # noqa: F401  (registers the ids)
+    from recsim_env.config import SLATE_AGENT_KWARGS
+
+    env_kwargs = {**SLATE_AGENT_KWARGS, **env_kwargs}
     return gym.make_vec(
         env_id,
         num_envs=num_envs,
@@ -120,7 +126,7 @@ def run_episodes(
     t0 = time.perf_counter()
     while playing.any():
         action, _ = agent.predict(obs, deterministic=deterministic)
-        action = np.asarray(action, dtype=np.int64)
+        action = np.asarray(action)  # slates, or scores in the `scores` action mode
         next_obs, reward, term, trunc, info = vec.step(action)
         stepped = np.asarray(info["_item_ids"], dtype=bool) & playing
         rows = np.nonzero(stepped)[0]

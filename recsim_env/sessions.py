@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from recsim_env.config import EnvConfig
+from recsim_env.config import SESSION_STEPS_SCALE, EnvConfig
 from recsim_env.spaces import FEATURE_BOUND, make_observation_space
 from simulators.base import StepOutcome, UserSimulator
 from simulators.behaviours import engaged
@@ -23,17 +23,89 @@ def seed_to_key(seed: int) -> np.uint64:
     return np.uint64(np.random.SeedSequence(int(seed) % (2**128)).generate_state(1, np.uint64)[0])
 
 
-def validate_actions(action: object, batch: int | None, cfg: EnvConfig) -> np.ndarray:
-    """Check a slate action and return it as int64 (batch, slate_size).
+def top_k_slates(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best candidates per row in order of decreasing score, ties to the lower index.
+
+    (n, C) float scores -> (n, k) int64 candidate indices, distinct in every row.
+    """
+    return np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")[:, :k]
+
+
+def validate_scores(
+    action: object,
+    batch: int | None,
+    cfg: EnvConfig,
+    candidate_features: np.ndarray | None = None,
+) -> np.ndarray:
+    """Check a `scores` or `weights` action; the slate it shows as int64 (batch, slate_size).
+
+    `scores`: one score per candidate. `weights`: one weight per item feature, a candidate's
+    score being its features . weights (`candidate_features` (batch or 1, C, F) needed).
+    Values outside the action space's bounds are accepted (only the order of the scores
+    counts; SB3 clips them anyway).
+
+    Raises:
+        ValueError: wrong shape or dtype, or a non-finite value.
+    """
+    weights = cfg.action_mode == "weights"
+    if weights:
+        if candidate_features is None:
+            raise ValueError("the weights action mode needs the candidates' features")
+        width, what = candidate_features.shape[-1], "one weight per item feature"
+    else:
+        width, what = cfg.num_candidates, "one score per candidate"
+    expected = (width,) if batch is None else (batch, width)
+    allowed = f"allowed: finite floats with shape {expected} ({what})"
+    try:
+        arr = np.asarray(action)
+    except Exception as exc:
+        raise ValueError(f"action could not be read as an array ({exc}); {allowed}") from None
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ValueError(f"action has dtype {arr.dtype}; {allowed}")
+    if arr.shape != expected:
+        hint = (
+            " (a slate of candidate indices needs action_mode='slate')"
+            if arr.shape[-1:] == (cfg.slate_size,)
+            else ""
+        )
+        raise ValueError(f"action has shape {arr.shape}; {allowed}{hint}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"action has non-finite values; {allowed}")
+    arr = arr.reshape(-1, width).astype(np.float64)
+    if weights:
+        assert candidate_features is not None
+        arr = np.einsum("ncf,nf->nc", np.asarray(candidate_features, np.float64), arr)
+    return top_k_slates(arr, cfg.slate_size)
+
+
+def validate_actions(
+    action: object,
+    batch: int | None,
+    cfg: EnvConfig,
+    candidate_features: np.ndarray | None = None,
+) -> np.ndarray:
+    """Check an action and return the slate it shows as int64 (batch, slate_size).
 
     Args:
-        action: one slate (slate_size,) for the single env (batch None), or (batch, slate_size).
+        action: `slate` mode: one slate (slate_size,) for the single env (batch None), or
+            (batch, slate_size); `scores` mode: (num_candidates,) or (batch, num_candidates)
+            scores; `weights` mode: (F,) or (batch, F) weights (see `validate_scores`).
         batch: number of rows expected, or None for a single env.
-        cfg: env config (slate_size, num_candidates, duplicate_policy).
+        cfg: env config (action_mode, slate_size, num_candidates, duplicate_policy).
+        candidate_features: (batch or 1, C, F) features of the rows' candidates (the
+            `weights` mode scores them).
+
+    Returns:
+        The candidate indices shown: repeats of a `slate` action replaced by the lowest free
+        candidates (duplicate_policy 'dedupe'), or the top slate_size by score.
 
     Raises:
         ValueError: with what was wrong and what is allowed.
     """
+    if cfg.action_mode in ("scores", "weights"):
+        return validate_scores(action, batch, cfg, candidate_features)
     expected = (cfg.slate_size,) if batch is None else (batch, cfg.slate_size)
     allowed = (
         f"allowed: integer candidate indices in [0, {cfg.num_candidates}) with shape {expected}"
@@ -149,6 +221,10 @@ class SlateSessionBatch:
             self.behaviours.size,
         )
 
+    def candidate_features(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C, F) float32 features of the rows' current candidates."""
+        return self.item_features[self.candidates[rows]]
+
     def _draw_candidates(self, rows: np.ndarray) -> None:
         keys, ctr = self.keys[rows], self.counters[rows]
         self.candidates[rows] = distinct_choices(keys, ctr, self.num_items, self.cfg.num_candidates)
@@ -188,18 +264,23 @@ class SlateSessionBatch:
         rows = np.arange(self.n) if rows is None else rows
         cand = self.candidates[rows]
         count = np.maximum(self.clicked_count[rows], 1)[:, None].astype(np.float32)
-        return {
+        cfg = self.cfg
+        obs = {
             "profile": self._profile_multi_hot(rows),
-            "candidate_ids": cand.copy(),
-            "candidate_features": self.item_features[cand].reshape(len(rows), -1),
-            "history_items": self.history_items[rows].copy(),
-            "history_responses": self.history_responses[rows].copy(),
             "clicked_features_mean": np.clip(self.clicked_sum[rows] / count, -5, 5),
             "session_features": np.stack(
                 [
-                    np.minimum(self.steps[rows] / self.cfg.max_episode_steps, 1.0),
+                    np.minimum(self.steps[rows] / SESSION_STEPS_SCALE, 1.0),
                     np.minimum(self.since_click[rows] / 10.0, 1.0),
                 ],
                 axis=1,
             ).astype(np.float32),
         }
+        if cfg.observes_candidates:
+            obs["candidate_features"] = self.candidate_features(rows).reshape(len(rows), -1)
+        if cfg.observes_history:
+            obs["history_responses"] = self.history_responses[rows].copy()
+        if cfg.include_item_ids:
+            obs["candidate_ids"] = cand.copy()
+            obs["history_items"] = self.history_items[rows].copy()
+        return obs

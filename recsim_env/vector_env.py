@@ -1,4 +1,10 @@
-"""SlateUserVectorEnv: N users in one batch, one simulator call per step (native vector env)."""
+"""SlateUserVectorEnv: N users in one batch, one simulator call per step (native vector env).
+
+A Gymnasium VectorEnv is not a stable-baselines3 VecEnv: `agents.sb3.as_sb3_env(vec)` (or
+`agents.sb3.make_sb3_vec_env(id, num_envs)`) gives SB3 this env as one batched VecEnv. SB3 itself
+rejects a VectorEnv with "The environment is of type <class ...>, not a Gymnasium environment";
+the class's repr carries that pointer, so the message names it.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,30 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from recsim_env.config import EnvConfig
-from recsim_env.env import make_llm_simulator, make_parametric_simulator, split_env_kwargs
+from recsim_env.env import (
+    RENDER_MODES,
+    check_render_mode,
+    make_llm_simulator,
+    make_parametric_simulator,
+    reject_unknown,
+    render_step,
+    split_env_kwargs,
+)
 from recsim_env.sessions import SlateSessionBatch, validate_actions
 from recsim_env.spaces import make_action_space
 from simulators.base import UserSimulator
 
+SB3_HINT = "for stable-baselines3 wrap it: agents.sb3.as_sb3_env(env)"
 
-class SlateUserVectorEnv(VectorEnv):
+
+class _HintedClass(type):
+    """A class whose repr says how stable-baselines3 takes it (SB3's error message shows it)."""
+
+    def __repr__(cls) -> str:
+        return f"<class '{cls.__module__}.{cls.__qualname__}'> (a Gymnasium VectorEnv; {SB3_HINT})"
+
+
+class SlateUserVectorEnv(VectorEnv, metaclass=_HintedClass):
     """N independent sessions stepped together.
 
     Row i reset with seed s + i behaves exactly like the single env reset with seed s + i (same
@@ -33,9 +56,21 @@ class SlateUserVectorEnv(VectorEnv):
     `reset(seed=[...], options={"reset_mask": mask})` resets only the masked rows, each with its
     own seed (Gymnasium's partial reset); the episode runner of `evaluation.episodes` uses it to
     give every row the next user as soon as its user leaves.
+
+    Which mode for which client: Gymnasium's vector observation wrappers (FlattenObservation,
+    NormalizeObservation, ...) need NEXT_STEP (the default; NormalizeObservation refuses
+    DISABLED, all of them refuse SAME_STEP); stable-baselines3 needs SAME_STEP
+    (`agents.sb3.as_sb3_env`); TorchRL's GymWrapper takes SAME_STEP or DISABLED (prefer the
+    TorchRL-native `recsim_env.torchrl_env.SlateTorchEnv`). Under NEXT_STEP about one step in
+    eight of a row is a reset step (no transition, reward 0, `info["_item_ids"]` False; the mean
+    session lasts 7-15 slates): mask those out of a learner's loss.
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
+    metadata = {  # noqa: RUF012
+        "render_modes": list(RENDER_MODES),
+        "render_fps": 4,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
 
     def __init__(
         self,
@@ -43,17 +78,19 @@ class SlateUserVectorEnv(VectorEnv):
         num_envs: int,
         config: EnvConfig | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        render_mode: str | None = None,
     ) -> None:
-        """Wrap a batched simulator for num_envs users."""
+        """Wrap a batched simulator for num_envs users (render_mode None or 'ansi')."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self.num_envs = num_envs
+        self.render_mode = check_render_mode(render_mode)
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self._batch = SlateSessionBatch(simulator, cfg, num_envs)
-        self.single_action_space = make_action_space(cfg)
+        self.single_action_space = make_action_space(cfg, self._batch.num_features)
         self.single_observation_space = self._batch.observation_space()
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -62,6 +99,7 @@ class SlateUserVectorEnv(VectorEnv):
         """Rows whose episode ended: reset on the next step (NEXT_STEP) or idle (DISABLED)."""
         self._all = np.arange(num_envs)
         self._started = False
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -110,12 +148,14 @@ class SlateUserVectorEnv(VectorEnv):
         if not self._started:
             raise RuntimeError("step() called before reset(); call reset() first")
         cfg = self.config
-        acts = validate_actions(actions, self.num_envs, cfg)
+        feats = self._batch.candidate_features(self._all) if cfg.action_mode == "weights" else None
+        acts = validate_actions(actions, self.num_envs, cfg, feats)
         n, k = self.num_envs, cfg.slate_size
         rewards = np.zeros(n)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
         info: dict[str, Any] = {
+            "slate": np.full((n, k), -1, dtype=np.int64),
             "item_ids": np.full((n, k), -1, dtype=np.int64),
             "responses": np.full((n, k), -1, dtype=np.int64),
             "response_probs": np.zeros((n, k, self._batch.behaviours.size)),
@@ -131,14 +171,16 @@ class SlateUserVectorEnv(VectorEnv):
             rewards[active] = r
             terminated[active] = out.leave
             truncated[active] = ~out.leave & (self._batch.steps[active] >= cfg.max_episode_steps)
+            info["slate"][active] = acts[active]
             info["item_ids"][active] = slates
             info["responses"][active] = out.responses
             info["response_probs"][active] = out.response_probs
             info["leave_prob"][active] = out.leave_prob
         mask = np.zeros(n, dtype=bool)
         mask[active] = True
-        for key in ("item_ids", "responses", "response_probs", "leave_prob"):
+        for key in ("slate", "item_ids", "responses", "response_probs", "leave_prob"):
             info[f"_{key}"] = mask
+        self._last = (info["item_ids"], info["responses"])
         done = terminated | truncated
         if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
             finished = np.nonzero(done)[0]
@@ -156,22 +198,37 @@ class SlateUserVectorEnv(VectorEnv):
             self._autoreset |= done
         return self._batch.observations(), rewards, terminated, truncated, info
 
+    def render(self) -> tuple[str, ...] | None:
+        """Every row's last slate and answers as text ('ansi'), or None without a mode."""
+        if self.render_mode is None:
+            return None
+        steps = self._batch.steps
+        if self._last is None:
+            return tuple(render_step(self.simulator, int(s), None, None) for s in steps)
+        items, responses = self._last
+        return tuple(
+            render_step(self.simulator, int(steps[i]), items[i], responses[i])
+            for i in range(self.num_envs)
+        )
+
     def close_extras(self, **kwargs: Any) -> None:
         """Free the simulator."""
         self.simulator.close()
 
 
 def make_parametric_vector_env(
-    num_envs: int = 1, world: Any = None, **kwargs: Any
+    num_envs: int = 1,
+    world: Any = None,
+    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    render_mode: str | None = None,
+    **kwargs: Any,
 ) -> SlateUserVectorEnv:
     """Vector entry point of ParametricUserSim-v0."""
-    autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
-    kwargs.pop("render_mode", None)
     cfg, rest = split_env_kwargs(kwargs)
-    if rest:
-        raise TypeError(f"unexpected arguments {sorted(rest)}")
+    own = ("num_envs", "world", "autoreset_mode", "render_mode")
+    reject_unknown("make_parametric_vector_env", rest, own)
     sim = make_parametric_simulator(world, capacity=num_envs)
-    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)
+    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode, render_mode)
 
 
 def make_llm_vector_env(
@@ -179,13 +236,14 @@ def make_llm_vector_env(
     simulator: Any = None,
     device: str = "cpu",
     dtype: str = "float32",
+    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    render_mode: str | None = None,
     **kwargs: Any,
 ) -> SlateUserVectorEnv:
     """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users)."""
-    autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
-    kwargs.pop("render_mode", None)
     cfg, rest = split_env_kwargs(kwargs)
-    if rest:
-        raise TypeError(f"unexpected arguments {sorted(rest)}")
+    own = ("num_envs", "simulator", "device", "dtype", "autoreset_mode", "render_mode")
+    reject_unknown("make_llm_vector_env", rest, own)
+    check_render_mode(render_mode)
     sim = make_llm_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
-    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)
+    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode, render_mode)

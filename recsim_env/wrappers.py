@@ -76,6 +76,16 @@ def discrete_to_slate(
     return order[0] if single else order
 
 
+def _need_slates(action_space: spaces.Space, observation_space: spaces.Space) -> None:
+    """The Discrete wrappers expand into slates of observed candidates."""
+    keys = getattr(observation_space, "spaces", {})
+    if not isinstance(action_space, spaces.MultiDiscrete) or "candidate_features" not in keys:
+        raise ValueError(
+            "a Discrete slate action needs an env with action_mode='slate' (got "
+            f"{action_space}) that observes candidate_features"
+        )
+
+
 def _candidate_matrix(obs: dict[str, np.ndarray], num_candidates: int) -> np.ndarray:
     feats = np.asarray(obs["candidate_features"])
     lead = feats.shape[:-1]
@@ -92,6 +102,7 @@ class DiscreteSlateWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         """Replace the MultiDiscrete slate action by a Discrete lead-candidate action."""
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
+        _need_slates(env.action_space, env.observation_space)
         nvec = np.asarray(cast(spaces.MultiDiscrete, env.action_space).nvec)
         self.slate_size = len(nvec)
         self.num_candidates = int(nvec[0])
@@ -127,6 +138,7 @@ class DiscreteSlateVectorWrapper(VectorWrapper):
     def __init__(self, env: VectorEnv) -> None:
         """Replace the batched slate action by a batched Discrete action."""
         super().__init__(env)
+        _need_slates(env.single_action_space, env.single_observation_space)
         nvec = np.asarray(cast(spaces.MultiDiscrete, env.single_action_space).nvec)
         self.slate_size = len(nvec)
         self.num_candidates = int(nvec[0])

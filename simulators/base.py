@@ -11,6 +11,10 @@ shares the batch.
 `UserSimulator` lists everything the rest of the project uses; envs, agents and evaluation are
 typed against it and never probe for optional methods. `tests/test_protocol.py` runs a tiny
 simulator written against this protocol alone in both envs.
+
+`TensorUserSimulator` adds a tensor-in, tensor-out path on the simulator's torch device, for the
+TorchRL env, whose sessions never leave the device: both built-in simulators implement it (the
+GPT-2 user natively, the NumPy ground-truth world through `step_tensors_via_numpy`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from simulators.behaviours import BehaviourSet
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from simulators.catalog import ProfileEncoder
 
@@ -131,3 +136,68 @@ class UserSimulator(Protocol):
     def close(self) -> None:
         """Release memory (device memory too)."""
         ...
+
+
+@dataclass
+class TensorStepOutcome:
+    """`StepOutcome` as tensors on the simulator's device.
+
+    Attributes:
+        responses: (B, k) int64 behaviour codes.
+        response_probs: (B, k, R) float32 conditional probabilities the responses were drawn
+            from.
+        leave: (B,) bool.
+        leave_prob: (B,) float32 (float64 where the simulator computes in float64).
+    """
+
+    responses: torch.Tensor
+    response_probs: torch.Tensor
+    leave: torch.Tensor
+    leave_prob: torch.Tensor
+
+
+class TensorUserSimulator(UserSimulator, Protocol):
+    """A `UserSimulator` that also steps on tensors of its own device (the TorchRL env's need).
+
+    The tensor methods answer exactly as `start_sessions` / `step` do for the same inputs (the
+    same responses from the same uniforms), so a user is the same in the NumPy envs and the
+    TorchRL env.
+
+    Attributes:
+        device: where the tensor methods take and return tensors.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensor methods take and return tensors."""
+        ...
+
+    def start_sessions_tensors(self, rows: torch.Tensor, profiles: torch.Tensor) -> None:
+        """`start_sessions` for int64 tensors rows (B,) and profiles (B, slots)."""
+        ...
+
+    def step_tensors(
+        self, rows: torch.Tensor, slates: torch.Tensor, uniforms: torch.Tensor
+    ) -> TensorStepOutcome:
+        """`step` for int64 rows (B,), slates (B, k) and float64 uniforms (B, k + 1)."""
+        ...
+
+
+def step_tensors_via_numpy(
+    sim: UserSimulator, rows: torch.Tensor, slates: torch.Tensor, uniforms: torch.Tensor
+) -> TensorStepOutcome:
+    """`TensorUserSimulator.step_tensors` for a NumPy simulator (CPU tensors share memory).
+
+    The outcome lands on the device of `slates`: on CPU every conversion is a zero-copy view;
+    on a GPU each step copies the slates and uniforms to the host and the answers back.
+    """
+    import torch
+
+    dev = slates.device
+    out = sim.step(rows.cpu().numpy(), slates.cpu().numpy(), uniforms.cpu().numpy())
+    return TensorStepOutcome(
+        torch.from_numpy(np.ascontiguousarray(out.responses, dtype=np.int64)).to(dev),
+        torch.from_numpy(np.ascontiguousarray(out.response_probs)).to(dev, torch.float32),
+        torch.from_numpy(np.ascontiguousarray(out.leave, dtype=bool)).to(dev),
+        torch.from_numpy(np.ascontiguousarray(out.leave_prob)).to(dev),
+    )

@@ -30,13 +30,22 @@ its code is checked against these formulas.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from simulators.base import StepOutcome, sample_categorical
+from simulators.base import (
+    StepOutcome,
+    TensorStepOutcome,
+    sample_categorical,
+    step_tensors_via_numpy,
+)
 from simulators.behaviours import SKIP, BehaviourSet
 from simulators.catalog import PROFILE_PAD, ProfileEncoder, item_feature_matrix
+
+if TYPE_CHECKING:
+    import torch
 
 TOPICS: tuple[str, ...] = (
     "jazz", "rock", "hiphop", "classical", "cooking", "baking", "fitness", "yoga", "travel",
@@ -304,8 +313,25 @@ class ParametricUserModel:
         n = old[3]
         self.interest[:n], self.fatigue[:n], self.price_sens[:n] = old[0], old[1], old[2]
 
+    @property
+    def device(self) -> torch.device:
+        """The tensor path (`step_tensors`) computes on the host, in NumPy."""
+        import torch
+
+        return torch.device("cpu")
+
     def close(self) -> None:
         """Nothing to release (numpy state); part of the simulator contract."""
+
+    def start_sessions_tensors(self, rows: torch.Tensor, profiles: torch.Tensor) -> None:
+        """`start_sessions` for tensors (`simulators.base.TensorUserSimulator`)."""
+        self.start_sessions(rows.cpu().numpy(), profiles.cpu().numpy())
+
+    def step_tensors(
+        self, rows: torch.Tensor, slates: torch.Tensor, uniforms: torch.Tensor
+    ) -> TensorStepOutcome:
+        """`step` for tensors: the NumPy step on zero-copy views (on CPU), answers as tensors."""
+        return step_tensors_via_numpy(self, rows, slates, uniforms)
 
     def start_sessions(self, rows: np.ndarray, profiles: np.ndarray) -> None:
         """Begin fresh sessions for `rows` with profiles (len(rows), 6)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -33,8 +35,10 @@ ENV_KW = {
     "num_candidates": TINY_ENV.num_candidates,
     "history_length": TINY_ENV.history_length,
     "max_episode_steps": TINY_ENV.max_episode_steps,
+    "include_item_ids": True,  # the baselines read the candidates' catalog ids
 }
 K = TINY_ENV.slate_size
+WITH_IDS = dataclasses.replace(TINY_ENV, include_item_ids=True)
 
 
 def make_env() -> gym.Env:
@@ -148,7 +152,7 @@ def test_score_slates_of_the_world_is_conditional_on_earlier_skips() -> None:
 
 
 def test_greedy_on_gpt2_user_peeks_without_advancing(tiny_sim_dir) -> None:
-    kw = {"simulator": str(tiny_sim_dir), "max_episode_steps": 6}
+    kw = {"simulator": str(tiny_sim_dir), "max_episode_steps": 6, "include_item_ids": True}
     v1, v2 = (
         gym.make_vec("LLMUserSim-v0", num_envs=3, vectorization_mode="vector_entry_point", **kw)
         for _ in range(2)
@@ -201,7 +205,7 @@ def test_registry_errors() -> None:
             return super().items_table().drop(columns="title")
 
     with pytest.raises(AgentUnavailable, match="title"):
-        make_agent("text_sim", SlateUserEnv(NoTitles(TINY_WORLD), TINY_ENV))
+        make_agent("text_sim", SlateUserEnv(NoTitles(TINY_WORLD), WITH_IDS))
     with pytest.raises(ValueError, match="not an env"):
         make_agent("greedy", object())
 

@@ -73,7 +73,9 @@ def test_embedded_default_answers_exactly_as_before_the_refactor() -> None:
     unified (tests/fixtures/default_rollout.npz): the same probabilities to 1e-6."""
     ref = np.load(FIXTURES / "default_rollout.npz")
     for env_id, key in (("LLMUserSim-v0", "llm"), ("ParametricUserSim-v0", "world")):
-        vec = gym.make_vec(env_id, num_envs=8, vectorization_mode="vector_entry_point")
+        vec = gym.make_vec(
+            env_id, num_envs=8, vectorization_mode="vector_entry_point", include_item_ids=True
+        )
         obs, _ = vec.reset(seed=123)
         rng = np.random.default_rng(5)
         for t in range(25):

@@ -135,6 +135,7 @@ def test_users_are_identical_across_batches_and_rows() -> None:
         slate_size=TINY_ENV.slate_size,
         num_candidates=TINY_ENV.num_candidates,
         max_episode_steps=TINY_ENV.max_episode_steps,
+        include_item_ids=True,  # greedy reads the candidates' catalog ids
     )
     agent = GreedyAgent.from_env(env)
     obs, _ = env.reset(seed=5 + 8)

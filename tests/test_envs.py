@@ -121,7 +121,7 @@ def _greedy_first(obs):
 
 @pytest.mark.parametrize("env_id", ["ParametricUserSim-v0", "LLMUserSim-v0"])
 def test_a_users_trajectory_does_not_depend_on_the_batch(env_id, tiny_sim_dir):
-    kwargs = dict(_envs(tiny_sim_dir))[env_id]
+    kwargs = {**dict(_envs(tiny_sim_dir))[env_id], "include_item_ids": True}
     runs = []
     for n in (1, 64):
         vec = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
@@ -135,7 +135,7 @@ def test_a_users_trajectory_does_not_depend_on_the_batch(env_id, tiny_sim_dir):
 
 
 def test_vector_row_matches_single_env(tiny_sim_dir):
-    kwargs = dict(_envs(tiny_sim_dir))["ParametricUserSim-v0"]
+    kwargs = {**dict(_envs(tiny_sim_dir))["ParametricUserSim-v0"], "include_item_ids": True}
     vec = gym.make_vec(
         "ParametricUserSim-v0", num_envs=3, vectorization_mode="vector_entry_point", **kwargs
     )

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,7 +12,12 @@ EXAMPLES = {
     "custom_agent.py": "more_of_the_same - random",
     "finetune_simulator.py": "step 0:",
     "real_data_movielens.py": "click_auc:",
+    "cleanrl_ppo.py": "iteration 4/4: 256 user-steps",
+    "torchrl_ppo.py": "batch 1: 128 user-steps",
+    "generic_rl_benchmark.py": "ppo: mean return",
 }
+WITHOUT_OUT = {"custom_agent.py", "cleanrl_ppo.py", "torchrl_ppo.py", "generic_rl_benchmark.py"}
+"""Examples that write nothing (no --out)."""
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +28,7 @@ def smoke_runs(tmp_path_factory):
     for script in EXAMPLES:
         cwd = tmp_path_factory.mktemp(script.removesuffix(".py"))
         args = [sys.executable, str(ROOT / "examples" / script), "--smoke"]
-        if script != "custom_agent.py":
+        if script not in WITHOUT_OUT:
             args += ["--out", str(cwd / "out")]
         procs[script] = subprocess.Popen(
             args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -39,3 +45,21 @@ def test_example_runs_with_smoke(script, smoke_runs):
     code, out, err = smoke_runs[script]
     assert code == 0, err[-3000:]
     assert EXAMPLES[script] in out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tianshou") is None,
+    reason="tianshou is an optional extra (pip install '.[tianshou]'; it pins pandas < 3)",
+)
+def test_tianshou_example_runs_with_smoke(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tianshou_ppo.py"), "--smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mean return" in out.stdout

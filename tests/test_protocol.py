@@ -78,7 +78,11 @@ class CoinFlipUsers:
 
 
 CFG = EnvConfig(
-    slate_size=3, num_candidates=6, max_episode_steps=8, rewards={"click": 1.0, "save": 2.0}
+    slate_size=3,
+    num_candidates=6,
+    max_episode_steps=8,
+    rewards={"click": 1.0, "save": 2.0},
+    include_item_ids=True,
 )
 
 

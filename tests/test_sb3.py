@@ -270,6 +270,10 @@ def test_train_agent_cli_end_to_end(algo, tmp_path, tiny_sim_dir, capsys):
     policy = load_sb3_model(out / "model.zip")
     env = gym.make("LLMUserSim-v0", simulator=str(tiny_sim_dir), **SMALL)
     obs, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="include_item_ids=True"):
+        policy.predict(obs)  # SlatePolicy embeds the catalog ids
+    env = gym.make("LLMUserSim-v0", simulator=str(tiny_sim_dir), include_item_ids=True, **SMALL)
+    obs, _ = env.reset(seed=0)
     action, _ = policy.predict(obs)
     env.step(action)
 

@@ -1,6 +1,7 @@
 """stable-baselines3 glue: a batched VecEnv, a slate policy, tuned training defaults, loading.
 
-- `vec_env`: `SlateVecEnv` / `make_sb3_vec_env`, the native vector env as one SB3 VecEnv.
+- `vec_env`: `SlateVecEnv` / `make_sb3_vec_env` / `as_sb3_env`, the native vector env as one SB3
+  VecEnv (the fast path: `PPO("MultiInputPolicy", make_sb3_vec_env(id, num_envs=16))`).
 - `policy`: `SlatePolicy` (candidate scoring, distinct slates) for PPO/A2C.
 - `training`: `make_model` with `default_hyperparams`.
 - `loading`: `load_sb3_model` / `SB3SlatePolicy`.
@@ -22,7 +23,7 @@ from agents.sb3.loading import (
 )
 from agents.sb3.policy import CandidateScoreHead, SlateFeaturesExtractor, SlatePolicy
 from agents.sb3.training import POLICIES, ROLLOUT_SIZE, default_hyperparams, make_model
-from agents.sb3.vec_env import SlateVecEnv, make_sb3_vec_env
+from agents.sb3.vec_env import SlateVecEnv, as_sb3_env, make_sb3_vec_env
 
 __all__ = [
     "METADATA_ATTR",
@@ -34,6 +35,7 @@ __all__ = [
     "SlateFeaturesExtractor",
     "SlatePolicy",
     "SlateVecEnv",
+    "as_sb3_env",
     "as_slate_policy",
     "default_hyperparams",
     "detect_sb3_algo",

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from recsim_env.sessions import top_k_slates
 from recsim_env.wrappers import discrete_to_slate
 
 SB3_ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn")
@@ -25,7 +26,12 @@ class SB3SlatePolicy:
     """A stable-baselines3 model behind the slate-agent interface (`predict` gives slates).
 
     For models trained with Discrete actions (DQN) the chosen candidate is expanded into a
-    slate by `discrete_to_slate`, the rule used in training. `update` is a no-op.
+    slate by `discrete_to_slate`, the rule used in training; a model of a score action mode (a
+    Box: PPO, SAC, TD3) shows its slate_size best candidates, as the env does: one score per
+    candidate (`scores`), or one weight per item feature scoring each candidate by its features
+    (`weights`; told apart by the width, so with as many candidates as features a Box model is
+    read as `scores`). Observation keys the model was not trained on (catalog ids) are dropped
+    before it sees them. `update` is a no-op.
 
     Attributes:
         model: the SB3 model.
@@ -40,11 +46,14 @@ class SB3SlatePolicy:
         self.algo = str(meta.get("algo") or type(model).__name__.lower())
         self.name = name or self.algo
         self.discrete = isinstance(model.action_space, spaces.Discrete)
+        self.scores = isinstance(model.action_space, spaces.Box)
         self.slate_size: int | None = slate_size or meta.get("slate_size")
-        if self.discrete and not self.slate_size:
+        if (self.discrete or self.scores) and not self.slate_size:
+            kind = "Discrete" if self.discrete else "scores (Box)"
             raise ValueError(
-                "a Discrete-action model needs slate_size= (it was not saved by llm-usersim)"
+                f"a {kind}-action model needs slate_size= (it was not saved by llm-usersim)"
             )
+        self.keys = tuple(getattr(model.observation_space, "spaces", {}))
 
     def predict(
         self,
@@ -54,13 +63,34 @@ class SB3SlatePolicy:
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
         """Slates (slate_size,) or (n, slate_size) for single or batched observations."""
-        action, state = self.model.predict(observation, state, episode_start, deterministic)
+        missing = [k for k in self.keys if k not in observation]
+        if missing:
+            raise ValueError(
+                f"the model was trained on observations with {missing}, which these lack: "
+                "build the env with include_item_ids=True (the catalog ids)"
+                if "candidate_ids" in missing
+                else f"the model was trained on observations with {missing}, which these lack"
+            )
+        own = {k: v for k, v in observation.items() if k in self.keys} if self.keys else observation
+        action, state = self.model.predict(own, state, episode_start, deterministic)
         if self.discrete:
-            ids = np.asarray(observation["candidate_ids"])
+            c = int(self.model.action_space.n)
             feats = np.asarray(observation["candidate_features"])
-            feats = feats.reshape(*ids.shape, -1)
+            feats = feats.reshape(*feats.shape[:-1], c, -1)
             assert self.slate_size is not None  # checked in __init__ for Discrete models
             action = discrete_to_slate(feats, np.asarray(action), int(self.slate_size))
+        elif self.scores:
+            assert self.slate_size is not None  # checked in __init__ for score models
+            scores = np.asarray(action, dtype=np.float64)
+            batched = scores.ndim == 2
+            scores = scores.reshape(-1, scores.shape[-1])
+            f = np.asarray(observation["clicked_features_mean"]).shape[-1]
+            feats = np.asarray(observation["candidate_features"], dtype=np.float64)
+            feats = feats.reshape(len(scores), -1, f)  # (n, C, F)
+            if scores.shape[1] != feats.shape[1]:  # the weights mode: score by features
+                scores = np.einsum("ncf,nf->nc", feats, scores)
+            slates = top_k_slates(scores, int(self.slate_size))
+            action = slates if batched else slates[0]
         return np.asarray(action, dtype=np.int64), state
 
     def update(self, *args: Any, **kwargs: Any) -> None:
@@ -94,7 +124,7 @@ def detect_sb3_algo(path: str | Path) -> str | None:
 
 
 def load_sb3_model(
-    path: str | Path, algo: str | None = None, device: str = "cpu"
+    path: str | Path, algo: str | None = None, device: str = "cpu", slate_size: int | None = None
 ) -> SB3SlatePolicy:
     """Load a model saved by SB3 (e.g. by `llm-usersim train-agent`) as a slate policy.
 
@@ -105,6 +135,7 @@ def load_sb3_model(
         path: the .zip (the suffix may be left out).
         algo: ppo, a2c or dqn to skip detection.
         device: torch device of the policy.
+        slate_size: items per slate, for Discrete or scores models not saved by llm-usersim.
 
     Returns:
         SB3SlatePolicy: `predict(obs, deterministic=...)` gives slates (Discrete DQN actions

@@ -42,7 +42,8 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
     products make "this candidate matches what the user likes" a linear read-out; the item
     embedding lets the policy learn per-item appeal, e.g. quality the features do not show).
     Catalog indices are never fed as numbers (as magnitudes they mean nothing to an MLP);
-    `history_items` is not used.
+    `history_items` is not used. Without `candidate_ids` in the observation (the envs' default;
+    `include_item_ids=True` adds them) there is no item embedding.
 
     Output (B, num_candidates * candidate_dim + context_dim): the candidate embeddings in
     candidate order, then the context. `SlatePolicy` scores candidates from the first part.
@@ -56,9 +57,12 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
         item_dim: int = 8,
     ) -> None:
         """Size the networks from the observation space (item_dim 0: no item embedding)."""
-        c = _width(observation_space["candidate_ids"])
-        num_items = int(np.max(cast(spaces.Box, observation_space["candidate_ids"]).high)) + 1
-        f = _width(observation_space["candidate_features"]) // c
+        f = _width(observation_space["clicked_features_mean"])
+        c = _width(observation_space["candidate_features"]) // f
+        if "candidate_ids" in observation_space.spaces:
+            num_items = int(np.max(cast(spaces.Box, observation_space["candidate_ids"]).high)) + 1
+        else:
+            num_items, item_dim = 0, 0
         p = _multibinary_size(observation_space["profile"])
         h = _width(observation_space["history_responses"])
         s = _width(observation_space["session_features"])
@@ -102,13 +106,14 @@ class SlateFeaturesExtractor(BaseFeaturesExtractor):
         )  # (B, D)
         aff = self.affinity(ctx)  # (B, F)
         parts = [feats, feats * clicked[:, None, :], feats * aff[:, None, :]]
-        ids = observations["candidate_ids"].long().clamp(0, self.num_items - 1)  # (B, C)
+        ids = None
         if self.item_embedding is not None:
+            ids = observations["candidate_ids"].long().clamp(0, self.num_items - 1)  # (B, C)
             parts.append(self.item_embedding(ids))  # (B, C, E)
         parts.append(ctx[:, None, :].expand(-1, c, -1))
         cand_in = torch.cat(parts, dim=2)  # (B, C, 3F + E + D)
         emb = self.candidate_net(cand_in)  # (B, C, d)
-        if self.item_residual is not None:
+        if self.item_residual is not None and ids is not None:
             emb = emb + self.item_residual(ids)
         return torch.cat([emb.flatten(1), ctx], dim=1)
 

@@ -4,7 +4,15 @@ SB3's DummyVecEnv would step N single envs one after another, N forwards of the 
 instead of one. Infos become SB3's list of dicts with `terminal_observation` and
 `TimeLimit.truncated`. `make_sb3_vec_env(env_id, num_envs, ...)` builds it (with a VecMonitor,
 so SB3 logs episode returns), optionally with Discrete actions for DQN
-(`recsim_env.wrappers.discrete_to_slate`).
+(`recsim_env.wrappers.discrete_to_slate`); `as_sb3_env(env)` converts a vector env you built.
+
+The fast path in one line (any SB3 algorithm, the users stepped in one batch):
+
+    >>> model = PPO("MultiInputPolicy", make_sb3_vec_env("ParametricUserSim-v0", num_envs=16))
+
+SB3 does not take a Gymnasium VectorEnv (it raises "The environment is of type ..., not a
+Gymnasium environment. In this case, we expect OpenAI Gym to be installed"): pass
+`as_sb3_env(vec)` instead of `vec`.
 """
 
 from __future__ import annotations
@@ -144,6 +152,48 @@ class SlateVecEnv(VecEnv):
         return [False for _ in self._get_indices(indices)]
 
 
+def as_sb3_env(env: Any, monitor: bool = True) -> Any:
+    """What stable-baselines3 can take for env.
+
+    Args:
+        env: a Gymnasium VectorEnv in SAME_STEP autoreset mode (the native vector env, also
+            under Gymnasium vector wrappers such as RecordEpisodeStatistics), a single
+            Gymnasium env, or an SB3 VecEnv.
+        monitor: wrap a converted vector env in VecMonitor (SB3 then logs episode returns).
+
+    Returns:
+        `SlateVecEnv(env)` (in a VecMonitor) for a vector env; anything SB3 takes already is
+        returned as it is.
+
+    Raises:
+        ValueError: a vector env in another autoreset mode (saying how to build it), or
+            something that is no env.
+
+    Example:
+        >>> vec = gym.make_vec("ParametricUserSim-v0", num_envs=16,
+        ...     vectorization_mode="vector_entry_point", autoreset_mode=AutoresetMode.SAME_STEP)
+        >>> PPO("MultiInputPolicy", as_sb3_env(vec)).learn(10_000)
+    """
+    if isinstance(env, (VecEnv, gym.Env)):
+        return env
+    if isinstance(env, VectorEnv):
+        mode = env.metadata.get("autoreset_mode")
+        if mode != AutoresetMode.SAME_STEP:
+            raise ValueError(
+                f"stable-baselines3 needs a vector env that resets a finished row at once "
+                f"(autoreset_mode=AutoresetMode.SAME_STEP), this one is {mode}: build it with "
+                'gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point", '
+                "autoreset_mode=AutoresetMode.SAME_STEP), or use "
+                "agents.sb3.make_sb3_vec_env(id, num_envs)"
+            )
+        vec: VecEnv = SlateVecEnv(env)
+        return VecMonitor(vec) if monitor else vec
+    raise ValueError(
+        f"{type(env).__name__} is not an env stable-baselines3 can take (a gymnasium Env or "
+        "VectorEnv, or an SB3 VecEnv)"
+    )
+
+
 def make_sb3_vec_env(
     env_id: str,
     num_envs: int = 16,
@@ -158,12 +208,15 @@ def make_sb3_vec_env(
         env_id: a registered id with a vector entry point (LLMUserSim-v0, ParametricUserSim-v0).
         num_envs: users per batch.
         seed: row i's first episode is seeded with seed + i (None: random).
-        discrete: Discrete(num_candidates) actions (for DQN; see `discrete_to_slate`).
+        discrete: Discrete(num_candidates) actions (for DQN; see `discrete_to_slate`): the env
+            takes slates then (`action_mode='slate'` unless given).
         monitor: wrap with VecMonitor (episode returns in `info["episode"]`, logged by SB3).
         **env_kwargs: env arguments (EnvConfig fields, `simulator=`, `world=`, `device=`, ...).
     """
     import recsim_env  # noqa: F401  (registers the ids)
 
+    if discrete:
+        env_kwargs.setdefault("action_mode", "slate")
     venv = gym.make_vec(
         env_id,
         num_envs=num_envs,

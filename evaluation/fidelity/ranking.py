@@ -74,10 +74,11 @@ def rank_policies(
         cannot be built on a side is left out with a logged warning.
     """
     from agents.registry import AgentUnavailable
-    from recsim_env.config import EnvConfig
+    from recsim_env.config import SLATE_AGENT_KWARGS, EnvConfig
     from simulators.parametric import ParametricUserModel
 
-    cfg = EnvConfig(**env_kwargs)
+    # the baselines act with slates and read the whole observation with the catalog ids
+    cfg = EnvConfig(**{**env_kwargs, **SLATE_AGENT_KWARGS})
     world_users = world.users_table(
         [f"p{i}" for i in range(len(world.population))], world.population
     )
@@ -128,8 +129,10 @@ def train_ppo(
 ) -> Any:
     """A PPO policy (`agents.sb3`, tuned defaults) trained for `steps` env steps."""
     from agents.sb3 import make_model, make_sb3_vec_env
+    from recsim_env.config import SLATE_AGENT_KWARGS
 
-    venv = make_sb3_vec_env(env_id, num_envs, seed=seed, **env_kwargs)
+    kwargs = {**env_kwargs, **SLATE_AGENT_KWARGS}  # what SlatePolicy reads
+    venv = make_sb3_vec_env(env_id, num_envs, seed=seed, **kwargs)
     model = make_model("ppo", venv, seed=seed)
     try:
         model.learn(steps)

@@ -3,8 +3,9 @@
 Measured in one run (see evaluation.speed for the definitions): the prompt-style
 baseline that re-encodes each user's history for every slot decision, the native vector env of
 LLMUserSim-v0 at several batch sizes, the batched simulator at 1, 50 and 200 steps of history,
-the parametric world, and the achieved FLOP/s of the simulator's forward against a matmul peak
-timed in the same run. On a shared CPU the absolute figures move with the load; the ratios
+the parametric world, the achieved FLOP/s of the simulator's forward against a matmul peak
+timed in the same run, and the same users through every RL client's path (the simulator driven
+directly, the TorchRL env, the SB3 fast path, the native vector env, per-user single envs). On a shared CPU the absolute figures move with the load; the ratios
 within one run are what to compare.
 """
 
@@ -52,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--histories", default="1,50,200", help="history lengths of the sweep (comma-separated)"
     )
     p.add_argument("--sweep-num-envs", type=int, default=256, help="batch of the history sweep")
+    p.add_argument(
+        "--client-num-envs",
+        default="256",
+        help="comma-separated batch sizes at which every client's path is timed (direct, "
+        "TorchRL env, SB3 fast path, vector env, single envs up to 256)",
+    )
     p.add_argument("--slate-size", type=int, default=None, help="EnvConfig slate_size")
     p.add_argument("--num-candidates", type=int, default=None, help="EnvConfig num_candidates")
     p.add_argument("--seed", type=int, default=0)
@@ -104,6 +111,16 @@ def format_table(fig: dict[str, Any]) -> str:
         add(f"{key}  (at history)", key)
     for key in sorted(k for k in fig if k.startswith("parametric_")):
         add(key, key)
+    for n, rates in fig.get("clients", {}).items():
+        per_cpu = fig.get("clients_per_cpu_second", {}).get(n, {})
+        for client, rate in rates.items():
+            c = per_cpu.get(client)
+            rows.append(
+                (f"{client}, {n} users  (client)", _fmt(rate), "" if c is None else _fmt(c))
+            )
+        for key in ("torchrl", "sb3"):
+            if f"{key}_vs_direct_{n}" in fig:
+                add(f"{key}_vs_direct_{n}  (fraction of direct)", f"{key}_vs_direct_{n}")
     add("achieved GFLOP/s (simulator forward)", "achieved_flops", 1e9)
     add(f"peak GFLOP/s ({fig['peak_kernel']})", "peak_flops", 1e9)
     rows.append(("peak_rss_mb", _fmt(fig["peak_rss_mb"]), ""))
@@ -157,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         num_envs=_ints(args.num_envs, "--num-envs"),
         histories=_ints(args.histories, "--histories") or (),
         sweep_num_envs=args.sweep_num_envs,
+        client_num_envs=_ints(args.client_num_envs, "--client-num-envs") or (),
         env_kwargs=env_kwargs,
         seed=args.seed,
     )

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from simulators.base import StepOutcome
+from simulators.base import StepOutcome, TensorStepOutcome
 from simulators.behaviours import DEEPER, SKIP
 from simulators.catalog import ProfileEncoder, item_category_index, item_feature_matrix
 from simulators.gpt2_user.ring import RingLayout
@@ -233,32 +233,41 @@ class GPT2UserSimulator:
         self.stats["forwards"] += 1
         self.stats["flops"] += rows * t * (24 * d * d * nl + 10 * d) + 4 * d * nl * attended
 
-    @torch.inference_mode()
     def start_sessions(self, rows: np.ndarray, profiles: np.ndarray) -> None:
         """Encode BOS + profile for rows into the cache (the rest of each row is discarded)."""
         rows_np = np.asarray(rows, dtype=np.int64)
-        if len(rows_np) == 0:
+        prof = np.asarray(profiles, dtype=np.int64).reshape(len(rows_np), -1)
+        self.start_sessions_tensors(
+            torch.as_tensor(rows_np, device=self.device), torch.as_tensor(prof, device=self.device)
+        )
+
+    @torch.inference_mode()
+    def start_sessions_tensors(self, rows: torch.Tensor, profiles: torch.Tensor) -> None:
+        """`start_sessions` for int64 tensors rows (n,) and profiles (n, slots) on the device."""
+        n = len(rows)
+        if n == 0:
             return
-        if self.cache is None or rows_np.max() >= self.capacity:
-            self._alloc(max(int(rows_np.max()) + 1, self.capacity))
-        n, p = len(rows_np), self.prefix_length
+        rows_t = rows.to(self.device, torch.long)
+        top = int(rows_t.max())
+        if self.cache is None or top >= self.capacity:
+            self._alloc(max(top + 1, self.capacity))
+        p = self.prefix_length
         tok = self.tokenizer
         # SimTokenizer.prefix, vectorised over rows
-        prof = np.asarray(profiles, dtype=np.int64).reshape(n, -1)[:, : p - 1]
-        ids = np.full((n, p), tok.profile_pad, dtype=np.int64)
+        prof = profiles.to(self.device, torch.long).reshape(n, -1)[:, : p - 1]
+        ids = torch.full((n, p), tok.profile_pad, dtype=torch.long, device=self.device)
         ids[:, 0] = BOS
-        ids[:, 1 : 1 + prof.shape[1]] = np.where(
+        ids[:, 1 : 1 + prof.shape[1]] = torch.where(
             prof >= 0, tok.profile_base + prof, tok.profile_pad
         )
-        roles = np.full((n, p), ROLE_PROFILE, dtype=np.int64)
+        roles = torch.full((n, p), ROLE_PROFILE, dtype=torch.long, device=self.device)
         roles[:, 0] = ROLE_CONTROL
-        rows_t = torch.as_tensor(rows_np, device=self.device)
         zeros = torch.zeros(n, p, dtype=torch.long, device=self.device)
         self._encode_rows(
             rows_t,
             TokenBlock(
-                torch.as_tensor(ids, device=self.device),
-                torch.as_tensor(roles, device=self.device),
+                ids,
+                roles,
                 zeros,
                 torch.full((n, p), -1, dtype=torch.long, device=self.device),
                 zeros,
@@ -420,6 +429,29 @@ class GPT2UserSimulator:
         return out
 
     @torch.inference_mode()
+    def step_tensors(
+        self, rows: torch.Tensor, slates: torch.Tensor, uniforms: torch.Tensor
+    ) -> TensorStepOutcome:
+        """`step` on tensors of the simulator's device; nothing goes through the host.
+
+        Args:
+            rows: (B,) int64 distinct cache rows.
+            slates: (B, k) int64 item indices.
+            uniforms: (B, k + 1) float64 uniforms (float32 ones work, rounded the same way).
+
+        Returns:
+            The outcome as tensors on the device (the same answers as `step` gives for the
+            same inputs; probabilities in float32).
+        """
+        k = slates.shape[1]
+        u = uniforms.to(self.device)
+        responses, probs, leave_prob = self._decode_tensors(
+            rows.to(self.device, torch.long), slates.to(self.device, torch.long), u, None, False
+        )
+        leave = u[:, k].double() < leave_prob.double()
+        return TensorStepOutcome(responses, probs, leave, leave_prob)
+
+    @torch.inference_mode()
     def _decode(
         self,
         rows: np.ndarray,
@@ -433,11 +465,50 @@ class GPT2UserSimulator:
 
         With peek=True the next real step overwrites the scratch positions.
         """
-        rows_np = np.asarray(rows, dtype=np.int64)
+        dev = self.device
         slates_np = np.asarray(slates, dtype=np.int64)
         nb, k = slates_np.shape
         if uniforms is None and forced_responses is None:
             raise ValueError("step() needs uniforms unless the responses are forced")
+        u = None
+        if uniforms is not None:
+            u = torch.as_tensor(np.asarray(uniforms, dtype=np.float32), device=dev)
+        forced = None
+        if forced_responses is not None:
+            forced = torch.as_tensor(np.asarray(forced_responses, dtype=np.int64), device=dev)
+        responses, probs, leave_prob = self._decode_tensors(
+            torch.as_tensor(np.asarray(rows, dtype=np.int64), device=dev),
+            torch.as_tensor(slates_np, device=dev),
+            u,
+            forced,
+            peek,
+        )
+        responses_np = responses.cpu().numpy()
+        probs_np = probs.double().cpu().numpy()
+        leave_prob_np = leave_prob.double().cpu().numpy()
+        if forced_leave is not None:
+            leave = np.asarray(forced_leave, dtype=bool)
+        elif uniforms is not None:
+            leave = np.asarray(uniforms)[:, k] < leave_prob_np
+        else:
+            leave = np.zeros(nb, dtype=bool)
+        return StepOutcome(responses_np, probs_np, leave, leave_prob_np)
+
+    def _decode_tensors(
+        self,
+        rows_t: torch.Tensor,
+        slates_t: torch.Tensor,
+        uniforms: torch.Tensor | None,
+        forced_responses: torch.Tensor | None,
+        peek: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The speculative decoding of `step` on device tensors (see `step`).
+
+        Returns:
+            responses (B, k) int64, probabilities (B, k, R) float32, leave probability (B,)
+            float32, all on the device.
+        """
+        nb, k = slates_t.shape
         cache = self._live_cache()
         dev, cap = self.device, self.capacity
         nr = self.behaviours.size
@@ -450,8 +521,9 @@ class GPT2UserSimulator:
         self._refill(block)
         if self.window:
             self._check_ring(block, peek)
-        all_rows = nb == cap and np.array_equal(rows_np, np.arange(cap))
-        rows_t = torch.as_tensor(rows_np, device=dev)
+        all_rows = nb == cap and bool(
+            torch.equal(rows_t, torch.arange(cap, device=dev, dtype=rows_t.dtype))
+        )
         # the first forward: every cache row (no gathers) unless few rows step
         first = None if 2 * nb > cap else rows_t
         m = cap if first is None else nb
@@ -459,12 +531,12 @@ class GPT2UserSimulator:
         u = torch.zeros(m, k + 1, dtype=torch.float32, device=dev)
         draft = torch.full((m, k), SKIP, dtype=torch.long, device=dev)
         sel = rows_t if first is None else slice(None)
-        slate_m[sel] = torch.as_tensor(slates_np, device=dev)
+        slate_m[sel] = slates_t
         if uniforms is not None:
-            u[sel] = torch.as_tensor(np.asarray(uniforms, dtype=np.float32), device=dev)
+            u[sel] = uniforms.float()
         forced = forced_responses is not None
-        if forced:
-            draft[sel] = torch.as_tensor(np.asarray(forced_responses, dtype=np.int64), device=dev)
+        if forced_responses is not None:
+            draft[sel] = forced_responses
         state_rows = torch.arange(cap, device=dev) if first is None else rows_t
         steps = self.steps_done[state_rows]
         if self.ring is not None:  # the step's slot of the ring
@@ -530,16 +602,7 @@ class GPT2UserSimulator:
                 cache.lengths[rows_t] += block
             self.steps_done[rows_t] += 1
         out_sel = slice(None) if (all_rows or first is not None) else rows_t
-        responses_np = responses[out_sel].cpu().numpy()
-        probs_np = probs[out_sel].double().cpu().numpy()
-        leave_prob_np = leave_prob[out_sel].double().cpu().numpy()
-        if forced_leave is not None:
-            leave = np.asarray(forced_leave, dtype=bool)
-        elif uniforms is not None:
-            leave = np.asarray(uniforms)[:, k] < leave_prob_np
-        else:
-            leave = np.zeros(nb, dtype=bool)
-        return StepOutcome(responses_np, probs_np, leave, leave_prob_np)
+        return responses[out_sel], probs[out_sel], leave_prob[out_sel]
 
     def _check_ring(self, block: int, peek: bool) -> None:
         """Fix the ring's block length at the first step.
