@@ -33,7 +33,7 @@ class AgentTrainingConfig:
     steps: int = 200_000
     """Environment steps to train."""
     out: str = "runs/agent"
-    """Output directory (model.zip, train_config.json, tb/)."""
+    """Output directory (policy.safetensors + policy.json, train_config.json, tb/)."""
     num_envs: int = 32
     """Users stepped together."""
     seed: int = 0
@@ -62,7 +62,9 @@ class AgentTrainingConfig:
 
 
 def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict[str, Any]:
-    """Train, save OUT/model.zip and OUT/train_config.json, evaluate; returns the summary.
+    """Train, save the policy (safetensors + JSON) and train_config.json in OUT, evaluate.
+
+    Returns the summary.
 
     Raises:
         ValueError: bad hyperparameters (an unknown SB3 keyword) or env arguments.
@@ -71,6 +73,7 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
 
     from agents.random_agent import RandomAgent
     from agents.sb3 import make_model, make_sb3_vec_env
+    from agents.sb3.policy_files import save_policy
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,8 +97,7 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
         seconds = time.perf_counter() - t0
     finally:
         venv.close()
-    model_path = out / "model.zip"
-    model.save(model_path)
+    save_policy(model, out)  # safetensors + JSON: loading it never runs code from the files
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("hyperparams", "out")},
         "hyperparams": model.llm_usersim["hyperparams"],
@@ -106,7 +108,7 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
         **config,
         "timesteps": int(model.num_timesteps),
         "seconds": round(seconds, 1),
-        "model": str(model_path),
+        "model": str(out),
     }
     if cfg.eval_users > 0:
         t1 = time.perf_counter()

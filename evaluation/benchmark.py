@@ -71,6 +71,8 @@ class BenchmarkConfig:
     """Users of the random-policy popularity run (None: `users`)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Env arguments (simulator=, device=, ...)."""
+    trust_sb3_zip: bool = False
+    """Allow SB3 .zip agents ('ppo:FILE.zip'), which are unpickled (run code) on load."""
 
     def __post_init__(self) -> None:
         """Validate ranges."""
@@ -233,7 +235,9 @@ def run_benchmark(
         for name in names:
             try:
                 kwargs = {"counts": counts} if name == "popular" else {}
-                agent = make_agent(name, vec, seed=cfg.seed, **kwargs)
+                agent = make_agent(
+                    name, vec, seed=cfg.seed, trust_sb3_zip=cfg.trust_sb3_zip, **kwargs
+                )
             except AgentUnavailable as exc:
                 if explicit:
                     raise ValueError(f"agent {name!r} is unavailable on {cfg.env}: {exc}") from exc

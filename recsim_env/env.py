@@ -109,7 +109,7 @@ def make_parametric_simulator(world: Any = None, capacity: int = 1) -> UserSimul
     if world is None or isinstance(world, WorldConfig):
         return ParametricUserModel(world, capacity=capacity)
     if isinstance(world, dict):
-        return ParametricUserModel(WorldConfig(**world), capacity=capacity)
+        return ParametricUserModel(WorldConfig.from_dict(world), capacity=capacity)
     if isinstance(world, ParametricUserModel):
         world.ensure_capacity(capacity)
         return world

@@ -29,7 +29,8 @@ its code is checked against these formulas.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -154,6 +155,34 @@ class WorldConfig:
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, strict: bool = True) -> WorldConfig:
+        """Inverse of `to_dict`.
+
+        Args:
+            d: field values (lists are read as tuples).
+            strict: refuse unknown fields (a typo in a user's JSON); False skips them (older
+                metadata written by another version).
+
+        Raises:
+            ValueError: not a mapping, an unknown field (strict), or a value out of range.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"a world config must be a JSON object of fields, got {type(d).__name__}"
+            )
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown and strict:
+            raise ValueError(f"unknown world config fields {unknown}; allowed: {', '.join(names)}")
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names
+        }
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"bad world config: {exc}") from None
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -78,7 +78,9 @@ class ValidateConfig:
     policy_envs: int = 128
     """Rows of the ranking's vector envs."""
     ppo: str | None = None
-    """A trained SB3 model ('ppo:PATH' or PATH.zip) added to the ranking."""
+    """A trained policy ('ppo:DIR' written by train-agent) added to the ranking."""
+    trust_sb3_zip: bool = False
+    """Allow SB3 .zip policies ('ppo:FILE.zip'), which are unpickled (run code) on load."""
     sim2real: bool = False
     """Train PPO on the simulator and on the world (same budget) and compare on the world."""
     ppo_steps: int = 100_000

@@ -25,6 +25,7 @@ import torch
 from simulators.behaviours import DEEPER, engaged
 from simulators.catalog import ProfileEncoder
 from simulators.logs import InteractionLogs
+from simulators.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,6 @@ def teacher_forced(
         (response probs (n, R) float64 in slot order, leave probs (m,) float64 per step, NaN
         where no continue/leave decision was logged).
     """
-    from tqdm.auto import tqdm
-
     from simulators.lm.model import packed_probs
     from simulators.training.data import collate, encode_logs, pack_rows, session_windows
 
@@ -221,8 +220,8 @@ def teacher_forced(
             plan.append(
                 (width, idx, pack_rows([windows[i] for i in idx], width, np.arange(len(idx))))
             )
-    bar = tqdm(
-        total=sum(len(p[2]) for p in plan), desc="teacher-forced", unit="row", disable=not progress
+    bar = progress_bar(
+        sum(len(p[2]) for p in plan), "validate: teacher-forced", "rows", enabled=progress
     )
     for _width, idx, rows in plan:
         probs_parts, kind_parts = [], []

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,8 @@ def _resolve_world(spec: str, logs_meta: dict | None, train_meta: dict) -> Any:
     """The ParametricUserModel named by --world (None for no ground truth)."""
     from simulators.parametric import ParametricUserModel, WorldConfig
 
-    names = {f.name for f in fields(WorldConfig)}
-
-    def build(d: dict) -> Any:
-        return ParametricUserModel(WorldConfig(**{k: v for k, v in d.items() if k in names}))
+    def build(d: dict, strict: bool = False) -> Any:
+        return ParametricUserModel(WorldConfig.from_dict(d, strict=strict))
 
     if spec == "none":
         return None
@@ -64,20 +62,22 @@ def _resolve_world(spec: str, logs_meta: dict | None, train_meta: dict) -> Any:
             f"--world must be auto, default, none or a WorldConfig JSON file; got {spec!r}"
         )
     try:
-        return build(json.loads(path.read_text()))
+        return build(json.loads(path.read_text()), strict=True)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"--world {path}: {exc}") from None
 
 
 def _env_config(meta: dict) -> Any:
     """The EnvConfig recorded in log metadata (defaults where absent)."""
     from recsim_env.config import EnvConfig
 
-    names = {f.name for f in fields(EnvConfig)}
     env = meta.get("env")
     if not isinstance(env, dict):
         env = {}
-    return EnvConfig(**{k: v for k, v in env.items() if k in names})
+    cfg, _ = EnvConfig.from_kwargs(env)  # (older metadata may hold fields since removed)
+    return cfg
 
 
 def _check_catalog(sim: Any, world: Any) -> None:

@@ -29,7 +29,9 @@ DEFAULT_POLICIES: tuple[str, ...] = BASELINES
 """Every baseline agent."""
 
 
-def make_policy(name: Any, vec: Any, seed: int, counts: np.ndarray | None) -> Any:
+def make_policy(
+    name: Any, vec: Any, seed: int, counts: np.ndarray | None, trust_sb3_zip: bool = False
+) -> Any:
     """Build a policy for one env.
 
     The policy is a baseline name or SB3 spec (`agents.registry.make_agent`), or an object
@@ -41,7 +43,7 @@ def make_policy(name: Any, vec: Any, seed: int, counts: np.ndarray | None) -> An
     if not isinstance(name, str):
         return name
     kwargs = {"counts": counts} if name == "popular" and counts is not None else {}
-    return make_agent(name, vec, seed=seed, **kwargs)
+    return make_agent(name, vec, seed=seed, trust_sb3_zip=trust_sb3_zip, **kwargs)
 
 
 def rank_policies(
@@ -54,6 +56,7 @@ def rank_policies(
     num_envs: int,
     counts: np.ndarray | None,
     progress: bool = False,
+    trust_sb3_zip: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Returns per user of every policy in the simulator and in the world (same users).
 
@@ -68,6 +71,7 @@ def rank_policies(
         num_envs: rows of the vector envs.
         counts: clicks per item for `popular`.
         progress: log each policy's result.
+        trust_sb3_zip: allow SB3 .zip policies (unpickled on load).
 
     Returns:
         {label: {"sim": returns, "true": returns, "seconds": {"sim", "true"}}}; a policy that
@@ -96,7 +100,7 @@ def rank_policies(
                 else:
                     vec = SlateUserVectorEnv(ParametricUserModel(world.config, n), n, cfg, disabled)
                 try:
-                    agent = make_policy(spec, vec, seed, counts)
+                    agent = make_policy(spec, vec, seed, counts, trust_sb3_zip)
                 except (AgentUnavailable, ImportError) as exc:
                     log.warning("policy %s unavailable on the %s side: %s", label, side, exc)
                     res = {}

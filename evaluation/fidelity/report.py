@@ -251,6 +251,7 @@ def _ranking(
             cfg.policy_envs,
             counts,
             cfg.progress,
+            cfg.trust_sb3_zip,
         )
 
     returns = evaluate(policies)

@@ -14,6 +14,7 @@ stay in one module; the data side (windows, packing, splits) is `simulators.trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,13 +27,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from simulators.atomic import atomic_write
+from simulators.atomic import atomic_write, exclusive_output
 from simulators.catalog import item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
 from simulators.logs import InteractionLogs
+from simulators.progress import progress_bar
 from simulators.training.data import (
     SessionData,
     collate,
@@ -43,6 +44,9 @@ from simulators.training.data import (
 )
 
 log = logging.getLogger(__name__)
+
+RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "patience")
+"""TrainConfig fields `--resume` may change (the budget); any other difference is refused."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +128,8 @@ class SimulatorTrainer:
         self.out = Path(out)
         self.progress = progress
         self.logs = logs
+        self.logs_fingerprint = logs.fingerprint()
+        """Content hash of the logs, saved with the training state (`--resume` checks it)."""
         data = encode_logs(logs)
         self.data = data
         start = _load_init_sim(cfg, data, logs) if cfg.init_sim else None
@@ -268,6 +274,8 @@ class SimulatorTrainer:
         meta = {
             "state": json.dumps(self.state),
             "train_config": json.dumps(asdict(self.cfg)),
+            "sim_config": json.dumps(self.sim_config.to_dict()),
+            "logs_fingerprint": self.logs_fingerprint,
             "param_groups": json.dumps(
                 [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
             ),
@@ -287,6 +295,7 @@ class SimulatorTrainer:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
             raise ValueError(f"{path}: corrupt or truncated training state ({exc})") from None
+        self._check_resume(path, meta)
         model = self.accelerator.unwrap_model(self.model)
         model.load_state_dict(
             {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
@@ -303,6 +312,37 @@ class SimulatorTrainer:
         opt["state"] = state
         self.optimizer.load_state_dict(opt)
         self.state = json.loads(meta["state"])
+
+    def _check_resume(self, path: Path, meta: dict[str, str]) -> None:
+        """Refuse to continue a run with other settings or other logs, saying what differs.
+
+        Only the budget may change: epochs, max_steps, max_minutes, patience.
+        """
+        try:
+            saved = json.loads(meta["train_config"])
+            saved_sim = json.loads(meta.get("sim_config", "null"))
+        except (KeyError, json.JSONDecodeError):
+            raise ValueError(f"{path}: the training state has no readable settings") from None
+        now = asdict(self.cfg)
+        diffs = [
+            f"{key.replace('_', '-')}: saved {saved.get(key)!r}, now {value!r}"
+            for key, value in now.items()
+            if key not in RESUMABLE_CHANGES and saved.get(key) != value
+        ]
+        if saved_sim is not None and saved_sim != self.sim_config.to_dict():
+            keys = sorted(
+                k for k in saved_sim if saved_sim.get(k) != self.sim_config.to_dict().get(k)
+            )
+            diffs += [f"simulator {k}: saved {saved_sim.get(k)!r}" for k in keys]
+        fp = meta.get("logs_fingerprint")
+        if fp is not None and fp != self.logs_fingerprint:
+            diffs.append("the logs differ from the ones this run was trained on")
+        if diffs:
+            raise ValueError(
+                f"--resume of {self.out}: the run was started with other settings ("
+                + "; ".join(diffs)
+                + "); resume with the same settings and logs, or train into another --out"
+            )
 
     def save_simulator(self, directory: Path, extra: dict[str, Any]) -> GPT2UserSimulator:
         """Save the current weights as a loadable simulator checkpoint."""
@@ -325,7 +365,23 @@ class SimulatorTrainer:
 
     # ------------------------------------------------------------------ training
     def train(self, resume: bool = False, stop_after_steps: int | None = None) -> dict[str, Any]:
-        """Run (or continue) training; returns the final state with the best validation loss."""
+        """Run (or continue) training; returns the final state with the best validation loss.
+
+        The main process holds the output's write lock throughout (`simulators.atomic`): a
+        second run into the same OUT fails at once instead of overwriting this one.
+
+        Raises:
+            simulators.atomic.OutputBusyError: another process is writing OUT.
+        """
+        lock = (
+            exclusive_output(self.out)
+            if self.accelerator.is_main_process
+            else contextlib.nullcontext()
+        )
+        with lock:
+            return self._train(resume, stop_after_steps)
+
+    def _train(self, resume: bool, stop_after_steps: int | None) -> dict[str, Any]:
         cfg = self.cfg
         if resume:
             self.load_state()
@@ -339,12 +395,8 @@ class SimulatorTrainer:
         model.train()
         dev = self.accelerator.device
         writer = _summary_writer(self.out / "training" / "tb")
-        bar = tqdm(
-            total=total,
-            initial=self.state["step"],
-            desc="train-sim",
-            unit="step",
-            disable=not self.progress,
+        bar = progress_bar(
+            total, "train-sim", "steps", enabled=self.progress, initial=self.state["step"]
         )
         t_start = time.time() - self.state["train_seconds"]
         steps_this_call = 0
@@ -369,7 +421,9 @@ class SimulatorTrainer:
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                hist = self.state["history"]
+                val = f"{hist[-1]['val_loss']:.4f}" if hist else "-"
+                bar.set_postfix(loss=f"{loss.item():.4f}", val_loss=val)
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
                 steps_this_call += 1
