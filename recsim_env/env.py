@@ -15,6 +15,23 @@ from simulators.base import UserSimulator
 _ROW = np.zeros(1, dtype=np.int64)
 
 
+def as_seed(seed: object) -> int | None:
+    """A Python int (or None) from any integer seed, numpy's included.
+
+    Raises:
+        ValueError: a seed that is not a non-negative integer (a float, a bool, a string).
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"seed must be a non-negative integer, got {seed!r} ({type(seed).__name__})"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
 def split_env_kwargs(kwargs: dict[str, Any]) -> tuple[EnvConfig, dict[str, Any]]:
     """Split plain keyword arguments into an EnvConfig and the rest (simulator options)."""
     return EnvConfig.from_kwargs(kwargs)
@@ -70,8 +87,8 @@ class SlateUserEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Start a new session with a freshly drawn user."""
-        super().reset(seed=seed)
+        """Start a new session with a freshly drawn user (numpy integer seeds are accepted)."""
+        super().reset(seed=as_seed(seed))
         self._batch.reset_rows(_ROW, [int(self.np_random.integers(2**63))])
         self._needs_reset = False
         return self._get_obs(), {}

@@ -53,10 +53,13 @@ def validate_actions(action: object, batch: int | None, cfg: EnvConfig) -> np.nd
             raise ValueError(
                 f"action has non-integer or non-finite values {arr.tolist()}; {allowed}"
             )
+    # the range is checked in the given dtype, so 1e30 or 2**64 - 1 are reported as given
+    out_of_range = (arr < 0) | (arr >= cfg.num_candidates)
+    if out_of_range.any():
+        raise ValueError(
+            f"action has out-of-range candidate indices {arr[out_of_range].tolist()}; {allowed}"
+        )
     arr = arr.astype(np.int64).reshape(-1, cfg.slate_size)
-    if arr.min() < 0 or arr.max() >= cfg.num_candidates:
-        bad = arr[(arr < 0) | (arr >= cfg.num_candidates)]
-        raise ValueError(f"action has out-of-range candidate indices {bad.tolist()}; {allowed}")
     used = np.zeros((len(arr), cfg.num_candidates), dtype=bool)
     is_dup = np.zeros(arr.shape, dtype=bool)
     rows = np.arange(len(arr))

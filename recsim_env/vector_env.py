@@ -11,7 +11,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from recsim_env.config import EnvConfig
-from recsim_env.env import make_llm_simulator, make_parametric_simulator, split_env_kwargs
+from recsim_env.env import (
+    make_llm_simulator,
+    make_parametric_simulator,
+    split_env_kwargs,
+)
 from recsim_env.sessions import SlateSessionBatch, validate_actions
 from recsim_env.spaces import make_action_space
 from simulators.base import UserSimulator
@@ -45,8 +49,7 @@ class SlateUserVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ) -> None:
         """Wrap a batched simulator for num_envs users."""
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        num_envs = check_num_envs(num_envs)
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self.num_envs = num_envs
@@ -161,6 +164,19 @@ class SlateUserVectorEnv(VectorEnv):
         self.simulator.close()
 
 
+def check_num_envs(num_envs: object) -> int:
+    """num_envs as an int >= 1.
+
+    Raises:
+        ValueError: not an integer, or < 1.
+    """
+    if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)):
+        raise ValueError(f"num_envs must be an integer, got {num_envs!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return int(num_envs)
+
+
 def make_parametric_vector_env(
     num_envs: int = 1, world: Any = None, **kwargs: Any
 ) -> SlateUserVectorEnv:
@@ -170,6 +186,7 @@ def make_parametric_vector_env(
     cfg, rest = split_env_kwargs(kwargs)
     if rest:
         raise TypeError(f"unexpected arguments {sorted(rest)}")
+    num_envs = check_num_envs(num_envs)
     sim = make_parametric_simulator(world, capacity=num_envs)
     return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)
 
@@ -187,5 +204,6 @@ def make_llm_vector_env(
     cfg, rest = split_env_kwargs(kwargs)
     if rest:
         raise TypeError(f"unexpected arguments {sorted(rest)}")
+    num_envs = check_num_envs(num_envs)
     sim = make_llm_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
     return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)

@@ -58,6 +58,32 @@ from simulators.tokenization import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MEMORY_HEADROOM = 0.8
+"""Share of the available memory a cache may take (the rest is for the forwards)."""
+
+
+def check_memory(needed: int, device: torch.device, what: str) -> None:
+    """Refuse an allocation that cannot fit, before trying it.
+
+    A huge num_envs would otherwise ask the allocator for hundreds of GB.
+
+    Raises:
+        ValueError: naming what needed how much and what is available.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        available = int(free)
+    else:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    if needed > MEMORY_HEADROOM * available:
+        raise ValueError(
+            f"{what} need about {needed / 2**30:.1f} GiB of KV cache on {device}, but "
+            f"{available / 2**30:.1f} GiB are available; use fewer users per batch"
+        )
+
+
 """Inference dtypes by name."""
 _CPU_TOKENS_PER_FORWARD = 4096
 """Tokens per forward on CPU (larger batches run in row blocks)."""
@@ -171,6 +197,9 @@ class GPT2UserSimulator:
     def _alloc(self, capacity: int) -> None:
         bb = self.model.backbone
         c = self.cache_positions()
+        check_memory(
+            capacity * self.bytes_per_row(c), self.device, f"{capacity:,} users (num_envs/capacity)"
+        )
         self.capacity = capacity
         self.cache = StaticKVCache(
             bb.n_layer, capacity, bb.n_head, c, bb.head_dim, self.device, self.dtype
@@ -183,6 +212,13 @@ class GPT2UserSimulator:
         n_cat = int(self.item_category.max()) + 1 if self.summary_on else 0
         self.consumed = torch.zeros(capacity, n_cat, 2, dtype=torch.int16, device=self.device)
         """Session summary of every row: (clicks, buys) per category so far, capped."""
+
+    def bytes_per_row(self, positions: int | None = None) -> int:
+        """Memory of one user row: its keys and values in every layer and its token channels."""
+        bb = self.model.backbone
+        c = self.cache_positions() if positions is None else positions
+        el = torch.finfo(self.dtype).bits // 8
+        return 2 * bb.n_layer * bb.n_head * c * bb.head_dim * el + 5 * c * 8
 
     def _fit_ring(self) -> None:
         """Resize the cache's position axis to the ring's block length.
