@@ -123,6 +123,8 @@ def _is_user_error(exc: BaseException) -> bool:
     """Errors a user can fix from the message (bad input, missing files, unknown env ids)."""
     from gymnasium.error import Error as GymError
 
+    from simulators.atomic import OutputBusyError
+
     return isinstance(
         exc,
         (
@@ -134,6 +136,7 @@ def _is_user_error(exc: BaseException) -> bool:
             PermissionError,
             KeyError,
             GymError,
+            OutputBusyError,
         ),
     )
 
