@@ -307,25 +307,69 @@ def write_csv(path: str | Path, results: dict[str, dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "return": ("Episode return", "reward per user"),
+    "ctr": ("Click rate", "clicks per item shown"),
+    "buy_rate": ("Purchase rate", "purchases per item shown"),
+    "session_length": ("Session length", "slates per user"),
+    "diversity": ("Intra-slate diversity", "1 - mean pairwise cosine similarity"),
+    "coverage": ("Catalog coverage", "share of the catalog shown"),
+    "novelty": ("Novelty", "bits: -log2 of the items' popularity share"),
+}
+"""Title and unit of every metric in plots."""
+
+
 def write_plot(path: str | Path, results: dict[str, dict[str, Any]], title: str) -> None:
-    """Bar plot per metric with 95% CI error bars (matplotlib, no display needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """One panel per metric: each agent's mean with its 95% CI, agents in order of return.
 
-    from simulators.atomic import atomic_write
+    Dots and whiskers rather than bars: the axis of each panel spans the agents' intervals (a
+    bar would have to start at zero and flatten differences of diversity, coverage and
+    novelty); the last cell of the grid says how to read the figure.
+    """
+    from evaluation.plotting import agent_label, colours, new_figure, save_png
 
-    names = list(results)
-    fig = Figure(figsize=(4 * 4, 2 * 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 4).reshape(-1)
-    colors = [f"C{i % 10}" for i in range(len(names))]
+    names = sorted(results, key=lambda n: results[n]["return_mean"])
+    fig = new_figure(14, 0.5 * len(names) + 5)
+    axes = fig.subplots(2, 4, sharey=True).reshape(-1)
+    palette = dict(zip(names, colours(len(names))))
+    y = np.arange(len(names))
     for ax, metric in zip(axes, METRICS):
-        vals = [_value(results[n], metric) for n in names]
-        means = np.array([v[0] for v in vals])
-        err = np.array([[m - v[1][0], v[1][1] - m] for m, v in zip(means, vals)]).T
-        ax.bar(range(len(names)), means, yerr=np.maximum(err, 0), capsize=3, color=colors)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(metric)
-    axes[-1].axis("off")
-    fig.suptitle(title)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        for i, n in enumerate(names):
+            m, (lo, hi) = _value(results[n], metric)
+            ax.errorbar(
+                m,
+                i,
+                xerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]],
+                fmt="o",
+                color=palette[n],
+                ecolor=palette[n],
+                capsize=3,
+                markersize=6,
+            )
+        title_text, unit = METRIC_LABELS[metric]
+        ax.set_title(title_text)
+        ax.set_xlabel(unit)
+        ax.set_yticks(y, [agent_label(n) for n in names])
+        ax.tick_params(axis="y", labelleft=ax in (axes[0], axes[4]))
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+    note = axes[-1]
+    note.axis("off")
+    users = next(iter(results.values()))["users"] if results else 0
+    note.text(
+        0.0,
+        1.0,
+        "How to read this figure\n\n"
+        f"Dots: mean over {users} users.\n"
+        "Whiskers: 95% confidence\n"
+        "interval (normal approximation;\n"
+        "coverage: bootstrap over users).\n"
+        "Agents sorted by mean return;\n"
+        "every agent met the same users.",
+        va="top",
+        ha="left",
+        fontsize=9,
+        transform=note.transAxes,
+    )
+    fig.suptitle(title + " (mean ± 95% CI)")
+    save_png(fig, path)

@@ -30,6 +30,21 @@ def _cell(v: Any) -> str:
     return _fmt(v).replace("|", "\\|")  # a bare pipe would split the Markdown cell
 
 
+ABSENT_REASONS = {
+    "warm items": "no held-out item had a token in training",
+    "cold items": "every held-out item had a token in training",
+    "warm users": "the held-out users are new to the simulator (pass its training logs as "
+    "--logs to see warm users)",
+    "cold users": "every held-out user was one of its training users",
+}
+
+
+def _absent_groups_note(absent: list[str]) -> str:
+    """One sentence saying which groups have no events and why (instead of empty rows)."""
+    reasons = "; ".join(ABSENT_REASONS[g] for g in absent)
+    return f"No {' or '.join(absent)} events here: {reasons}."
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
@@ -152,19 +167,23 @@ def plot_session_rates(res: dict[str, Any], path: Path) -> None:
 
 def plot_policies(res: dict[str, Any], path: Path) -> None:
     """Mean return per policy in the simulator vs the ground truth, with 95% CIs."""
+    from evaluation.plotting import agent_label, colours
+
     pol = res["ranking"]["policies"]
-    names = list(pol)
-    fig, (ax,) = _figure(width=6.0, height=4.2)
-    for i, n in enumerate(names):
+    names = sorted(pol, key=lambda n: pol[n]["true"])
+    fig, (ax,) = _figure(width=6.5, height=4.6)
+    for n, colour in zip(names, colours(len(names))):
         p = pol[n]
         xerr = [[p["true"] - p["true_ci95"][0]], [p["true_ci95"][1] - p["true"]]]
         yerr = [[p["sim"] - p["sim_ci95"][0]], [p["sim_ci95"][1] - p["sim"]]]
-        ax.errorbar(p["true"], p["sim"], xerr=xerr, yerr=yerr, fmt="o", color=f"C{i % 10}", label=n)
+        ax.errorbar(
+            p["true"], p["sim"], xerr=xerr, yerr=yerr, fmt="o", color=colour, label=agent_label(n)
+        )
     lo = min(min(p["true_ci95"][0], p["sim_ci95"][0]) for p in pol.values())
     hi = max(max(p["true_ci95"][1], p["sim_ci95"][1]) for p in pol.values())
-    ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":")
-    ax.set_xlabel("mean return, ground truth")
-    ax.set_ylabel("mean return, simulator")
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":", label="simulator = world")
+    ax.set_xlabel("mean return in the ground-truth world (reward per user, 95% CI)")
+    ax.set_ylabel("mean return in the simulator (95% CI)")
     ax.set_title(f"Policy returns (Kendall tau-b {_fmt(res['kendall_tau'], 3)})")
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -225,8 +244,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             [[k, v["value"], v["target"], v["met"]] for k, v in res["targets"].items()],
         )
     )
-    if res.get("kl_floor_note"):
-        out += ["", f"**Floor.** {res['kl_floor_note']}"]
+    if res.get("kl_floor_note") and not res.get("ground_truth"):
+        out += ["", f"**Floor.** {res['kl_floor_note']}"]  # (else said once, in section 3)
     out += ["", "## 1. Responses on held-out events", ""]
     resp = res["responses"]
     out.append(
@@ -312,10 +331,11 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     groups = [("items", "warm"), ("items", "cold"), ("users", "warm"), ("users", "cold")]
     cols = ["sim", "oracle", "popularity", "popularity_by_category", "logreg"]
     rows = []
+    absent = []
     for kind, g in groups:
         d = wc[kind].get(g)
-        if d is None:
-            rows.append([f"{g} {kind}", 0, None, *[None] * len(cols), None])
+        if d is None or not d.get("events"):
+            absent.append(f"{g} {kind}")
             continue
         rows.append(
             [
@@ -329,6 +349,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     out.append(
         _table(["group", "events", "click rate", *[f"{c} AUC" for c in cols], "KL per slot"], rows)
     )
+    if absent:
+        out += ["", _absent_groups_note(absent)]
     warm_note = (wc["users"].get("warm") or {}).get("note")
     if warm_note:
         out += ["", f"Warm users: {warm_note}."]

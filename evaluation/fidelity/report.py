@@ -50,7 +50,7 @@ __all__ = ["DEFAULT_HELDOUT_SEED", "REQUIRED_KEYS", "ValidateConfig", "run_valid
 GREEDY_NOTE = (
     "greedy ranks candidates by expected one-step reward under the env's own response model: "
     "the true probabilities in the world (oracle-greedy), the simulator's own "
-    "(GPT2UserSimulator.step(peek=True)) in the simulator"
+    "(its score_slates, all candidates in one forward) in the simulator"
 )
 
 
