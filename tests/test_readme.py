@@ -17,7 +17,9 @@ def test_the_quickstart_env_code_runs() -> None:
 
 
 def test_the_sb3_code_runs_with_a_smaller_budget() -> None:
-    code = _python_blocks()[1].replace("learn(20_000)", "learn(256)").replace("users=200", "users=4")
+    code = (
+        _python_blocks()[1].replace("learn(20_000)", "learn(256)").replace("users=200", "users=4")
+    )
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert "model" in scope

@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "speed": "recsim_env.cli.speed",
     "import": "recsim_env.cli.import_data",
     "soak": "recsim_env.cli.soak",
+    "explain": "recsim_env.cli.explain",
 }
 
 
