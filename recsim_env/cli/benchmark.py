@@ -45,6 +45,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--simulator", default=None, help="LLMUserSim-v0 simulator checkpoint")
     p.add_argument("--device", default=None, help="LLMUserSim-v0 device (cpu, cuda, ...)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="split the users across Ray actors (one per CPU, or per GPU with --device cuda): "
+        "a running cluster's HOST:PORT or auto; no address: start a local Ray runtime "
+        "(pip install 'llm-usersim[ray]'); the figures equal a one-process run's",
+    )
 
 
 def _agents(spec: str | None) -> tuple[str, ...]:
@@ -68,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         write_csv,
         write_plot,
     )
+    from evaluation.distributed import DistributedError, RayConfig
 
     env_kwargs = {}
     if args.simulator is not None:
@@ -84,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         log_users=args.log_users,
         env_kwargs=env_kwargs,
     )
+    ray = None if args.ray is None else RayConfig(address=args.ray or None)
     from agents.registry import BASELINES
 
     bar = tqdm(
@@ -94,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     )
     # the agents' matrices are small: threaded BLAS made SlateQ over 10x slower on 2 shared cores
     with threadpool_limits(limits=1, user_api="blas"):
-        results = run_benchmark(cfg, on_agent=bar.set_postfix_str, on_done=bar.update)
+        try:
+            results = run_benchmark(cfg, on_agent=bar.set_postfix_str, on_done=bar.update, ray=ray)
+        except DistributedError as exc:  # the cluster's fault, told as one line
+            raise UsageError(str(exc)) from exc
     bar.close()
     print(f"{args.env}: {args.users} users, seed {args.seed} (mean ± 95% CI half-width)")
     print(format_table(results))

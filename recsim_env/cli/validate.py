@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
@@ -107,14 +108,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"--sim2real PPO pairs, one per seed; the ratio is of their mean returns "
         f"(default {d.ppo_seeds})",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="play the policy ranking's users on Ray actors (one per CPU, or per GPU with "
+        "--device cuda): a running cluster's HOST:PORT or auto; no address: start a local "
+        "Ray runtime (pip install 'llm-usersim[ray]'); the figures equal a one-process run's",
+    )
     p.add_argument("--json", default=None, help="write the figures as JSON")
     p.add_argument("--report", default=None, help="write a Markdown report (plots beside it)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate, print the headline figures, write the requested files."""
+    from evaluation.distributed import RayConfig
     from evaluation.fidelity.render import write_report
-    from evaluation.fidelity.report import ValidateConfig, run_validation
+    from evaluation.fidelity.report import ValidateConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.logs is not None and not Path(args.logs).is_dir():
@@ -151,13 +163,14 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=progress_enabled(),
     )
+    ray = None if args.ray is None else RayConfig(address=args.ray or None)
     try:  # numpy's BLAS threads too (scikit-learn depends on threadpoolctl)
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
-        res = run_validation(cfg)
+        res = _validate(cfg, ray)
     else:
         with threadpool_limits(limits=args.threads):
-            res = run_validation(cfg)
+            res = _validate(cfg, ray)
     print(summary(res))
     write_json(args.json, res)
     if args.json:
@@ -166,6 +179,16 @@ def run(args: argparse.Namespace) -> int:
         files = write_report(res, args.report)
         print(f"wrote report to {args.report} ({len(files) - 1} plots beside it)")
     return 0
+
+
+def _validate(cfg: Any, ray: Any) -> dict:
+    from evaluation.distributed import DistributedError
+    from evaluation.fidelity.report import run_validation
+
+    try:
+        return run_validation(cfg, ray)
+    except DistributedError as exc:  # the cluster's fault, told as one line
+        raise UsageError(str(exc)) from exc
 
 
 def summary(res: dict) -> str:
