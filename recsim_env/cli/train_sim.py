@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_enabled(),
     )
     state = trainer.train(resume=args.resume)
+    if not trainer.is_main_process:  # data-parallel: rank 0 reports for all
+        return 0
     n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
     summary = {
         "best_val_loss": state["best_val"],
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": n_params,
+        "processes": trainer.world,
         "history": state["history"],
     }
     print(
