@@ -5,8 +5,8 @@ users across Ray actors, each holding one batched simulator on its own device (o
 `--device cuda`, one CPU each otherwise), and merge the per-user results in the driver. User i's
 randomness depends only on (seed, i) (`recsim_env.episodes.run_episodes`), so a unit's result
 depends only on what it is asked, not on where it runs: the distributed JSON equals the
-single-process JSON for the same seed, apart from the wall-clock `seconds` (test on a local
-runtime with 2 CPUs).
+single-process JSON for the same seed, apart from the wall-clock `seconds` (tests on a local
+runtime with 2 CPUs; also the no-argument benchmark's 200 users on the default simulator).
 
 The pieces:
 
@@ -23,7 +23,7 @@ The pieces:
 - `WorkerState`: what an actor keeps between units (its device; vector envs and simulators
   worth reusing).
 
-Ray is optional (`pip install 'llm-usersim[ray]'`: `ray==2.60.0` and `dm_tree`, never
+Ray is optional (`pip install 'llm-usersim[ray]'`: `ray==2.60.0`, `dm_tree` and `lz4`, never
 `ray[rllib]`, whose gymnasium pin would downgrade the main install); it is imported only here and
 in `agents.rllib`, and only when used.
 """
@@ -54,6 +54,10 @@ FAST_FAIL_ENV = {
 answers but is no Ray head then fails in about 5 s instead of 20 retries of about 41 s each."""
 
 
+_STARTED_HERE: list[bool] = []
+"""Non-empty while a `ray_runtime` block of this process holds the runtime it started."""
+
+
 class DistributedError(RuntimeError):
     """The cluster cannot do the work: unreachable, lacking a device, or an actor died twice."""
 
@@ -74,7 +78,8 @@ class RayConfig:
     unit_timeout_s: float = 3600.0
     """Longest a unit may run (from submission) before its actor counts as hung and is killed."""
     start_timeout_s: float = 120.0
-    """Longest the first actors may take to start (importing torch, loading a simulator)."""
+    """Longest an actor (also one replacing a dead one) may take to start; its imports and its
+    simulator come with its first unit."""
     connect_timeout_s: float = 3.0
     """TCP check of the head's address before connecting."""
 
@@ -139,7 +144,7 @@ def import_ray() -> Any:
     except ImportError:
         raise DistributedError(
             "Ray is not installed: pip install 'llm-usersim[ray]' "
-            f"(ray=={RAY_TESTED_VERSION} and dm_tree)"
+            f"(ray=={RAY_TESTED_VERSION}, dm_tree and lz4)"
         ) from None
     return ray
 
@@ -161,8 +166,12 @@ def ray_runtime(cfg: RayConfig) -> Iterator[Any]:
         # Ray 2.60 clusters use token authentication (the token from RAY_AUTH_TOKEN,
         # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); without this the driver retries for 20 s
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # the driver's core worker logs a failed GCS connection on stderr before ConnectionError
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     ray = import_ray()
     started = False
+    if ray.is_initialized() and cfg.address is not None and not _STARTED_HERE:
+        log.warning("Ray is already initialised in this process: using it, not %s", cfg.address)
     if not ray.is_initialized():
         try:
             ray.init(
@@ -178,12 +187,12 @@ def ray_runtime(cfg: RayConfig) -> Iterator[Any]:
                 f"cannot connect to the Ray cluster at {where}: {_line(exc)}"
             ) from None
         started = True
-    elif cfg.address is not None:
-        log.warning("Ray is already initialised in this process: using it, not %s", cfg.address)
+        _STARTED_HERE.append(True)
     try:
         yield ray
     finally:
         if started:
+            _STARTED_HERE.pop()
             ray.shutdown()
 
 
@@ -320,6 +329,19 @@ class ActorPool:
         cls = self.ray.remote(UnitWorker)
         return cls.options(**opts).remote("cuda" if self.gpu else "cpu", 1)
 
+    def _check_head(self) -> None:
+        """After an actor died: fail at once if the head at the given address is gone.
+
+        (Ray itself ends a driver whose head stays unreachable for 60 s, with its own log line;
+        for 'auto' and a local runtime that is what happens.)
+        """
+        if self.cfg.address is None or head_address(self.cfg.address) is None:
+            return
+        try:
+            check_reachable(self.cfg.address, self.cfg.connect_timeout_s)
+        except DistributedError as exc:
+            raise DistributedError(f"lost the Ray cluster: {exc}; nothing was written") from None
+
     def _submit(self, unit: Unit, slot: int) -> Any:
         """Send `unit` to the actor in `slot`; returns the result's reference."""
         return self.actors[slot].run.remote(unit.fn, unit.args)
@@ -395,6 +417,7 @@ class ActorPool:
                         cause = exc.cause
                         raise (cause if isinstance(cause, Exception) else exc) from None
                     except RayActorError as exc:
+                        self._check_head()
                         hung = ref in timed_out
                         why = "timed out" if hung else "died"
                         detail = f"after {self.cfg.unit_timeout_s:g} s" if hung else _line(exc)

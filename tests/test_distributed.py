@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,18 @@ def test_an_actor_that_dies_twice_fails_cleanly(local_ray, monkeypatch, tmp_path
     assert not out.exists()
 
 
+def test_a_lost_head_fails_at_the_first_dead_actor(local_ray, monkeypatch) -> None:
+    # the runtime is the local one; the address given is where the (now gone) head was
+    kill_on_submit(monkeypatch, lambda label, n: True)
+    address = f"127.0.0.1:{closed_port()}"
+    with ActorPool(RayConfig(address=address), max_actors=1) as pool:
+        with pytest.raises(
+            DistributedError, match=f"lost the Ray cluster: cannot reach .*{address}"
+        ):
+            pool.run([Unit(lambda state: 1, (), "one")])
+        assert pool.started == 1  # no fresh actor for a cluster that is gone
+
+
 def test_unreachable_address_fails_in_seconds(capsys, tmp_path) -> None:
     out = tmp_path / "b.json"
     address = f"127.0.0.1:{closed_port()}"
@@ -121,6 +134,13 @@ def test_unreachable_address_fails_in_seconds(capsys, tmp_path) -> None:
     assert main(["validate", "--ray", address, "--json", str(out)]) == 2
     assert "cannot reach the Ray cluster" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_without_ray_the_flag_says_how_to_install_it(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["benchmark", "--env", "ParametricUserSim-v0", "--users", "2", "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'llm-usersim[ray]'" in err[0], err
 
 
 def test_cuda_on_a_cluster_without_gpus_fails_clearly(local_ray, capsys, tmp_path) -> None:
