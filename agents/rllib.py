@@ -69,17 +69,22 @@ def ppo_config(
         seed: seed of the runners' envs and the network.
 
     Raises:
-        DistributedError: Ray (RLlib) is not installed.
+        ImportError: Ray (RLlib) is not installed.
         ValueError: env_runners or envs_per_runner < 1.
     """
     if env_runners < 1 or envs_per_runner < 1:
         raise ValueError(
             f"env_runners and envs_per_runner must be >= 1, got {env_runners}, {envs_per_runner}"
         )
-    from evaluation.distributed import import_ray
+    import os
 
-    import_ray()  # a clear message when Ray is missing
-    from ray.rllib.algorithms.ppo import PPOConfig
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage over the network
+    try:
+        from ray.rllib.algorithms.ppo import PPOConfig
+    except ImportError as exc:
+        raise ImportError(
+            f"RLlib needs the [ray] extra: pip install 'llm-usersim[ray]' ({exc})"
+        ) from None
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     return (

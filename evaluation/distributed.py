@@ -5,7 +5,7 @@ users across Ray actors, each holding one batched simulator on its own device (o
 `--device cuda`, one CPU each otherwise), and merge the per-user results in the driver. User i's
 randomness depends only on (seed, i) (`recsim_env.episodes.run_episodes`), so a unit's result
 depends only on what it is asked, not on where it runs: the distributed JSON equals the
-single-process JSON for the same seed, apart from the wall-clock `seconds` (tests on a local
+single-process JSON for the same seed, apart from wall-clock fields such as `seconds` (tests on a local
 runtime with 2 CPUs; also the no-argument benchmark's 200 users on the default simulator).
 
 The pieces:

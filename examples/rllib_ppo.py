@@ -14,7 +14,7 @@ Run:
     python examples/rllib_ppo.py                         # embedded default simulator, 2 runners
     python examples/rllib_ppo.py --env-runners 4 --iterations 50
     RAY_ADDRESS=HOST:PORT python examples/rllib_ppo.py   # on a running cluster
-    python examples/rllib_ppo.py --smoke                 # one small iteration (about 30 s)
+    python examples/rllib_ppo.py --smoke                 # one small iteration (about 40 s)
 """
 
 from __future__ import annotations

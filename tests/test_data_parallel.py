@@ -92,3 +92,22 @@ def test_accelerate_cpu_launch_that_runs_one_process_is_refused(
         SimulatorTrainer(read_logs(tiny_logs_dir), tmp_path / "x", cfg, progress=False)
     assert DATA_PARALLEL_COMMANDS in str(err.value)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_the_one_gpu_model(tiny_logs_dir, tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    one, two = tmp_path / "one", tmp_path / "two"
+    accelerate = shutil.which("accelerate") or pytest.skip("no accelerate command")
+    for out, n in ((one, "1"), (two, "2")):
+        launch = [accelerate, "launch", "--num_processes", n, "--num_machines", "1"]
+        launch += ["--multi_gpu"] if n == "2" else []
+        launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--main_process_port", str(_free_port())]
+        _launch(launch, tiny_logs_dir, out, "--max-steps", "8")
+    a, b = _state(one), _state(two)
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert abs(ha["val_loss"] - hb["val_loss"]) <= 1e-4, (ha, hb)  # TF32 / NCCL order

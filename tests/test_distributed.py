@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from evaluation.distributed import ActorPool, DistributedError, RayConfig, Unit, user_shards
 from recsim_env.cli import main
@@ -177,4 +178,16 @@ def test_validate_json_on_ray_equals_one_process(local_ray, tiny_sim_dir, tmp_pa
     assert main([*argv, "--ray", "--json", str(distributed)]) == 0
     a, b = json.loads(one.read_text()), json.loads(distributed.read_text())
     assert list(b["policy_returns"]) == ["random", "greedy", "slateq"]
+    assert timeless(a) == timeless(b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_benchmark_with_a_gpu_per_actor_equals_one_process(local_ray, tmp_path) -> None:
+    argv = ["benchmark", "--users", "16", "--batch", "8", "--agents", "random,greedy,slateq"]
+    argv += ["--device", "cuda"]
+    one, distributed = tmp_path / "one.json", tmp_path / "ray.json"
+    assert main([*argv, "--json", str(one)]) == 0
+    assert main([*argv, "--ray", "--json", str(distributed)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(distributed.read_text())
     assert timeless(a) == timeless(b)
