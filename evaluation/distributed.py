@@ -23,6 +23,9 @@ The pieces:
 - `WorkerState`: what an actor keeps between units (its device; vector envs and simulators
   worth reusing).
 
+The connection, the actor and the pool stay in one module: they share the one place Ray is
+imported and the failure modes each of them turns into a `DistributedError`.
+
 Ray is optional (`pip install 'llm-usersim[ray]'`: `ray==2.60.0`, `dm_tree` and `lz4`, never
 `ray[rllib]`, whose gymnasium pin would downgrade the main install); it is imported only here and
 in `agents.rllib`, and only when used.
@@ -237,14 +240,6 @@ class WorkerState:
             return {**kwargs, "device": self.device}
         return dict(kwargs)
 
-    def close(self) -> None:
-        """Close every cached object that can be closed."""
-        for obj in self._cache.values():
-            close = getattr(obj, "close", None)
-            if callable(close):
-                close()
-        self._cache.clear()
-
 
 class UnitWorker:
     """The actor: runs units `fn(state, *args)` one at a time, keeping a `WorkerState`."""
@@ -289,6 +284,11 @@ class ActorPool:
 
     def __init__(self, cfg: RayConfig, device: str = "cpu", max_actors: int | None = None) -> None:
         """Check the cluster can hold the actors (Ray must be initialised); start none yet.
+
+        Args:
+            cfg: the cluster and fault settings (`cfg.actors`: how many actors).
+            device: the simulators' device; CUDA gives every actor one GPU.
+            max_actors: at most this many actors (fewer units than actors need no more).
 
         Raises:
             DistributedError: `device` is CUDA and the cluster has no (or too few) GPUs, or it
