@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from evaluation.distributed import RayConfig
 from evaluation.stats import Z95, mean_ci95
 from recsim_env.episodes import EpisodeStats, make_episode_env, run_episodes
 
@@ -135,6 +136,23 @@ class SlateRecorder:
         self._rows.append(np.repeat(users, items.shape[1]))
         self._cols.append(items.reshape(-1))
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The per-user sums and the (user, item) pairs shown, as plain arrays."""
+        return {
+            "diversity_sum": self.diversity_sum,
+            "novelty_sum": self.novelty_sum,
+            "rows": np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64),
+            "cols": np.concatenate(self._cols) if self._cols else np.zeros(0, np.int64),
+        }
+
+    def absorb(self, part: dict[str, np.ndarray], first: int) -> None:
+        """Add another recorder's `state()` whose user 0 is user `first` here."""
+        n = len(part["diversity_sum"])
+        self.diversity_sum[first : first + n] += part["diversity_sum"]
+        self.novelty_sum[first : first + n] += part["novelty_sum"]
+        self._rows.append(np.asarray(part["rows"]) + first)
+        self._cols.append(np.asarray(part["cols"]))
+
     def seen(self) -> sparse.csr_matrix:
         """(users, num_items) 1 where the item was shown to the user."""
         rr = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
@@ -205,10 +223,45 @@ def popularity_counts(cfg: BenchmarkConfig, vec: Any) -> np.ndarray:
     return np.array([counts[index[i]] if i in index else 0.0 for i in env_ids])
 
 
+def build_agents(
+    cfg: BenchmarkConfig, vec: Any, counts: np.ndarray
+) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """(name, label, agent) of every agent that can be built on vec, and the skip notes.
+
+    Raises:
+        ValueError: an explicitly named agent is unavailable on this env.
+    """
+    from agents.registry import BASELINES, AgentUnavailable
+
+    explicit = bool(cfg.agents)
+    agents: list[tuple[str, str, Any]] = []
+    notes: list[str] = []
+    for name in dict.fromkeys(cfg.agents or BASELINES):
+        try:
+            agent = make_benchmark_agent(name, vec, cfg, counts)
+        except AgentUnavailable as exc:
+            if explicit:
+                raise ValueError(f"agent {name!r} is unavailable on {cfg.env}: {exc}") from exc
+            notes.append(f"note: skipping {name} on {cfg.env}: {exc}")
+            continue
+        label = name if name in BASELINES else str(getattr(agent, "name", name))
+        agents.append((name, label, agent))
+    return agents, notes
+
+
+def make_benchmark_agent(name: str, vec: Any, cfg: BenchmarkConfig, counts: np.ndarray) -> Any:
+    """`agents.registry.make_agent` with the benchmark's seed (and counts for `popular`)."""
+    from agents.registry import make_agent
+
+    kwargs = {"counts": counts} if name == "popular" else {}
+    return make_agent(name, vec, seed=cfg.seed, trust_sb3_zip=cfg.trust_sb3_zip, **kwargs)
+
+
 def run_benchmark(
     cfg: BenchmarkConfig,
     on_agent: Callable[[str], None] | None = None,
     on_done: Callable[[int], None] | None = None,
+    ray: RayConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build every agent (skipping unavailable defaults) and evaluate it on the same users.
 
@@ -216,37 +269,29 @@ def run_benchmark(
         cfg: the benchmark.
         on_agent: called with each agent's label before it runs (progress).
         on_done: called with the number of users finished (progress).
+        ray: run on Ray actors (`evaluation.benchmark_ray.run_benchmark_on_ray`): the same
+            figures.
 
     Returns:
         {agent label: figures (see `summarize`)}.
 
     Raises:
         ValueError: an explicitly named agent is unavailable on this env.
+        DistributedError: (with `ray`) the cluster cannot do the work.
     """
-    from agents.registry import BASELINES, AgentUnavailable, make_agent
+    if ray is not None:
+        from evaluation.benchmark_ray import run_benchmark_on_ray
 
-    explicit = bool(cfg.agents)
-    names = list(dict.fromkeys(cfg.agents or BASELINES))
+        return run_benchmark_on_ray(cfg, ray, on_agent, on_done)
     vec = make_episode_env(cfg.env, min(cfg.users, cfg.batch), **cfg.env_kwargs)
     try:
         counts = popularity_counts(cfg, vec)
         novelty = item_novelty(counts)
-        agents: list[tuple[str, Any]] = []
-        for name in names:
-            try:
-                kwargs = {"counts": counts} if name == "popular" else {}
-                agent = make_agent(
-                    name, vec, seed=cfg.seed, trust_sb3_zip=cfg.trust_sb3_zip, **kwargs
-                )
-            except AgentUnavailable as exc:
-                if explicit:
-                    raise ValueError(f"agent {name!r} is unavailable on {cfg.env}: {exc}") from exc
-                log.warning("note: skipping %s on %s: %s", name, cfg.env, exc)
-                continue
-            label = name if name in BASELINES else str(getattr(agent, "name", name))
-            agents.append((label, agent))
+        agents, notes = build_agents(cfg, vec, counts)
+        for note in notes:
+            log.warning("%s", note)
         results: dict[str, dict[str, Any]] = {}
-        for label, agent in agents:
+        for _name, label, agent in agents:
             if on_agent is not None:
                 on_agent(label)
             recorder = SlateRecorder(cfg.users, novelty)

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ EXAMPLES = {
     "finetune_simulator.py": "step 0:",
     "real_data_movielens.py": "click_auc:",
 }
+if importlib.util.find_spec("ray") is not None:  # the optional extra [ray]
+    EXAMPLES["rllib_ppo.py"] = "env steps/s per env runner"
 
 
 @pytest.fixture(scope="module")

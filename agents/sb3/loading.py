@@ -33,7 +33,11 @@ class SB3SlatePolicy:
         model: the SB3 model.
         algo: ppo, a2c or dqn.
         name: a label for tables.
+        user_independent: True: a deterministic policy's slate for a user depends only on that
+            user's observation (how the benchmark and the ranking call it).
     """
+
+    user_independent = True
 
     def __init__(self, model: Any, name: str | None = None, slate_size: int | None = None) -> None:
         """Wrap model; slate_size is needed for Discrete models not saved by llm-usersim."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.distributed import RayConfig
 from evaluation.fidelity import metrics as M
 from evaluation.fidelity.config import (
     DEFAULT_HELDOUT_SEED,
@@ -209,7 +210,7 @@ def _ground_truth(run: ValidationRun) -> dict[str, Any]:
 
 
 def _ranking(
-    run: ValidationRun, train_events: Events | None
+    run: ValidationRun, train_events: Events | None, ray: RayConfig | None = None
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Policy returns in the simulator and the world, and (with sim2real) the PPO pair."""
     from evaluation.fidelity.ranking import rank_policies, train_ppo
@@ -251,7 +252,10 @@ def _ranking(
             cfg.policy_envs,
             counts,
             cfg.progress,
-            cfg.trust_sb3_zip,
+            trust_sb3_zip=cfg.trust_sb3_zip,
+            ray=ray,
+            sim_path=run.sim_path,
+            device=cfg.device,
         )
 
     returns = evaluate(policies)
@@ -297,8 +301,28 @@ def _ranking(
     return ranking, sim2real
 
 
-def run_validation(cfg: ValidateConfig) -> dict[str, Any]:
-    """Run every section the inputs allow and return the report as a JSON-ready dict."""
+def run_validation(cfg: ValidateConfig, ray: RayConfig | None = None) -> dict[str, Any]:
+    """Run every section the inputs allow and return the report as a JSON-ready dict.
+
+    Args:
+        cfg: the settings.
+        ray: play the policy ranking's users on Ray actors (`evaluation.fidelity.ranking_ray`):
+            the same figures; the other sections run in this process.
+
+    Raises:
+        DistributedError: (with `ray`) the cluster cannot do the work (checked first, before
+            the sections that run here: an unreachable cluster or a missing GPU fails at once).
+    """
+    if ray is not None and (cfg.ranking or cfg.sim2real):
+        from evaluation.distributed import ActorPool, ray_runtime
+
+        with ray_runtime(ray):
+            ActorPool(ray, cfg.device)  # checks the cluster has the devices; starts nothing
+            return _run_validation(cfg, ray)
+    return _run_validation(cfg, None)
+
+
+def _run_validation(cfg: ValidateConfig, ray: RayConfig | None) -> dict[str, Any]:
     t_all = time.perf_counter()
     run = setup_run(cfg)
     t0 = time.perf_counter()
@@ -317,7 +341,7 @@ def run_validation(cfg: ValidateConfig) -> dict[str, Any]:
     gt = _ground_truth(run) if run.world is not None else None
     ranking = sim2real = None
     if run.world is not None and (cfg.ranking or cfg.sim2real):
-        ranking, sim2real = _ranking(run, train_events)
+        ranking, sim2real = _ranking(run, train_events, ray)
     run.timings["total"] = round(time.perf_counter() - t_all, 2)
     return _assemble(run, responses, leave, baselines, warm_cold, sessions, gt, ranking, sim2real)
 

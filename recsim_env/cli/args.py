@@ -150,23 +150,37 @@ def existing_file(text: str) -> Path:
     return p
 
 
-def device(text: str) -> str:
-    """A torch device this machine has: cpu, cuda or cuda:N (N below the GPU count)."""
-    name = text.strip().lower()
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        import torch
+def device_name(text: str) -> str:
+    """A torch device name: cpu, cuda or cuda:N (whether this machine has it is not checked).
 
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device; use cpu")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text}: there are {torch.cuda.device_count()} CUDA devices"
-            )
+    For commands whose work may run elsewhere (`--ray` with a cluster address): the GPUs are
+    the cluster's; `check_device_here` checks this machine's when the work runs here.
+    """
+    name = text.strip().lower()
+    if name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         return name
     raise argparse.ArgumentTypeError(f"unknown device {text!r}; allowed: cpu, cuda, cuda:N")
+
+
+def check_device_here(name: str) -> str:
+    """`name` if this machine has that device, else ArgumentTypeError saying what it has."""
+    if name == "cpu":
+        return name
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name}: this machine has no CUDA device; use cpu")
+    index = int(name[5:]) if ":" in name else 0
+    if index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"{name}: there are {torch.cuda.device_count()} CUDA devices"
+        )
+    return name
+
+
+def device(text: str) -> str:
+    """A torch device this machine has: cpu, cuda or cuda:N (N below the GPU count)."""
+    return check_device_here(device_name(text))
 
 
 ENV_IDS = ("LLMUserSim-v0", "ParametricUserSim-v0")

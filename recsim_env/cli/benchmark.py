@@ -11,7 +11,8 @@ import argparse
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
 from recsim_env.cli.args import (
-    device,
+    check_device_here,
+    device_name,
     env_id,
     existing_dir,
     int_at_least,
@@ -76,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--simulator", type=existing_dir, default=None, help="LLMUserSim-v0 simulator checkpoint"
     )
     p.add_argument(
-        "--device", type=device, default=None, help="LLMUserSim-v0 device (cpu, cuda, cuda:N)"
+        "--device", type=device_name, default=None, help="LLMUserSim-v0 device (cpu, cuda, cuda:N)"
     )
     p.add_argument(
         "--trust-sb3-zip",
@@ -84,12 +85,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow agents given as KIND:FILE.zip (third-party SB3 models): loading one "
         "unpickles it, which RUNS CODE stored in the file; use only for files you trust",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="split the users across Ray actors (one per CPU, or per GPU with --device cuda): "
+        "a running cluster's HOST:PORT or auto; no address: start a local Ray runtime "
+        "(pip install 'llm-usersim[ray]'); the figures equal a one-process run's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every agent, print the table and write the requested files."""
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
 
     from agents.registry import check_agent_spec
     from evaluation.benchmark import (
@@ -99,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         write_csv,
         write_plot,
     )
+    from evaluation.distributed import DistributedError, RayConfig
+    from simulators.progress import progress_bar
 
     llm_only = [f for f, v in (("--simulator", args.simulator), ("--device", args.device)) if v]
     if args.env != "LLMUserSim-v0" and llm_only:
@@ -121,18 +133,24 @@ def run(args: argparse.Namespace) -> int:
         env_kwargs=env_kwargs,
         trust_sb3_zip=args.trust_sb3_zip,
     )
+    if args.device and args.ray is None:  # with --ray the actors' machines have the GPUs
+        try:
+            check_device_here(args.device)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"argument --device: {exc}") from None
+    ray = None if args.ray is None else RayConfig(address=args.ray or None)
     from agents.registry import BASELINES
 
-    bar = tqdm(
-        total=len(cfg.agents or BASELINES) * cfg.users,
-        desc="benchmark",
-        unit="user",
-        disable=not progress_enabled(),
+    bar = progress_bar(
+        len(cfg.agents or BASELINES) * cfg.users, "benchmark", "user", progress_enabled()
     )
     # the agents' matrices are small: threaded BLAS made SlateQ over 10x slower on 2 shared cores
     with threadpool_limits(limits=1, user_api="blas"):
-        results = run_benchmark(cfg, on_agent=bar.set_postfix_str, on_done=bar.update)
-    bar.close()
+        try:
+            results = run_benchmark(cfg, on_agent=bar.set_postfix_str, on_done=bar.update, ray=ray)
+        except DistributedError as exc:  # the cluster's fault, told as one line
+            raise UsageError(str(exc)) from exc
+    bar.close()  # not on an error: its one line is the last thing on stderr
     print(f"{args.env}: {args.users} users, seed {args.seed} (mean ± 95% CI half-width)")
     print(format_table(results))
     write_json(

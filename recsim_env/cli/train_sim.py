@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
@@ -23,6 +24,7 @@ from simulators.lm.gpt2 import MODEL_SIZES
 from simulators.lm.model import SimulatorConfig
 from simulators.logs import read_logs
 from simulators.training import SimulatorTrainer, TrainConfig
+from simulators.training.parallel import launched_rank
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
 
@@ -140,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
         check_base_model(cfg.base_model)  # before reading the logs: fail in a second, not later
     if args.resume and not (args.out / "training" / "state.safetensors").is_file():
         raise UsageError(f"--resume: {args.out} holds no training state (train without --resume)")
-    with exclusive_output(args.out):  # a second run into the same --out fails at once
+    # a second run into the same --out fails at once; data-parallel ranks > 0 write nothing
+    lock = exclusive_output(args.out) if launched_rank() == 0 else contextlib.nullcontext()
+    with lock:
         logs = read_logs(args.logs)
         sim_config = (
             None
@@ -152,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         )
         trainer = SimulatorTrainer(logs, args.out, cfg, sim_config, progress=progress_enabled())
         state = trainer.train(resume=args.resume)
+    if not trainer.is_main_process:  # data-parallel: rank 0 reports for all
+        return 0
     n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
     summary = {
         "best_val_loss": state["best_val"],
@@ -159,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": n_params,
+        "processes": trainer.world,
         "history": state["history"],
     }
     print(

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
+from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
 from recsim_env.cli.args import (
-    device,
+    check_device_here,
+    device_name,
     existing_dir,
     existing_file,
     name_list,
@@ -117,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--pool", type=positive_int, default=d.pool, help="batch rows of simulated sessions"
     )
     p.add_argument(
-        "--device", type=device, default=d.device, help="simulator device (cpu, cuda, cuda:N)"
+        "--device", type=device_name, default=d.device, help="simulator device (cpu, cuda, cuda:N)"
     )
     p.add_argument("--ppo-envs", type=positive_int, default=d.ppo_envs, help="envs of each PPO run")
     p.add_argument(
@@ -125,6 +128,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=d.ppo_seeds,
         help="--sim2real PPO pairs, one per seed; the ratio is of their mean returns",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="play the policy ranking's users on Ray actors (one per CPU, or per GPU with "
+        "--device cuda): a running cluster's HOST:PORT or auto; no address: start a local "
+        "Ray runtime (pip install 'llm-usersim[ray]'); the figures equal a one-process run's",
     )
     p.add_argument("--json", type=output_file, default=None, help="write the figures as JSON")
     p.add_argument(
@@ -151,9 +164,15 @@ def world_spec(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Validate, print the headline figures, write the requested files."""
     from agents.registry import check_agent_spec
+    from evaluation.distributed import RayConfig
     from evaluation.fidelity.render import write_report
-    from evaluation.fidelity.report import ValidateConfig, run_validation
+    from evaluation.fidelity.report import ValidateConfig
 
+    if args.device and args.ray is None:  # with --ray the actors' machines have the GPUs
+        try:
+            check_device_here(args.device)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"argument --device: {exc}") from None
     for spec in ([args.ppo] if args.ppo else []) + ([] if args.no_ranking else list(args.policies)):
         check_agent_spec(spec, args.trust_sb3_zip)  # fails now, not after the held-out users
     cfg = ValidateConfig(
@@ -179,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=progress_enabled(),
     )
-    res = run_validation(cfg)
+    ray = None if args.ray is None else RayConfig(address=args.ray or None)
+    res = _validate(cfg, ray)  # --threads already limits torch and numpy's BLAS
     print(summary(res))
     write_json(args.json, res)
     if args.json:
@@ -188,6 +208,16 @@ def run(args: argparse.Namespace) -> int:
         files = write_report(res, args.report)
         print(f"wrote report to {args.report} ({len(files) - 1} plots beside it)")
     return 0
+
+
+def _validate(cfg: Any, ray: Any) -> dict:
+    from evaluation.distributed import DistributedError
+    from evaluation.fidelity.report import run_validation
+
+    try:
+        return run_validation(cfg, ray)
+    except DistributedError as exc:  # the cluster's fault, told as one line
+        raise UsageError(str(exc)) from exc
 
 
 def summary(res: dict) -> str:

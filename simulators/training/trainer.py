@@ -5,8 +5,9 @@
   one file, written atomically, so a crash leaves either the old or the new state. `resume=True`
   continues from it and reproduces the uninterrupted run: batch order is a function of
   (seed, epoch) and item dropout of (seed, step).
-- accelerate drives devices and precision, so `accelerate launch` runs the same code on several
-  GPUs or machines.
+- accelerate drives devices and precision; `accelerate launch --multi_gpu` or torchrun runs the
+  same code data-parallel on several GPUs, machines or (gloo) CPU processes, each rank on a shard
+  of every global batch (`simulators.training.parallel`), with the same steps as one process.
 
 The loop, its resumable state (save/load) and early stopping act on one trainer's state, so they
 stay in one module; the data side (windows, packing, splits) is `simulators.training.data`.
@@ -41,6 +42,13 @@ from simulators.training.data import (
     pack_rows,
     session_windows,
     split_by_user,
+)
+from simulators.training.parallel import (
+    backward_on_shard,
+    make_accelerator,
+    shard,
+    sum_gradients,
+    sum_over_ranks,
 )
 
 log = logging.getLogger(__name__)
@@ -195,9 +203,9 @@ class SimulatorTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        from accelerate import Accelerator
-
-        self.accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+        self.accelerator = make_accelerator(cfg.bf16)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.state: dict[str, Any] = {
             "step": 0,
@@ -230,6 +238,11 @@ class SimulatorTrainer:
         )
         return batch
 
+    @property
+    def is_main_process(self) -> bool:
+        """True in the one process (rank 0) that writes checkpoints, logs and summaries."""
+        return bool(self.accelerator.is_main_process)
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -239,7 +252,9 @@ class SimulatorTrainer:
         tot = resp = leave = n = 0.0
         n_resp = 0.0
         dev = self.accelerator.device
-        for i in range(0, len(self.val_rows), 32):
+        for j, i in enumerate(range(0, len(self.val_rows), 32)):
+            if j % self.world != self.rank:  # data-parallel: every rank its share of batches
+                continue
             batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + 32]).items()}
             with self.accelerator.autocast():
                 _, r, lv, cnt = packed_loss(model, batch)
@@ -247,6 +262,7 @@ class SimulatorTrainer:
             leave += float(lv)
             n += float(cnt)
             n_resp += float((batch["target_kind"] == 1).sum())
+        resp, leave, n, n_resp = sum_over_ranks(self.accelerator, [resp, leave, n, n_resp])
         model.train()
         tot = (resp + leave) / max(n, 1)
         return {
@@ -262,7 +278,13 @@ class SimulatorTrainer:
         return self.out / "training" / "state.safetensors"
 
     def save_state(self) -> None:
-        """Write weights, AdamW moments and counters to one safetensors file (atomically)."""
+        """Write weights, AdamW moments and counters to one safetensors file (atomically).
+
+        Data-parallel: the main process writes; every rank returns once the file is there.
+        """
+        if not self.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
         model = self.accelerator.unwrap_model(self.model)
         tensors = {
             f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
@@ -281,6 +303,7 @@ class SimulatorTrainer:
             ),
         }
         atomic_write(self.state_path, lambda p: save_file(tensors, p, metadata=meta))
+        self.accelerator.wait_for_everyone()
 
     def load_state(self) -> None:
         """Restore weights, AdamW moments and counters written by save_state."""
@@ -344,8 +367,10 @@ class SimulatorTrainer:
                 + "); resume with the same settings and logs, or train into another --out"
             )
 
-    def save_simulator(self, directory: Path, extra: dict[str, Any]) -> GPT2UserSimulator:
-        """Save the current weights as a loadable simulator checkpoint."""
+    def save_simulator(self, directory: Path, extra: dict[str, Any]) -> GPT2UserSimulator | None:
+        """Save the current weights as a loadable simulator checkpoint (the main process)."""
+        if not self.is_main_process:
+            return None
         model = self.accelerator.unwrap_model(self.model)
         sim = GPT2UserSimulator(
             model,
@@ -394,9 +419,13 @@ class SimulatorTrainer:
         model = self.model
         model.train()
         dev = self.accelerator.device
-        writer = _summary_writer(self.out / "training" / "tb")
+        writer = _summary_writer(self.out / "training" / "tb") if self.is_main_process else None
         bar = progress_bar(
-            total, "train-sim", "steps", enabled=self.progress, initial=self.state["step"]
+            total,
+            "train-sim",
+            "steps",
+            enabled=self.progress and self.is_main_process,
+            initial=self.state["step"],
         )
         t_start = time.time() - self.state["train_seconds"]
         steps_this_call = 0
@@ -408,13 +437,13 @@ class SimulatorTrainer:
                 chunk = rows[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if not chunk:
                     break
-                batch = {k: v.to(dev) for k, v in self._dropout_items(collate(chunk), step).items()}
+                full = self._dropout_items(collate(chunk), step)
+                batch = {k: v.to(dev) for k, v in shard(full, self.rank, self.world).items()}
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr_at(step, total, cfg)
-                with self.accelerator.autocast():
-                    loss, *_ = packed_loss(self.accelerator.unwrap_model(model), batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss)
+                loss = backward_on_shard(self.accelerator, model, batch, full)
+                sum_gradients(self.accelerator, list(model.parameters()))
                 self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 self.optimizer.step()
                 self.state["step"] = step + 1
@@ -431,6 +460,8 @@ class SimulatorTrainer:
                     cfg.max_minutes is not None
                     and self.state["train_seconds"] > 60 * cfg.max_minutes
                 )
+                if cfg.max_minutes is not None and self.world > 1:  # every rank stops together
+                    out_of_time = sum_over_ranks(self.accelerator, [float(out_of_time)])[0] > 0
                 last = self.state["step"] >= total or out_of_time
                 if self.state["step"] % cfg.eval_every == 0 or last:
                     if self._evaluate(writer):
