@@ -7,15 +7,18 @@
   item features (category one-hot, log price), position, profile multi-hot, whether an earlier
   slot of the slate was clicked, and the step index: the same information the simulator reads
   about one event, without sequence modelling.
+- `GradientBoostingBaseline`: gradient-boosted trees on the same features plus history features
+  (the user's past click rate, the item's click rate, category affinity, position, slate
+  length): the strongest of the three, and the one the simulator has to beat on real logs.
 
-Both know exactly the items the simulator knows (`known`): a cold item has no item-level
-statistics in either.
+All of them know exactly the items the simulator knows (`known`): a cold item has no
+item-level statistics in any.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -149,6 +152,193 @@ class LogisticBaseline:
         if y.all() or not y.any():
             raise ValueError("the training part has a single click class; cannot fit")
         self.model = LogisticRegression(C=1.0, max_iter=500, random_state=self.seed)
+        self.model.fit(x, y)
+        return self
+
+    def predict(self, events: Events) -> np.ndarray:
+        """(n,) click probabilities."""
+        if self.model is None:
+            raise RuntimeError("call fit() first")
+        return self.model.predict_proba(self.design(events))[:, 1]
+
+
+HISTORY_PRIOR = 5.0
+"""Pseudo-events of the overall (or category) rate added to every history rate (smoothing)."""
+ITEM_DROPOUT = 0.1
+"""Share of training events whose item statistics are hidden, so the trees learn to score an
+item without them (a cold item), as the simulator's training drops items out."""
+
+
+def history_features(
+    events: Events,
+    categories: np.ndarray,
+    item_stats: tuple[np.ndarray, np.ndarray] | None,
+    known: np.ndarray,
+    leave_one_out: bool,
+) -> np.ndarray:
+    """Per-event history features (n, 7) float64 (NaN where nothing is known).
+
+    Columns: the user's click rate on earlier slates (any session, in log order), how many items
+    the user was shown before (log1p), the user's click rate on earlier items of this item's
+    category (category affinity), the item's click rate in the training part (known items
+    only; `leave_one_out` excludes the event's own click, for the training events themselves),
+    the item's training impressions (log1p), the category's click rate, and the slate length.
+
+    Args:
+        events: the events (sorted by user, session, step as `build_events` gives them).
+        categories: (num_items,) category index per item.
+        item_stats: (clicks, shown) per item in the training part, or None (no item columns).
+        known: (num_items,) bool, items with item-level statistics.
+        leave_one_out: subtract each event's own click from its item's statistics.
+    """
+    y = events.clicked.astype(np.float64)
+    n = len(events)
+    user = pd.factorize(events.session_user[events.session])[0]
+    step_key = events.session * 100_000 + events.step  # one slate
+    overall = y.mean() if n else 0.0
+    # the user's earlier slates: cumulative sums per user, excluding the current slate
+    frame = pd.DataFrame({"user": user, "slate": step_key, "y": y, "one": 1.0})
+    per_slate = frame.groupby(["user", "slate"], sort=False)[["y", "one"]].sum()
+    before = per_slate.groupby(level="user").cumsum() - per_slate
+    idx = pd.MultiIndex.from_arrays([user, step_key])
+    clicks_before = before["y"].reindex(idx).to_numpy()
+    shown_before = before["one"].reindex(idx).to_numpy()
+    user_rate = (clicks_before + HISTORY_PRIOR * overall) / (shown_before + HISTORY_PRIOR)
+    # the same within the item's category (category affinity)
+    cat = categories[events.item]
+    frame["cat"] = cat
+    per_cat = frame.groupby(["user", "cat", "slate"], sort=False)[["y", "one"]].sum()
+    before_c = per_cat.groupby(level=["user", "cat"]).cumsum() - per_cat
+    idx_c = pd.MultiIndex.from_arrays([user, cat, step_key])
+    c_before = before_c["y"].reindex(idx_c).to_numpy()
+    c_shown = before_c["one"].reindex(idx_c).to_numpy()
+    if item_stats is None:
+        item_rate = np.full(n, np.nan)
+        item_shown = np.full(n, np.nan)
+        cat_rate = np.full(n, overall)
+    else:
+        clicks, shown = item_stats
+        n_cat = int(categories.max()) + 1
+        cat_clicks = np.bincount(categories, weights=clicks, minlength=n_cat)
+        cat_shown = np.bincount(categories, weights=shown, minlength=n_cat)
+        base = clicks.sum() / max(shown.sum(), 1.0)
+        cat_rate_all = (cat_clicks + HISTORY_PRIOR * base) / (cat_shown + HISTORY_PRIOR)
+        cat_rate = cat_rate_all[cat]
+        own = y if leave_one_out else 0.0
+        ic = clicks[events.item] - own
+        ishown = shown[events.item] - (1.0 if leave_one_out else 0.0)
+        item_rate = (ic + HISTORY_PRIOR * cat_rate) / (np.maximum(ishown, 0) + HISTORY_PRIOR)
+        item_shown = np.log1p(np.maximum(ishown, 0))
+        cold = ~known[events.item]
+        item_rate[cold] = np.nan
+        item_shown[cold] = np.nan
+    affinity = (c_before + HISTORY_PRIOR * user_rate) / (c_shown + HISTORY_PRIOR)
+    return np.stack(
+        [
+            user_rate,
+            np.log1p(shown_before),
+            affinity,
+            item_rate,
+            item_shown,
+            cat_rate,
+            events.step_size[np.searchsorted(events.step_first_slot, np.arange(n), "right") - 1]
+            if n
+            else np.zeros(0),
+        ],
+        axis=1,
+    ).astype(np.float64)
+
+
+class GradientBoostingBaseline:
+    """Gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier) on event features.
+
+    The logistic regression's features (item features, position, profile, earlier clicks of
+    the slate, step) plus history features (`history_features`: the user's past click rate,
+    the item's click rate, category affinity, slate length and more).
+
+    Fitted on the training users' events, whose history features come from their own earlier
+    events (the item's rate leaves the event's own click out, and a share of events hide their
+    item statistics, as cold items have none); the held-out users' history features come from
+    their own earlier held-out events and the training part's item statistics.
+
+    Args:
+        item_features: (num_items, F) dense item features.
+        categories: (num_items,) category index per item.
+        known: (num_items,) bool, items with item-level statistics (the simulator's warm items).
+        num_profile_tokens: size of the profile vocabulary (multi-hot columns, at most 512).
+        max_train: training events used at most (a seeded subsample beyond that).
+        seed: seed of the subsample, the hidden item statistics and the trees.
+    """
+
+    MAX_PROFILE_COLUMNS = 512
+
+    def __init__(
+        self,
+        item_features: np.ndarray,
+        categories: np.ndarray,
+        known: np.ndarray,
+        num_profile_tokens: int,
+        max_train: int = 200_000,
+        seed: int = 0,
+    ) -> None:
+        """Store the encodings; call `fit`."""
+        self.item_features = np.asarray(item_features, dtype=np.float64)
+        self.categories = np.asarray(categories, dtype=np.int64)
+        self.known = np.asarray(known, dtype=bool)
+        self.num_profile_tokens = min(int(num_profile_tokens), self.MAX_PROFILE_COLUMNS)
+        self.max_train = max_train
+        self.seed = seed
+        self.item_stats: tuple[np.ndarray, np.ndarray] | None = None
+        self.model: Any = None
+
+    def design(self, events: Events, leave_one_out: bool = False) -> np.ndarray:
+        """Dense feature matrix (n, D) of events (NaN: unknown)."""
+        n = len(events)
+        prof = np.zeros((n, max(self.num_profile_tokens, 1)))
+        p = events.profiles[events.session]
+        pr, pc = np.nonzero((p >= 0) & (p < self.num_profile_tokens))
+        prof[pr, p[pr, pc]] = 1.0
+        base = np.stack(
+            [
+                events.slot.astype(np.float64),
+                (events.clicks_before > 0).astype(np.float64),
+                events.clicks_before.astype(np.float64),
+                events.step.astype(np.float64),
+            ],
+            axis=1,
+        )
+        hist = history_features(events, self.categories, self.item_stats, self.known, leave_one_out)
+        return np.hstack([self.item_features[events.item], base, prof, hist])
+
+    def fit(self, train: Events) -> GradientBoostingBaseline:
+        """Fit on training events (subsampled to max_train)."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        num_items = len(self.known)
+        y_all = train.clicked
+        self.item_stats = (
+            np.bincount(train.item, weights=y_all.astype(float), minlength=num_items),
+            np.bincount(train.item, minlength=num_items).astype(np.float64),
+        )
+        x = self.design(train, leave_one_out=True)
+        rng = np.random.default_rng(self.seed)
+        hide = rng.random(len(x)) < ITEM_DROPOUT
+        x[hide, -4:-2] = np.nan  # item rate and impressions: as for a cold item
+        y = y_all
+        if len(y) > self.max_train:
+            keep = rng.choice(len(y), self.max_train, replace=False)
+            x, y = x[keep], y[keep]
+        if y.all() or not y.any():
+            raise ValueError("the training part has a single click class; cannot fit")
+        self.model = HistGradientBoostingClassifier(
+            max_iter=300,
+            learning_rate=0.1,
+            max_leaf_nodes=31,
+            early_stopping=len(y) > 2_000,
+            validation_fraction=0.1,
+            n_iter_no_change=20,
+            random_state=self.seed,
+        )
         self.model.fit(x, y)
         return self
 

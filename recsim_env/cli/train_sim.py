@@ -9,6 +9,7 @@ from recsim_env.cli._common import progress_enabled, write_json
 from simulators.lm.gpt2 import MODEL_SIZES
 from simulators.lm.model import SimulatorConfig
 from simulators.logs import read_logs
+from simulators.slate_fit import DEFAULT_CONTEXT
 from simulators.training import SimulatorTrainer, TrainConfig
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
@@ -35,14 +36,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="network size without a base model",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=d.max_minutes,
+        help=f"training time budget (default {d.max_minutes:g}; 0: no time limit); training also "
+        "stops after --epochs, --max-steps or --patience validations without improvement",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="optimiser step budget")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--context-length", type=int, default=d.context_length)
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="tokens of context per user (default: sized from the logs' longest slate, 512 for "
+        "slates of up to 81 items)",
+    )
     p.add_argument(
         "--attention-window",
         type=int,
@@ -67,13 +80,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and report the best validation loss."""
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    progress = progress_enabled()
+    if not progress:  # no terminal for a bar: progress lines (step, loss, val loss, ETA) instead
+        logging.getLogger("simulators.training").setLevel(logging.INFO)
     cfg = TrainConfig(
         size=args.size,
         base_model=args.base_model,
         init_sim=args.init_sim,
         epochs=args.epochs,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes or None,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -93,13 +109,15 @@ def run(args: argparse.Namespace) -> int:
         None
         if args.init_sim and args.attention_window is None
         else SimulatorConfig(
-            context_length=args.context_length, attention_window_steps=args.attention_window or 0
+            context_length=args.context_length or DEFAULT_CONTEXT,
+            attention_window_steps=args.attention_window or 0,
         ),
-        progress=progress_enabled(),
+        progress=progress,
     )
     state = trainer.train(resume=args.resume)
     n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
     summary = {
+        "context_length": trainer.sim_config.context_length,
         "best_val_loss": state["best_val"],
         "best_step": state.get("best_step"),
         "steps": state["step"],

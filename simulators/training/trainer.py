@@ -29,10 +29,18 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from simulators.atomic import atomic_write
-from simulators.catalog import item_category_index
+from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
 from simulators.logs import InteractionLogs
+from simulators.slate_fit import (
+    DEFAULT_CONTEXT,
+    MAX_SLATE_ITEMS,
+    check_slates,
+    context_for_slates,
+    max_slate_items,
+    window_length,
+)
 from simulators.training.data import (
     SessionData,
     collate,
@@ -43,6 +51,13 @@ from simulators.training.data import (
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MINUTES = 60.0
+"""Training time budget when none is given: an hour, then the best model so far is kept."""
+PROGRESS_SECONDS = 30.0
+"""Seconds between progress lines in the log (step, loss, validation loss, ETA)."""
+ROW_TOKENS = 512
+"""Tokens of the packed rows `TrainConfig.batch_size` counts."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,10 +73,13 @@ class TrainConfig:
     step layout): its weights and simulator settings replace the fresh network's."""
     epochs: int = 20
     """Maximum passes over the training sessions."""
-    max_minutes: float | None = None
-    """Stop after this much training time (then keep the best model)."""
+    max_minutes: float | None = DEFAULT_MAX_MINUTES
+    """Stop after this much training time (then keep the best model); None: no time limit.
+    Training also stops after `epochs`, `max_steps` or `patience` validations without
+    improvement, whichever comes first."""
     batch_size: int = 16
-    """Packed rows per optimiser step."""
+    """Packed rows of 512 tokens per optimiser step (a longer context takes proportionally
+    fewer rows, the same tokens per step)."""
     lr: float = 2e-3
     """Peak learning rate (linear warm-up, cosine decay)."""
     weight_decay: float = 0.01
@@ -78,8 +96,9 @@ class TrainConfig:
     """Seed of the split, the batch order, item dropout and the initial weights."""
     bf16: bool = False
     """bfloat16 autocast (fast on recent CPUs and GPUs)."""
-    context_length: int = 512
-    """Tokens per user context (GPT-2 n_positions)."""
+    context_length: int | None = None
+    """Tokens per user context (GPT-2 n_positions); None: sized from the logs' longest slate
+    (`simulators.slate_fit.context_for_slates`: 512, or more for slates of over 81 items)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (tests and smoke runs)."""
     session_summary: bool = False
@@ -98,6 +117,10 @@ class TrainConfig:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or None: no limit), got {self.max_minutes}")
+        if self.context_length is not None and self.context_length < 32:
+            raise ValueError(f"context_length must be >= 32, got {self.context_length}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -124,6 +147,9 @@ class SimulatorTrainer:
         self.out = Path(out)
         self.progress = progress
         self.logs = logs
+        # the slate rule first, before any work: every slate up to the cap fits
+        longest = check_slates(logs, source=logs.source)
+        prefix = 1 + ProfileEncoder.from_users(logs.users).slots
         data = encode_logs(logs)
         self.data = data
         start = _load_init_sim(cfg, data, logs) if cfg.init_sim else None
@@ -131,13 +157,27 @@ class SimulatorTrainer:
             window = (sim_config or start.sim_config).attention_window_steps
             sim_config = replace(start.sim_config, attention_window_steps=window)
             start.model.sim_config = sim_config
-        sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
+        sim_config = _sized_config(sim_config, cfg, longest, prefix, fixed=start is not None)
+        if start is not None:
+            start.model.sim_config = sim_config
+        limit = max_slate_items(sim_config, prefix)
+        check_slates(
+            logs,
+            limit,
+            logs.source,
+            f"the simulator's context of {sim_config.context_length} tokens holds at most {limit} "
+            f"items per slate after the {prefix}-token profile (leave --context-length out to "
+            "size it from the logs)",
+        )
         if cfg.session_summary and not sim_config.session_summary:
             sim_config = replace(sim_config, session_summary=True)
             if start is not None:
                 start.model.sim_config = sim_config
                 start.model.add_session_summary(torch.from_numpy(item_category_index(logs.items)))
         self.sim_config = sim_config
+        self.row_length = window_length(sim_config, prefix, longest)
+        """Tokens of the packed rows: the context (recency attention: at least what the
+        longest slate needs, see `simulators.slate_fit.window_length`)."""
         is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
         prefix = 1 + data.tokenizer.profile_slots
         self.prefix = prefix
@@ -146,7 +186,7 @@ class SimulatorTrainer:
             for i in idx
             for w in session_windows(
                 data.sessions[i],
-                self.sim_config.context_length,
+                self.row_length,
                 self.sim_config.window_steps,
                 prefix,
             )
@@ -156,7 +196,7 @@ class SimulatorTrainer:
         if not self.train_windows or not self.val_windows:
             raise ValueError("need sessions of at least two users to split training and validation")
         self.val_rows = pack_rows(
-            self.val_windows, self.sim_config.context_length, np.arange(len(self.val_windows))
+            self.val_windows, self.row_length, np.arange(len(self.val_windows))
         )
         train_users = sorted({u for u, v in zip(data.users, is_val) if not v})
         seen = np.zeros(data.tokenizer.num_items, dtype=bool)
@@ -189,6 +229,8 @@ class SimulatorTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
+        self.rows_per_step = max(1, cfg.batch_size * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        """Packed rows per optimiser step (`TrainConfig.batch_size` rows of 512 tokens)."""
         from accelerate import Accelerator
 
         self.accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
@@ -203,12 +245,14 @@ class SimulatorTrainer:
             "train_seconds": 0.0,
             "done": False,
         }
-        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / self.rows_per_step)
+        self._progress: dict[str, Any] = {}
+        """Progress of the running `train` call (smoothed loss, rate; see `progress_line`)."""
 
     # ------------------------------------------------------------------ data
     def _epoch_rows(self, epoch: int) -> list[dict[str, np.ndarray]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_windows))
-        return pack_rows(self.train_windows, self.sim_config.context_length, order)
+        return pack_rows(self.train_windows, self.row_length, order)
 
     def _dropout_items(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         p = self.sim_config.item_dropout
@@ -233,8 +277,9 @@ class SimulatorTrainer:
         tot = resp = leave = n = 0.0
         n_resp = 0.0
         dev = self.accelerator.device
-        for i in range(0, len(self.val_rows), 32):
-            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + 32]).items()}
+        per = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        for i in range(0, len(self.val_rows), per):
+            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + per]).items()}
             with self.accelerator.autocast():
                 _, r, lv, cnt = packed_loss(model, batch)
             resp += float(r)
@@ -349,11 +394,12 @@ class SimulatorTrainer:
         t_start = time.time() - self.state["train_seconds"]
         steps_this_call = 0
         stop = False
+        self._progress = {"total": total, "loss": None, "last": time.time(), "step0": None}
         while self.state["epoch"] < cfg.epochs and not stop:
             rows = self._epoch_rows(self.state["epoch"])
             for b in range(self.state["batch_in_epoch"], self.steps_per_epoch):
                 step = self.state["step"]
-                chunk = rows[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                chunk = rows[b * self.rows_per_step : (b + 1) * self.rows_per_step]
                 if not chunk:
                     break
                 batch = {k: v.to(dev) for k, v in self._dropout_items(collate(chunk), step).items()}
@@ -369,9 +415,13 @@ class SimulatorTrainer:
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                self._track_loss(loss.item())
+                bar.set_postfix_str(self.progress_line(short=True), refresh=False)
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
+                if time.time() - self._progress["last"] >= PROGRESS_SECONDS:
+                    self._progress["last"] = time.time()
+                    log.info("train-sim %s", self.progress_line())
                 steps_this_call += 1
                 out_of_time = (
                     cfg.max_minutes is not None
@@ -400,6 +450,44 @@ class SimulatorTrainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _track_loss(self, loss: float) -> None:
+        """Smoothed training loss (an exponential average over about 20 steps)."""
+        prev = self._progress["loss"]
+        self._progress["loss"] = loss if prev is None else 0.95 * prev + 0.05 * loss
+        if self._progress["step0"] is None:  # rate and ETA count this call's steps only
+            self._progress["step0"] = (self.state["step"], time.time())
+
+    def progress_line(self, short: bool = False) -> str:
+        """Where training stands: step, loss, validation loss, elapsed time and ETA.
+
+        The ETA is the sooner of the step budget at the current rate and the time budget;
+        early stopping (validation patience) can end training before either.
+        """
+        st, p = self.state, self._progress
+        total = p.get("total") or 0
+        loss = p.get("loss")
+        last_val = st["history"][-1]["val_loss"] if st["history"] else None
+        parts = [f"step {st['step']}/{total}"]
+        parts.append(f"loss {loss:.4f}" if loss is not None else "loss -")
+        parts.append(f"val {last_val:.4f}" if last_val is not None else "val -")
+        if short:
+            return ", ".join(parts)
+        if st["best_val"] is not None:
+            parts.append(f"best {st['best_val']:.4f} at {st.get('best_step')}")
+        elapsed = st["train_seconds"]
+        eta = None
+        if p.get("step0") is not None:
+            s0, t0 = p["step0"]
+            done = st["step"] - s0
+            if done > 0:
+                eta = (total - st["step"]) * (time.time() - t0) / done
+        if self.cfg.max_minutes is not None:
+            left = max(0.0, 60 * self.cfg.max_minutes - elapsed)
+            eta = left if eta is None else min(eta, left)
+        parts.append(f"{elapsed / 60:.1f} min")
+        parts.append("ETA -" if eta is None else f"ETA {eta / 60:.1f} min")
+        return ", ".join(parts)
 
     def _budget_left(self, total: int) -> bool:
         """True while steps, epochs and minutes all remain."""
@@ -441,8 +529,34 @@ class SimulatorTrainer:
             )
         else:
             self.state["bad_evals"] += 1
-        log.info("step %d: %s", step, metrics)
+        log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
+
+
+def _sized_config(
+    sim_config: SimulatorConfig | None,
+    cfg: TrainConfig,
+    longest: int,
+    prefix: int,
+    fixed: bool,
+) -> SimulatorConfig:
+    """The simulator settings with the context sized from the logs (`simulators.slate_fit`).
+
+    An explicit `cfg.context_length` (then a given `sim_config`'s own context) is kept; otherwise the context holds the longest slate and one earlier step, and a fresh
+    network gets a slot embedding for every slot of it. A checkpoint continued with full
+    attention (`fixed`) keeps its context: its absolute positions end there; one with recency
+    attention may read longer rows (no absolute positions).
+    """
+    auto = context_for_slates(longest, prefix)
+    if sim_config is None:
+        sim_config = SimulatorConfig(context_length=cfg.context_length or DEFAULT_CONTEXT)
+    if cfg.context_length is not None or (fixed and not sim_config.attention_window_steps):
+        return sim_config
+    context = max(auto, sim_config.context_length) if fixed else auto
+    slots = (
+        sim_config.max_slots if fixed else max(sim_config.max_slots, min(longest, MAX_SLATE_ITEMS))
+    )
+    return replace(sim_config, context_length=context, max_slots=slots)
 
 
 def _summary_writer(path: Path) -> Any:
