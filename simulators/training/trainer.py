@@ -41,6 +41,7 @@ from simulators.slate_fit import (
     max_slate_items,
     window_length,
 )
+from simulators.text_encoder import TEXT_ENCODERS, resolve_text_encoder
 from simulators.training.data import (
     SessionData,
     collate,
@@ -98,12 +99,16 @@ class TrainConfig:
     """bfloat16 autocast (fast on recent CPUs and GPUs)."""
     context_length: int | None = None
     """Tokens per user context (GPT-2 n_positions); None: sized from the logs' longest slate
-    (`simulators.slate_fit.context_for_slates`: 512, or more for slates of over 81 items)."""
+    (`simulators.slate_fit.context_for_slates`: 512, or more for slates of over about 80 items)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (tests and smoke runs)."""
     session_summary: bool = False
     """Switch the session-summary input channel on (see SimulatorConfig.session_summary): for a
     fresh network, or for one continued with `init_sim` (its new embedding starts at zero)."""
+    text_encoder: str = "auto"
+    """How a fresh network reads item titles (`simulators.text_encoder`): `hashed` words,
+    `minilm` (also the sentence embedding; needs the `text` extra) or `auto` (minilm when the
+    extra is installed and some item has a title, else hashed)."""
     max_population: int = 50_000
     """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
     seeded sample when there are more."""
@@ -119,6 +124,11 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0 (or None: no limit), got {self.max_minutes}")
+        if self.text_encoder not in ("auto", *TEXT_ENCODERS):
+            raise ValueError(
+                f"text_encoder must be auto or one of {list(TEXT_ENCODERS)}, got "
+                f"{self.text_encoder!r}"
+            )
         if self.context_length is not None and self.context_length < 32:
             raise ValueError(f"context_length must be >= 32, got {self.context_length}")
 
@@ -158,6 +168,12 @@ class SimulatorTrainer:
             sim_config = replace(start.sim_config, attention_window_steps=window)
             start.model.sim_config = sim_config
         sim_config = _sized_config(sim_config, cfg, longest, prefix, fixed=start is not None)
+        if start is None:
+            titled = "title" in logs.items and bool((logs.items["title"].fillna("") != "").any())
+            encoder = resolve_text_encoder(cfg.text_encoder) if titled else "hashed"
+            if cfg.text_encoder == "minilm" and not titled:
+                log.warning("--text-encoder minilm: no item has a title; using hashed words")
+            sim_config = replace(sim_config, text_encoder=encoder)
         if start is not None:
             start.model.sim_config = sim_config
         limit = max_slate_items(sim_config, prefix)
