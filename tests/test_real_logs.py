@@ -397,9 +397,9 @@ def test_history_features_use_only_earlier_slates() -> None:
     assert c[0] == 1.0 and n[0] == 2.0
 
 
-def test_gradient_boosting_finds_what_the_user_history_says() -> None:
+def test_gradient_boosting_finds_what_the_session_history_says() -> None:
     """Users differ only in how often they click (no profile, no item signal): the trees read
-    it from their history, the logistic regression cannot."""
+    it from the session's history, the logistic regression cannot."""
     from evaluation.fidelity import metrics as M
     from evaluation.fidelity.baselines import GradientBoostingBaseline, LogisticBaseline
 
@@ -457,6 +457,8 @@ def test_train_sim_stops_by_default_and_reports_progress(
     assert TrainConfig().max_minutes == 60.0 and TrainConfig().context_length is None
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig(max_minutes=-1)
+    with pytest.raises(ValueError, match="eval_minutes"):
+        TrainConfig(eval_minutes=0)
     argv = ["train-sim", "--logs", str(tiny_logs_dir), "--out", str(tmp_path / "s")]
     with caplog.at_level(logging.INFO, logger="simulators.training"):
         assert main([*argv, "--size", "tiny", "--max-steps", "4", "--eval-every", "2"]) == 0

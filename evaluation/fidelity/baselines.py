@@ -8,8 +8,9 @@
   slot of the slate was clicked, and the step index: the same information the simulator reads
   about one event, without sequence modelling.
 - `GradientBoostingBaseline`: gradient-boosted trees on the same features plus history features
-  (the user's past click rate, the item's click rate, category affinity, position, slate
-  length): the strongest of the three, and the one the simulator has to beat on real logs.
+  (the user's past click rate in the session, the item's click rate, category affinity,
+  position, slate length): the strongest of the three, and the one the simulator has to beat
+  on real logs.
 
 All of them know exactly the items the simulator knows (`known`): a cold item has no
 item-level statistics in any.
@@ -205,11 +206,12 @@ def history_features(
 ) -> np.ndarray:
     """Per-event history features (n, 7) float64 (NaN where nothing is known).
 
-    Columns: the user's click rate on earlier slates (any session, in log order), how many items
-    the user was shown before (log1p), the user's click rate on earlier items of this item's
-    category (category affinity), the item's click rate in the training part (known items
-    only), the item's training impressions (log1p), the category's click rate, and the slate
-    length.
+    Columns: the user's click rate on the earlier slates of the session, how many items the
+    session showed before (log1p), the user's click rate on the session's earlier items of this
+    item's category (category affinity), the item's click rate in the training part (known
+    items only), the item's training impressions (log1p), the category's click rate, and the
+    slate length. The user's history is the session's, as the simulator reads it (it starts
+    every session from the profile): the trees know what the simulator knows, summarised.
 
     Args:
         events: the events (sorted by user, session, step as `build_events` gives them).
@@ -220,10 +222,10 @@ def history_features(
     """
     y = events.clicked.astype(np.float64)
     n = len(events)
-    user = pd.factorize(events.session_user[events.session])[0]
-    step_key = events.session * 100_000 + events.step  # one slate
+    user = events.session  # the history of this session (see the docstring)
+    step_key = events.step  # one slate of the session
     overall = y.mean() if n else 0.0
-    # the user's earlier slates: cumulative sums per user, excluding the current slate
+    # the session's earlier slates: cumulative sums per session, excluding the current slate
     frame = pd.DataFrame({"user": user, "slate": step_key, "y": y, "one": 1.0})
     per_slate = frame.groupby(["user", "slate"], sort=False)[["y", "one"]].sum()
     before = per_slate.groupby(level="user").cumsum() - per_slate
@@ -279,10 +281,10 @@ class GradientBoostingBaseline:
     the slate, step) plus history features (`history_features`: the user's past click rate,
     the item's click rate, category affinity, slate length and more).
 
-    Fitted on the training users' events, whose history features come from their own earlier
-    events (the item statistics from the other users' events, `item_statistics`, and a share of
-    events hide them, as cold items have none); the held-out users' history features come from
-    their own earlier held-out events and the training part's item statistics.
+    Fitted on the training users' events, whose history features come from their sessions'
+    earlier events (the item statistics from the other users' events, `item_statistics`, and a
+    share of events hide them, as cold items have none); the held-out users' history features
+    come from their own sessions and the training part's item statistics.
 
     Args:
         item_features: (num_items, F) dense item features.

@@ -46,7 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="optimiser step budget")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help=f"optimiser steps between validations (default {d.eval_every}; also every "
+        f"{d.eval_minutes:g} minutes of training)",
+    )
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument(

@@ -6,13 +6,15 @@ all 1 + 3k tokens with every response drafted as skip, responses are sampled slo
 env-supplied uniforms until one differs from its draft, and only those rows run again from that
 token, the later slots drafted with what the forward sampled for them (a slate with at most one
 click: two forwards instead of the k + 1 of slot-by-slot decoding, with identical
-probabilities; a 300-item slate with many clicks a few forwards, not one per click). Rows never influence each other. History is never
-re-encoded: keys and values stay in a preallocated cache. When a row's context is full it is
-refilled with its profile and its last `window_steps` steps (the documented sliding-window
+probabilities; a 300-item slate with many clicks a few forwards, not one per click). Rows never
+influence each other. History is never re-encoded: keys and values stay in a preallocated
+cache. When a row's context is full it is refilled with its profile and as many of its last
+whole steps as fit beside the next one, at most `window_steps` (the documented sliding-window
 scheme; training windows long sessions the same way), so memory is bounded whatever the episode
 length. A simulator with recency attention (`attention_window_steps` N > 0) needs no refill:
 step s writes its block into slot s mod (N + 1) of a ring after the profile (`RingLayout`), so
-every step after the first N costs the same and the cache never grows.
+every step after the first N costs the same and the cache never grows; its slots are as long as
+the longest slate met (a longer one mid-session moves them, exactly).
 
 This module is the session state and the stepping loop; building a network
 (`simulators.gpt2_user.build`), checkpoints (`.checkpoint`), the ring's geometry (`.ring`) and
@@ -177,9 +179,8 @@ class GPT2UserSimulator:
             model.item_known = torch.cat(
                 [model.item_known, torch.zeros(len(table), dtype=torch.bool, device=dev)]
             )
-            cat_of = dict(
-                zip(self.items["category"].fillna("").astype(str), self.item_category.tolist())
-            )
+            known_cats = self.items.get("category", pd.Series([""] * len(self.items)))
+            cat_of = dict(zip(known_cats.fillna("").astype(str), self.item_category.tolist()))
             n_cat = self.num_categories()
             for c in table["category"]:
                 if c not in cat_of:  # a new category: counted apart from every known one

@@ -91,6 +91,10 @@ class TrainConfig:
     """Share of users held out for validation."""
     eval_every: int = 200
     """Optimiser steps between validations (and checkpoints)."""
+    eval_minutes: float | None = 5.0
+    """Validate also when this much training time passed since the last validation (slow
+    steps on a CPU still report a validation loss and keep the best model); None: by steps
+    only."""
     patience: int = 5
     """Validations without improvement before stopping early."""
     seed: int = 0
@@ -122,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.eval_minutes is not None and not self.eval_minutes > 0:
+            raise ValueError(f"eval_minutes must be > 0 (or None), got {self.eval_minutes}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0 (or None: no limit), got {self.max_minutes}")
         if self.text_encoder not in ("auto", *TEXT_ENCODERS):
@@ -444,7 +450,9 @@ class SimulatorTrainer:
                     and self.state["train_seconds"] > 60 * cfg.max_minutes
                 )
                 last = self.state["step"] >= total or out_of_time
-                if self.state["step"] % cfg.eval_every == 0 or last:
+                since = self.state["train_seconds"] - self._last_eval_seconds()
+                due = cfg.eval_minutes is not None and since >= 60 * cfg.eval_minutes
+                if self.state["step"] % cfg.eval_every == 0 or last or due:
                     if self._evaluate(writer):
                         stop = True
                     self.save_state()
@@ -466,6 +474,10 @@ class SimulatorTrainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _last_eval_seconds(self) -> float:
+        """Training time at the last validation (0 before any)."""
+        return float(self.state["history"][-1]["seconds"]) if self.state["history"] else 0.0
 
     def _track_loss(self, loss: float) -> None:
         """Smoothed training loss (an exponential average over about 20 steps)."""
