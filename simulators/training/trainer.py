@@ -33,15 +33,8 @@ from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
 from simulators.logs import InteractionLogs
-from simulators.slate_fit import (
-    DEFAULT_CONTEXT,
-    MAX_SLATE_ITEMS,
-    check_slates,
-    context_for_slates,
-    max_slate_items,
-    window_length,
-)
-from simulators.text_encoder import TEXT_ENCODERS, resolve_text_encoder
+from simulators.slate_fit import check_slates, window_length
+from simulators.text_encoder import TEXT_ENCODERS
 from simulators.training.data import (
     SessionData,
     collate,
@@ -50,13 +43,13 @@ from simulators.training.data import (
     session_windows,
     split_by_user,
 )
+from simulators.training.progress import Progress
+from simulators.training.sizing import sized_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MINUTES = 60.0
 """Training time budget when none is given: an hour, then the best model so far is kept."""
-PROGRESS_SECONDS = 30.0
-"""Seconds between progress lines in the log (step, loss, validation loss, ETA)."""
 ROW_TOKENS = 512
 """Tokens of the packed rows `TrainConfig.batch_size` counts."""
 
@@ -163,8 +156,7 @@ class SimulatorTrainer:
         self.out = Path(out)
         self.progress = progress
         self.logs = logs
-        # the slate rule first, before any work: every slate up to the cap fits
-        longest = check_slates(logs, source=logs.source)
+        longest = check_slates(logs, source=logs.source)  # the slate rule, before any work
         prefix = 1 + ProfileEncoder.from_users(logs.users).slots
         data = encode_logs(logs)
         self.data = data
@@ -173,23 +165,8 @@ class SimulatorTrainer:
             window = (sim_config or start.sim_config).attention_window_steps
             sim_config = replace(start.sim_config, attention_window_steps=window)
             start.model.sim_config = sim_config
-        sim_config = _sized_config(sim_config, cfg, longest, prefix, fixed=start is not None)
-        if start is None:
-            titled = "title" in logs.items and bool((logs.items["title"].fillna("") != "").any())
-            encoder = resolve_text_encoder(cfg.text_encoder) if titled else "hashed"
-            if cfg.text_encoder == "minilm" and not titled:
-                log.warning("--text-encoder minilm: no item has a title; using hashed words")
-            sim_config = replace(sim_config, text_encoder=encoder)
-        if start is not None:
-            start.model.sim_config = sim_config
-        limit = max_slate_items(sim_config, prefix)
-        check_slates(
-            logs,
-            limit,
-            logs.source,
-            f"the simulator's context of {sim_config.context_length} tokens holds at most {limit} "
-            f"items per slate after the {prefix}-token profile (leave --context-length out to "
-            "size it from the logs)",
+        sim_config = sized_config(
+            sim_config, cfg.context_length, cfg.text_encoder, logs, longest, prefix, start
         )
         if cfg.session_summary and not sim_config.session_summary:
             sim_config = replace(sim_config, session_summary=True)
@@ -268,7 +245,7 @@ class SimulatorTrainer:
             "done": False,
         }
         self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / self.rows_per_step)
-        self._progress: dict[str, Any] = {}
+        self._progress = Progress(0, cfg.max_minutes)
         """Progress of the running `train` call (smoothed loss, rate; see `progress_line`)."""
 
     # ------------------------------------------------------------------ data
@@ -416,7 +393,7 @@ class SimulatorTrainer:
         t_start = time.time() - self.state["train_seconds"]
         steps_this_call = 0
         stop = False
-        self._progress = {"total": total, "loss": None, "last": time.time(), "step0": None}
+        self._progress = Progress(total, cfg.max_minutes)
         while self.state["epoch"] < cfg.epochs and not stop:
             rows = self._epoch_rows(self.state["epoch"])
             for b in range(self.state["batch_in_epoch"], self.steps_per_epoch):
@@ -437,12 +414,11 @@ class SimulatorTrainer:
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                self._track_loss(loss.item())
+                self._progress.step(step, loss.item())
                 bar.set_postfix_str(self.progress_line(short=True), refresh=False)
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
-                if time.time() - self._progress["last"] >= PROGRESS_SECONDS:
-                    self._progress["last"] = time.time()
+                if self._progress.due():
                     log.info("train-sim %s", self.progress_line())
                 steps_this_call += 1
                 out_of_time = (
@@ -479,43 +455,9 @@ class SimulatorTrainer:
         """Training time at the last validation (0 before any)."""
         return float(self.state["history"][-1]["seconds"]) if self.state["history"] else 0.0
 
-    def _track_loss(self, loss: float) -> None:
-        """Smoothed training loss (an exponential average over about 20 steps)."""
-        prev = self._progress["loss"]
-        self._progress["loss"] = loss if prev is None else 0.95 * prev + 0.05 * loss
-        if self._progress["step0"] is None:  # rate and ETA count this call's steps only
-            self._progress["step0"] = (self.state["step"], time.time())
-
     def progress_line(self, short: bool = False) -> str:
-        """Where training stands: step, loss, validation loss, elapsed time and ETA.
-
-        The ETA is the sooner of the step budget at the current rate and the time budget;
-        early stopping (validation patience) can end training before either.
-        """
-        st, p = self.state, self._progress
-        total = p.get("total") or 0
-        loss = p.get("loss")
-        last_val = st["history"][-1]["val_loss"] if st["history"] else None
-        parts = [f"step {st['step']}/{total}"]
-        parts.append(f"loss {loss:.4f}" if loss is not None else "loss -")
-        parts.append(f"val {last_val:.4f}" if last_val is not None else "val -")
-        if short:
-            return ", ".join(parts)
-        if st["best_val"] is not None:
-            parts.append(f"best {st['best_val']:.4f} at {st.get('best_step')}")
-        elapsed = st["train_seconds"]
-        eta = None
-        if p.get("step0") is not None:
-            s0, t0 = p["step0"]
-            done = st["step"] - s0
-            if done > 0:
-                eta = (total - st["step"]) * (time.time() - t0) / done
-        if self.cfg.max_minutes is not None:
-            left = max(0.0, 60 * self.cfg.max_minutes - elapsed)
-            eta = left if eta is None else min(eta, left)
-        parts.append(f"{elapsed / 60:.1f} min")
-        parts.append("ETA -" if eta is None else f"ETA {eta / 60:.1f} min")
-        return ", ".join(parts)
+        """Where training stands (`simulators.training.progress.Progress.line`)."""
+        return self._progress.line(self.state, short)
 
     def _budget_left(self, total: int) -> bool:
         """True while steps, epochs and minutes all remain."""
@@ -559,32 +501,6 @@ class SimulatorTrainer:
             self.state["bad_evals"] += 1
         log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
-
-
-def _sized_config(
-    sim_config: SimulatorConfig | None,
-    cfg: TrainConfig,
-    longest: int,
-    prefix: int,
-    fixed: bool,
-) -> SimulatorConfig:
-    """The simulator settings with the context sized from the logs (`simulators.slate_fit`).
-
-    An explicit `cfg.context_length` (then a given `sim_config`'s own context) is kept; otherwise the context holds the longest slate and one earlier step, and a fresh
-    network gets a slot embedding for every slot of it. A checkpoint continued with full
-    attention (`fixed`) keeps its context: its absolute positions end there; one with recency
-    attention may read longer rows (no absolute positions).
-    """
-    auto = context_for_slates(longest, prefix)
-    if sim_config is None:
-        sim_config = SimulatorConfig(context_length=cfg.context_length or DEFAULT_CONTEXT)
-    if cfg.context_length is not None or (fixed and not sim_config.attention_window_steps):
-        return sim_config
-    context = max(auto, sim_config.context_length) if fixed else auto
-    slots = (
-        sim_config.max_slots if fixed else max(sim_config.max_slots, min(longest, MAX_SLATE_ITEMS))
-    )
-    return replace(sim_config, context_length=context, max_slots=slots)
 
 
 def _summary_writer(path: Path) -> Any:
