@@ -258,6 +258,9 @@ class GPT2UserSimulator:
         )
         """Recency ring: tokens each slot of each row holds (a shorter step fills the start of
         its slot, see `simulators.gpt2_user.ring`)."""
+        self.short_slots = False
+        """Whether some ring slot holds fewer tokens than the ring's block (only then do the
+        attention biases read `slot_len`: a ring of one slate size pays nothing for it)."""
 
     def num_categories(self) -> int:
         """Categories the session summary counts by (those of the catalog)."""
@@ -274,10 +277,11 @@ class GPT2UserSimulator:
         if self.cache is None or self.cache.context == c:
             return
         old, bufs, steps, consumed = self.cache, self.tokens, self.steps_done, self.consumed
-        slot_len = self.slot_len
+        slot_len, short = self.slot_len, self.short_slots
         self._alloc(self.capacity)
         self.consumed.copy_(consumed)
         self.slot_len.copy_(slot_len)
+        self.short_slots = short or old_block is not None  # moved slots hold the old length
         p = self.prefix_length
         if old_block is None:
             moves = [(0, 0, min(c, old.context))]
@@ -588,7 +592,7 @@ class GPT2UserSimulator:
             draft[sel] = torch.as_tensor(np.asarray(forced_responses, dtype=np.int64), device=dev)
         state_rows = torch.arange(cap, device=dev) if first is None else rows_t
         steps = self.steps_done[state_rows]
-        slot_len = self.slot_len[state_rows]
+        slot_len = self.slot_len[state_rows] if self.short_slots else None
         if self.ring is not None:  # the step's slot of the ring
             cur = self.ring.slot_start(steps)
         else:
@@ -610,7 +614,11 @@ class GPT2UserSimulator:
             else:
                 cache_rows, loc = state_rows[todo], todo
             logits = self._forward(
-                cache_rows, cur[loc] + w0, tokens[loc, w0:], steps[loc], slot_len[loc]
+                cache_rows,
+                cur[loc] + w0,
+                tokens[loc, w0:],
+                steps[loc],
+                None if slot_len is None else slot_len[loc],
             )  # (R, block - w0, R_behaviours + 2)
             j0 = max(0, -(-(w0 - k - 1) // 2))  # first slot whose i_j is in the window
             if j0 < k:
@@ -656,6 +664,7 @@ class GPT2UserSimulator:
                 cache.lengths[rows_t] += block
             else:
                 self.slot_len[rows_t, self.steps_done[rows_t] % (self.window + 1)] = block
+                self.short_slots |= self.ring is not None and block < self.ring.block
             self.steps_done[rows_t] += 1
         out_sel = slice(None) if (all_rows or first is not None) else rows_t
         responses_np = responses[out_sel].cpu().numpy()
@@ -684,6 +693,8 @@ class GPT2UserSimulator:
         old = self.ring.block if self.ring is not None and running else None
         self.ring = RingLayout(self.prefix_length, self.window, block, self.slopes)
         self._fit_ring(old)
+        if not running:  # no session holds a step: every slot starts empty
+            self.short_slots = False
 
     def _block_tokens(
         self,
