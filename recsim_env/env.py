@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 
 from recsim_env.config import EnvConfig
 from recsim_env.sessions import SlateSessionBatch, validate_actions
@@ -75,11 +77,19 @@ class SlateUserEnv(gym.Env):
 
     metadata = {"render_modes": []}  # noqa: RUF012
 
-    def __init__(self, simulator: UserSimulator, config: EnvConfig | None = None) -> None:
-        """Wrap a batched simulator (any `simulators.base.UserSimulator`) as a single-user env."""
+    def __init__(
+        self,
+        simulator: UserSimulator,
+        config: EnvConfig | None = None,
+        candidate_items: np.ndarray | None = None,
+    ) -> None:
+        """Wrap a batched simulator (any `simulators.base.UserSimulator`) as a single-user env.
+
+        `candidate_items` (catalog indices) limits the candidates to part of the catalog.
+        """
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
-        self._batch = SlateSessionBatch(simulator, cfg, 1)
+        self._batch = SlateSessionBatch(simulator, cfg, 1, candidate_items)
         self.action_space = make_action_space(cfg)
         self.observation_space = self._batch.observation_space()
         self._needs_reset = True
@@ -148,6 +158,45 @@ def make_llm_simulator(
     return load_batched_simulator(simulator, device=device, dtype=dtype, capacity=capacity)
 
 
+def read_catalog(items: Any) -> pd.DataFrame:
+    """An items table from a DataFrame, a CSV/Parquet file or a log directory.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    if isinstance(items, pd.DataFrame):
+        return items
+    path = Path(items)
+    if path.is_dir():
+        from simulators.logs import read_logs
+
+        return read_logs(path).items
+    from simulators.importers import read_items
+
+    return read_items(path)
+
+
+def env_catalog(simulator: UserSimulator, items: Any) -> np.ndarray | None:
+    """Catalog indices of an env's items (`items=`), adding those the simulator never saw.
+
+    None without `items` (candidates come from the simulator's whole catalog). New items enter
+    the GPT-2 user by their side information (`GPT2UserSimulator.add_items`).
+
+    Raises:
+        ValueError: `items` for a simulator that cannot take new items.
+    """
+    if items is None:
+        return None
+    from simulators.gpt2_user import GPT2UserSimulator
+
+    if not isinstance(simulator, GPT2UserSimulator):
+        raise ValueError(
+            f"items= needs a GPT-2 user simulator (it reads new items by their side "
+            f"information), got {type(simulator).__name__}"
+        )
+    return simulator.add_items(read_catalog(items))
+
+
 class ParametricUserSimEnv(SlateUserEnv):
     """`ParametricUserSim-v0`: the ground-truth world as an env (see SlateUserEnv).
 
@@ -167,16 +216,25 @@ class LLMUserSimEnv(SlateUserEnv):
 
     Arguments: EnvConfig fields, `simulator` (None for the embedded default, a checkpoint
     directory, or any `simulators.base.UserSimulator` object), `device` ('cpu', 'cuda', ...),
-    `dtype`.
+    `dtype`, and `items`: the env's catalog (a DataFrame with `item_id` and optionally `title`,
+    `category`, `price`; a CSV/Parquet items file; or a log directory): candidates are drawn
+    from these items, and those the simulator never saw enter by their side information.
     """
 
     def __init__(
-        self, simulator: Any = None, device: str = "cpu", dtype: str = "float32", **kwargs: Any
+        self,
+        simulator: Any = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        items: Any = None,
+        **kwargs: Any,
     ) -> None:
         """Load the simulator and build the env."""
         cfg, rest = split_env_kwargs(kwargs)
         if rest:
             raise TypeError(
-                f"unexpected arguments {sorted(rest)}; EnvConfig fields, simulator=, device=, dtype="
+                f"unexpected arguments {sorted(rest)}; EnvConfig fields, simulator=, device=, "
+                "dtype=, items="
             )
-        super().__init__(make_llm_simulator(simulator, device=device, dtype=dtype), cfg)
+        sim = make_llm_simulator(simulator, device=device, dtype=dtype)
+        super().__init__(sim, cfg, env_catalog(sim, items))

@@ -12,6 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from recsim_env.config import EnvConfig
 from recsim_env.env import (
+    env_catalog,
     make_llm_simulator,
     make_parametric_simulator,
     split_env_kwargs,
@@ -47,15 +48,16 @@ class SlateUserVectorEnv(VectorEnv):
         num_envs: int,
         config: EnvConfig | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        candidate_items: np.ndarray | None = None,
     ) -> None:
-        """Wrap a batched simulator for num_envs users."""
+        """Wrap a batched simulator for num_envs users (candidates from `candidate_items`)."""
         num_envs = check_num_envs(num_envs)
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self.num_envs = num_envs
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
-        self._batch = SlateSessionBatch(simulator, cfg, num_envs)
+        self._batch = SlateSessionBatch(simulator, cfg, num_envs, candidate_items)
         self.single_action_space = make_action_space(cfg)
         self.single_observation_space = self._batch.observation_space()
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -196,9 +198,13 @@ def make_llm_vector_env(
     simulator: Any = None,
     device: str = "cpu",
     dtype: str = "float32",
+    items: Any = None,
     **kwargs: Any,
 ) -> SlateUserVectorEnv:
-    """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users)."""
+    """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users).
+
+    `items`: the env's catalog, as for `LLMUserSimEnv`.
+    """
     autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
     kwargs.pop("render_mode", None)
     cfg, rest = split_env_kwargs(kwargs)
@@ -206,4 +212,4 @@ def make_llm_vector_env(
         raise TypeError(f"unexpected arguments {sorted(rest)}")
     num_envs = check_num_envs(num_envs)
     sim = make_llm_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
-    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode)
+    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode, env_catalog(sim, items))

@@ -66,6 +66,8 @@ class InteractionLogs:
     items: pd.DataFrame
     users: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    source: str = "<memory>"
+    """Where the logs were read from (errors name its files); not part of the log set."""
 
     def item_index(self) -> dict[str, int]:
         """item_id -> row position in the items table."""
@@ -192,6 +194,7 @@ def read_logs(log_dir: str | Path, validate: bool = True) -> InteractionLogs:
         items=_read_parquet(d / "items.parquet"),
         users=_read_parquet(d / "users.parquet"),
         meta=meta,
+        source=str(d),
     )
     if validate:
         validate_log_tables(logs, source=str(d))

@@ -35,6 +35,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "sim2real_ratio": (">=", 0.9),
 }
 """The issue's targets for the embedded default (click_auc_gap = oracle AUC - sim AUC)."""
+REAL_LOG_TARGETS: dict[str, tuple[str, float]] = {
+    "click_auc_minus_best_baseline": (">=", 0.0),
+    "ece_click": ("<=", 0.02),
+}
+"""Targets on real logs (no ground truth): at least the best baseline's click AUC (popularity,
+logistic regression, gradient-boosted trees), and calibrated."""
 KL_FLOOR_NOTE = (
     "The ground-truth world is identifiable: a user's initial interests are a deterministic "
     "function of the profile (no hidden draws), and drift and fatigue are deterministic "

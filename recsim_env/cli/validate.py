@@ -231,13 +231,23 @@ def summary(res: dict) -> str:
         f"validate: {s['simulator']} on {s['heldout_users']} held-out users "
         f"({s['heldout_events']} slot events), {s['seconds']['total']:.0f}s",
         f"  click AUC {f(res['click_auc'])} (oracle {f(res['oracle_click_auc'])}, popularity "
-        f"{f(res['popularity_click_auc'])}, logreg {f(res['logreg_click_auc'])})",
+        f"{f(res['popularity_click_auc'])}, logreg {f(res['logreg_click_auc'])}, gbdt "
+        f"{f(res['gbdt_click_auc'])}); cold items {f(res['cold_item_click_auc'])}",
         f"  buy AUC {f(res['buy_auc'])}  click log-loss {f(res['click_logloss'])}  "
         f"ECE {f(res['ece_click'])}",
         f"  KL per slot {f(res['kl_per_slot'])} (floor {f(res['kl_floor'])})  "
         f"KL leave {f(res['kl_leave'])}  session-length KS {f(res['session_length_ks'])}",
         f"  Kendall tau-b {f(res['kendall_tau'])}  sim2real ratio {f(res['sim2real_ratio'])}",
     ]
+    pe = res.get("profile_effect") or {}
+    if pe.get("sim"):
+        oracle = pe.get("oracle") or {}
+        lines.append(
+            f"  profile effect: click AUC {f(pe['sim']['click_auc_difference'])} (oracle "
+            f"{f(oracle.get('click_auc_difference'))}), log-loss "
+            f"{f(pe['sim']['click_logloss_difference'])} (oracle "
+            f"{f(oracle.get('click_logloss_difference'))})"
+        )
     for name, r in res["policy_returns"].items():
         lines.append(f"    {name:<10} sim {r['sim']:8.2f}  true {r['true']:8.2f}")
     return "\n".join(lines)

@@ -44,6 +44,8 @@ CHECKPOINT_FILES = (
 )
 HASHED_FILES = CHECKPOINT_FILES[:4]
 """Files whose SHA-256 the manifest (simulator_config.json) records."""
+CATALOG_BUFFERS = ("item_features", "item_text", "item_known", "item_category", "item_text_emb")
+"""Weights with one row per catalog item."""
 CHECKPOINT_FORMAT_VERSION = 2
 _V1_PREFIX, _V2_PREFIX = "gpt2.", "backbone.lm."
 
@@ -74,8 +76,12 @@ def save_simulator(sim: GPT2UserSimulator, directory: str | Path) -> Path:
     remove_stale_temporaries(out)
     for name in CHECKPOINT_FILES:  # leftovers of a write interrupted before its manifest
         (out / f"{name}{NEW}").unlink(missing_ok=True)
+    n = sim.tokenizer.num_items  # items added after training (`add_items`) are not saved
     state = {
-        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        k: (v[:n] if k in CATALOG_BUFFERS else v)
+        .detach()
+        .to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+        .contiguous()
         for k, v in sim.model.state_dict().items()
     }
     staged = {name: out / f"{name}{NEW}" for name in CHECKPOINT_FILES}
@@ -93,7 +99,7 @@ def save_simulator(sim: GPT2UserSimulator, directory: str | Path) -> Path:
         "simulator": {**sim.sim_config.to_dict(), "format_version": CHECKPOINT_FORMAT_VERSION},
         "profile_encoder": sim.profile_encoder.to_dict(),
         "items": {
-            c: sim.items[c].tolist()
+            c: sim.items[c].iloc[:n].tolist()
             for c in ("item_id", "title", "category", "price")
             if c in sim.items
         },
@@ -200,6 +206,7 @@ def load_simulator(
             state["item_known"],
             tokenizer.output_tokens,
             state.get("item_category"),
+            state.get("item_text_emb"),
         )
         model.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:

@@ -21,6 +21,7 @@ from torch import nn
 
 from simulators.lm.attention import FullAttention, recency_slopes, window_bias
 from simulators.lm.backbone import Backbone
+from simulators.text_encoder import TEXT_ENCODERS
 from simulators.tokenization import NUM_ROLES, NUM_SUMMARY_CODES
 
 
@@ -48,6 +49,9 @@ class SimulatorConfig:
     keeps a ring of N + 1 step blocks in the KV cache: a step costs the same at any history
     length and nothing is ever re-encoded (earlier steps still reach a token through the
     layers, up to n_layer * N steps back)."""
+    text_encoder: str = "hashed"
+    """How item titles enter: `hashed` (hashed words, learned embeddings) or `minilm` (also
+    each title's all-MiniLM-L6-v2 sentence embedding, projected; `simulators.text_encoder`)."""
     session_summary: bool = False
     """Add a learned embedding of the session-summary channel (what the user has clicked and
     bought of an item's category earlier in the session, see `simulators.tokenization`) to
@@ -74,6 +78,10 @@ class SimulatorConfig:
             )
         if not 0.0 <= self.item_dropout < 1.0:
             raise ValueError(f"item_dropout must be in [0, 1), got {self.item_dropout}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(
+                f"text_encoder must be one of {list(TEXT_ENCODERS)}, got {self.text_encoder!r}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -124,6 +132,8 @@ class UserLM(nn.Module):
         item_known: (N,) bool items that had a token in training.
         output_tokens: token ids the head reads: one per behaviour, then continue, leave.
         item_category: (N,) category index of every item (needed with `session_summary`).
+        item_text_emb: (N, E) float sentence embeddings of the titles (needed with
+            `text_encoder="minilm"`; zero rows for items without a title).
     """
 
     # Buffers (registered in __init__ / add_session_summary).
@@ -132,6 +142,7 @@ class UserLM(nn.Module):
     item_known: torch.Tensor
     output_ids: torch.Tensor
     item_category: torch.Tensor
+    item_text_emb: torch.Tensor | None
 
     def __init__(
         self,
@@ -142,6 +153,7 @@ class UserLM(nn.Module):
         item_known: torch.Tensor,
         output_tokens: tuple[int, ...],
         item_category: torch.Tensor | None = None,
+        item_text_emb: torch.Tensor | None = None,
     ) -> None:
         """Register the embeddings and the catalog side information (as buffers)."""
         super().__init__()
@@ -164,6 +176,17 @@ class UserLM(nn.Module):
             "output_ids", torch.tensor(output_tokens, dtype=torch.long), persistent=False
         )
         self.summary_emb: nn.Embedding | None = None
+        self.text_proj: nn.Linear | None = None
+        if sim_config.text_encoder == "hashed":
+            self.register_buffer("item_text_emb", None)
+        else:
+            if item_text_emb is None or len(item_text_emb) != len(item_features):
+                raise ValueError(
+                    f"a {sim_config.text_encoder!r} text encoder needs a title embedding per item"
+                )
+            self.text_proj = nn.Linear(item_text_emb.shape[1], d, bias=False)
+            nn.init.normal_(self.text_proj.weight, std=0.02)
+            self.register_buffer("item_text_emb", item_text_emb.float())
         self._side: torch.Tensor | None = None
         self._side_key: tuple | None = None
         self._out_w: torch.Tensor | None = None
@@ -219,6 +242,8 @@ class UserLM(nn.Module):
                 self.feat_proj(self.item_features[idx].to(x.dtype))
                 + self.word_emb(words).sum(-2) / count
             )
+            if self.text_proj is not None and self.item_text_emb is not None:
+                side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
             x = x + side * is_item.unsqueeze(-1).to(x.dtype)
         return x
 
@@ -242,7 +267,9 @@ class UserLM(nn.Module):
 
         Recomputed whenever a weight they depend on changes.
         """
-        params = (self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text)
+        params = [self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text]
+        if self.text_proj is not None and self.item_text_emb is not None:
+            params += [self.text_proj.weight, self.item_text_emb]
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._side_key != key or self._side is None:
             with torch.inference_mode():
@@ -252,6 +279,8 @@ class UserLM(nn.Module):
                     self.feat_proj(self.item_features.float())
                     + self.word_emb(words).sum(-2) / count
                 )
+                if self.text_proj is not None and self.item_text_emb is not None:
+                    side = side + self.text_proj(self.item_text_emb.float())
                 self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
             self._side_key = key
         return self._side

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,11 +31,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from simulators.atomic import atomic_write, exclusive_output
-from simulators.catalog import item_category_index
+from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
 from simulators.logs import InteractionLogs
 from simulators.progress import progress_bar
+from simulators.slate_fit import check_slates, window_length
+from simulators.text_encoder import TEXT_ENCODERS
 from simulators.training.data import (
     SessionData,
     collate,
@@ -50,9 +53,15 @@ from simulators.training.parallel import (
     sum_gradients,
     sum_over_ranks,
 )
+from simulators.training.progress import Progress
+from simulators.training.sizing import sized_config
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_MINUTES = 60.0
+"""Training time budget when none is given: an hour, then the best model so far is kept."""
+ROW_TOKENS = 512
+"""Tokens of the packed rows `TrainConfig.batch_size` counts."""
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "patience")
 """TrainConfig fields `--resume` may change (the budget); any other difference is refused."""
 
@@ -70,10 +79,13 @@ class TrainConfig:
     step layout): its weights and simulator settings replace the fresh network's."""
     epochs: int = 20
     """Maximum passes over the training sessions."""
-    max_minutes: float | None = None
-    """Stop after this much training time (then keep the best model)."""
+    max_minutes: float | None = DEFAULT_MAX_MINUTES
+    """Stop after this much training time (then keep the best model); None: no time limit.
+    Training also stops after `epochs`, `max_steps` or `patience` validations without
+    improvement, whichever comes first."""
     batch_size: int = 16
-    """Packed rows per optimiser step."""
+    """Packed rows of 512 tokens per optimiser step (a longer context takes proportionally
+    fewer rows, the same tokens per step)."""
     lr: float = 2e-3
     """Peak learning rate (linear warm-up, cosine decay)."""
     weight_decay: float = 0.01
@@ -84,19 +96,28 @@ class TrainConfig:
     """Share of users held out for validation."""
     eval_every: int = 200
     """Optimiser steps between validations (and checkpoints)."""
+    eval_minutes: float | None = 5.0
+    """Validate also when this much training time passed since the last validation (slow
+    steps on a CPU still report a validation loss and keep the best model); None: by steps
+    only."""
     patience: int = 5
     """Validations without improvement before stopping early."""
     seed: int = 0
     """Seed of the split, the batch order, item dropout and the initial weights."""
     bf16: bool = False
     """bfloat16 autocast (fast on recent CPUs and GPUs)."""
-    context_length: int = 512
-    """Tokens per user context (GPT-2 n_positions)."""
+    context_length: int | None = None
+    """Tokens per user context (GPT-2 n_positions); None: sized from the logs' longest slate
+    (`simulators.slate_fit.context_for_slates`: 512, or more for slates of over about 80 items)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (tests and smoke runs)."""
     session_summary: bool = False
     """Switch the session-summary input channel on (see SimulatorConfig.session_summary): for a
     fresh network, or for one continued with `init_sim` (its new embedding starts at zero)."""
+    text_encoder: str = "auto"
+    """How a fresh network reads item titles (`simulators.text_encoder`): `hashed` words,
+    `minilm` (also the sentence embedding; needs the `text` extra) or `auto` (minilm when the
+    extra is installed and some item has a title, else hashed)."""
     max_population: int = 50_000
     """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
     seeded sample when there are more."""
@@ -110,6 +131,17 @@ class TrainConfig:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.eval_minutes is not None and not self.eval_minutes > 0:
+            raise ValueError(f"eval_minutes must be > 0 (or None), got {self.eval_minutes}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or None: no limit), got {self.max_minutes}")
+        if self.text_encoder not in ("auto", *TEXT_ENCODERS):
+            raise ValueError(
+                f"text_encoder must be auto or one of {list(TEXT_ENCODERS)}, got "
+                f"{self.text_encoder!r}"
+            )
+        if self.context_length is not None and self.context_length < 32:
+            raise ValueError(f"context_length must be >= 32, got {self.context_length}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -138,6 +170,8 @@ class SimulatorTrainer:
         self.logs = logs
         self.logs_fingerprint = logs.fingerprint()
         """Content hash of the logs, saved with the training state (`--resume` checks it)."""
+        longest = check_slates(logs, source=logs.source)  # the slate rule, before any work
+        prefix = 1 + ProfileEncoder.from_users(logs.users).slots
         data = encode_logs(logs)
         self.data = data
         start = _load_init_sim(cfg, data, logs) if cfg.init_sim else None
@@ -145,13 +179,18 @@ class SimulatorTrainer:
             window = (sim_config or start.sim_config).attention_window_steps
             sim_config = replace(start.sim_config, attention_window_steps=window)
             start.model.sim_config = sim_config
-        sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
+        sim_config = sized_config(
+            sim_config, cfg.context_length, cfg.text_encoder, logs, longest, prefix, start
+        )
         if cfg.session_summary and not sim_config.session_summary:
             sim_config = replace(sim_config, session_summary=True)
             if start is not None:
                 start.model.sim_config = sim_config
                 start.model.add_session_summary(torch.from_numpy(item_category_index(logs.items)))
         self.sim_config = sim_config
+        self.row_length = window_length(sim_config, prefix, longest)
+        """Tokens of the packed rows: the context (recency attention: at least what the
+        longest slate needs, see `simulators.slate_fit.window_length`)."""
         is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
         prefix = 1 + data.tokenizer.profile_slots
         self.prefix = prefix
@@ -160,7 +199,7 @@ class SimulatorTrainer:
             for i in idx
             for w in session_windows(
                 data.sessions[i],
-                self.sim_config.context_length,
+                self.row_length,
                 self.sim_config.window_steps,
                 prefix,
             )
@@ -170,7 +209,7 @@ class SimulatorTrainer:
         if not self.train_windows or not self.val_windows:
             raise ValueError("need sessions of at least two users to split training and validation")
         self.val_rows = pack_rows(
-            self.val_windows, self.sim_config.context_length, np.arange(len(self.val_windows))
+            self.val_windows, self.row_length, np.arange(len(self.val_windows))
         )
         train_users = sorted({u for u, v in zip(data.users, is_val) if not v})
         seen = np.zeros(data.tokenizer.num_items, dtype=bool)
@@ -203,6 +242,8 @@ class SimulatorTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
+        self.rows_per_step = max(1, cfg.batch_size * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        """Packed rows per optimiser step (`TrainConfig.batch_size` rows of 512 tokens)."""
         self.accelerator = make_accelerator(cfg.bf16)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
@@ -217,12 +258,14 @@ class SimulatorTrainer:
             "train_seconds": 0.0,
             "done": False,
         }
-        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / self.rows_per_step)
+        self._progress = Progress(0, cfg.max_minutes)
+        """Progress of the running `train` call (smoothed loss, rate; see `progress_line`)."""
 
     # ------------------------------------------------------------------ data
     def _epoch_rows(self, epoch: int) -> list[dict[str, np.ndarray]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_windows))
-        return pack_rows(self.train_windows, self.sim_config.context_length, order)
+        return pack_rows(self.train_windows, self.row_length, order)
 
     def _dropout_items(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         p = self.sim_config.item_dropout
@@ -252,10 +295,11 @@ class SimulatorTrainer:
         tot = resp = leave = n = 0.0
         n_resp = 0.0
         dev = self.accelerator.device
-        for j, i in enumerate(range(0, len(self.val_rows), 32)):
+        per = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        for j, i in enumerate(range(0, len(self.val_rows), per)):
             if j % self.world != self.rank:  # data-parallel: every rank its share of batches
                 continue
-            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + 32]).items()}
+            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + per]).items()}
             with self.accelerator.autocast():
                 _, r, lv, cnt = packed_loss(model, batch)
             resp += float(r)
@@ -424,17 +468,19 @@ class SimulatorTrainer:
             total,
             "train-sim",
             "steps",
-            enabled=self.progress and self.is_main_process,
+            # a bar on a terminal; elsewhere the logged progress lines (step, loss, ETA) instead
+            enabled=self.progress and self.is_main_process and sys.stderr.isatty(),
             initial=self.state["step"],
         )
         t_start = time.time() - self.state["train_seconds"]
         steps_this_call = 0
         stop = False
+        self._progress = Progress(total, cfg.max_minutes)
         while self.state["epoch"] < cfg.epochs and not stop:
             rows = self._epoch_rows(self.state["epoch"])
             for b in range(self.state["batch_in_epoch"], self.steps_per_epoch):
                 step = self.state["step"]
-                chunk = rows[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                chunk = rows[b * self.rows_per_step : (b + 1) * self.rows_per_step]
                 if not chunk:
                     break
                 full = self._dropout_items(collate(chunk), step)
@@ -450,11 +496,12 @@ class SimulatorTrainer:
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                hist = self.state["history"]
-                val = f"{hist[-1]['val_loss']:.4f}" if hist else "-"
-                bar.set_postfix(loss=f"{loss.item():.4f}", val_loss=val)
+                self._progress.step(step, loss.item())
+                bar.set_postfix_str(self.progress_line(short=True))
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
+                if self._progress.due():
+                    log.info("train-sim %s", self.progress_line())
                 steps_this_call += 1
                 out_of_time = (
                     cfg.max_minutes is not None
@@ -463,7 +510,9 @@ class SimulatorTrainer:
                 if cfg.max_minutes is not None and self.world > 1:  # every rank stops together
                     out_of_time = sum_over_ranks(self.accelerator, [float(out_of_time)])[0] > 0
                 last = self.state["step"] >= total or out_of_time
-                if self.state["step"] % cfg.eval_every == 0 or last:
+                since = self.state["train_seconds"] - self._last_eval_seconds()
+                due = cfg.eval_minutes is not None and since >= 60 * cfg.eval_minutes
+                if self.state["step"] % cfg.eval_every == 0 or last or due:
                     if self._evaluate(writer):
                         stop = True
                     self.save_state()
@@ -485,6 +534,14 @@ class SimulatorTrainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _last_eval_seconds(self) -> float:
+        """Training time at the last validation (0 before any)."""
+        return float(self.state["history"][-1]["seconds"]) if self.state["history"] else 0.0
+
+    def progress_line(self, short: bool = False) -> str:
+        """Where training stands (`simulators.training.progress.Progress.line`)."""
+        return self._progress.line(self.state, short)
 
     def _budget_left(self, total: int) -> bool:
         """True while steps, epochs and minutes all remain."""
@@ -526,7 +583,7 @@ class SimulatorTrainer:
             )
         else:
             self.state["bad_evals"] += 1
-        log.info("step %d: %s", step, metrics)
+        log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
 
 
