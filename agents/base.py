@@ -36,6 +36,10 @@ class SlateAgent:
     """Base class: subclasses implement `act(batch_obs, deterministic) -> (n, slate_size)`."""
 
     name = "agent"
+    user_independent = False
+    """True when a user's slates depend only on that user's observations (no RNG draws shared
+    across the batch, no learning), so splitting users across processes gives each user the
+    same slates (`evaluation.distributed` splits only such agents' users)."""
 
     def __init__(self, slate_size: int, seed: int | None = None) -> None:
         """Store the slate size and an own RNG (never the global one)."""

@@ -180,6 +180,7 @@ class GreedyAgent(SlateAgent):
     """
 
     name = "greedy"
+    user_independent = True
 
     def __init__(
         self,

@@ -86,6 +86,7 @@ class PopularityAgent(SlateAgent):
     """
 
     name = "popular"
+    user_independent = True
 
     def __init__(self, counts: np.ndarray, slate_size: int, seed: int | None = None) -> None:
         """Store the popularity of every item."""

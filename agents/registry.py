@@ -1,8 +1,10 @@
 """make_agent: build any baseline by name, or load a stable-baselines3 model by path.
 
-Names: random, popular, greedy, linucb, thompson, slateq, text_sim. A saved SB3 model is given as
-"ppo:PATH", "a2c:PATH", "dqn:PATH" or just PATH (a .zip; the algorithm is read from the file,
-else PPO, A2C and DQN are tried in turn).
+Names: random, popular, greedy, linucb, thompson, slateq, text_sim. A policy trained with
+`llm-usersim train-agent` is given as "ppo:DIR", "a2c:DIR" or "dqn:DIR" (the directory it wrote:
+safetensors + JSON, nothing executed). A third-party SB3 .zip ("ppo:FILE.zip") is unpickled on
+load, which runs code from the file, so it needs `trust_sb3_zip=True` (`--trust-sb3-zip`). Only
+these forms resolve: a name that is not a baseline never falls back to a file of that name.
 
 Example:
     >>> import gymnasium as gym, recsim_env
@@ -64,13 +66,16 @@ def _popularity_counts(env: Any, users: int, seed: int) -> np.ndarray:
         vec.close()
 
 
-def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> Any:
+def make_agent(
+    name: str, env: Any, seed: int | None = None, trust_sb3_zip: bool = False, **kwargs: Any
+) -> Any:
     """Build an agent for env (a single env, a native vector env or an SB3 VecEnv).
 
     Args:
-        name: a baseline name (see BASELINES) or an SB3 model ("ppo:PATH", "PATH.zip").
+        name: a baseline name (see BASELINES) or a trained policy ("ppo:DIR").
         env: the env the agent will act in (greedy's oracle reads its simulator).
         seed: seed of the agent's own RNG.
+        trust_sb3_zip: allow "KIND:FILE.zip", which unpickles (runs code from) the file.
         **kwargs: agent options; `popular` also takes `counts=` (clicks per item) or `logs=`
             (a log directory) and otherwise logs `log_users` (1000) random-policy sessions
             on a fresh copy of the env with seeds from `log_seed` (10**6).
@@ -92,7 +97,7 @@ def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> A
     from agents.text_similarity import TextSimilarityAgent
 
     if name not in BASELINES:
-        return load_sb3_agent(name, env)
+        return load_sb3_agent(name, env, trust_sb3_zip=trust_sb3_zip)
     view = env_view(env)
     k = view.slate_size
     rewards = view.reward_per_code
@@ -123,37 +128,84 @@ def make_agent(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> A
         raise AgentUnavailable(f"text_sim: {exc}") from exc
 
 
-def load_sb3_agent(spec: str, env: Any = None) -> Any:
-    """Load "algo:PATH" or a bare PATH (see the module docstring) as a slate policy.
-
-    Loading goes through `agents.sb3.load_sb3_model` (algorithm detection, Discrete DQN actions
-    expanded to slates); the model's spaces are then checked against env's.
+def parse_agent_spec(spec: str) -> tuple[str, Path | None]:
+    """(baseline name, None) or (algorithm, path) of an agent spec; nothing is loaded.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the spec is neither a known agent nor a loadable SB3 model, or the model was
-            trained on different spaces.
+        ValueError: neither a baseline name nor `KIND:PATH` (KIND one of SB3_ALGOS); a
+            near-miss of a baseline name is suggested. A file that merely exists under the name
+            is never used: `thompsn` is a typo, not a model.
     """
-    algo, _, path = spec.partition(":")
-    if not path or algo.lower() not in SB3_ALGOS:
-        algo, path = "", spec
-    algo = algo.lower()
-    p = Path(path)
-    if not p.exists() and p.with_suffix(".zip").exists():
-        p = p.with_suffix(".zip")
-    if not p.exists():
-        if not algo and not path.endswith(".zip"):
-            raise ValueError(
-                f"unknown agent {spec!r}: use one of {', '.join(BASELINES)} or an SB3 model "
-                "('ppo:PATH.zip' or PATH.zip)"
-            )
-        raise FileNotFoundError(f"{p}: no such SB3 model file")
-    from agents.sb3 import load_sb3_model
+    if spec in BASELINES:
+        return spec, None
+    kind, sep, path = spec.partition(":")
+    if sep and kind.lower() in SB3_ALGOS and path:
+        return kind.lower(), Path(path)
+    import difflib
 
-    slate_size = None if env is None else env_view(env).slate_size
-    agent = load_sb3_model(p, algo or None, slate_size=slate_size)
+    close = difflib.get_close_matches(spec, BASELINES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(
+        f"unknown agent {spec!r}{hint}: use one of {', '.join(BASELINES)}, or KIND:PATH for a "
+        f"policy trained with train-agent (KIND one of {', '.join(SB3_ALGOS)}, PATH its directory)"
+    )
+
+
+def check_agent_spec(spec: str, trust_sb3_zip: bool = False) -> None:
+    """Check an agent spec before any work.
+
+    A baseline, or KIND:PATH that exists and can be loaded safely (a policy directory; an SB3
+    .zip only with `trust_sb3_zip`).
+
+    Raises:
+        ValueError: an unknown name, or a .zip without trust.
+        FileNotFoundError: PATH does not exist.
+    """
+    kind, path = parse_agent_spec(spec)
+    if path is None:
+        return
+    if path.is_dir():
+        return
+    if path.is_file() and path.suffix == ".zip":
+        if not trust_sb3_zip:
+            from agents.sb3.loading import UntrustedModelError
+
+            raise UntrustedModelError(
+                f"{path} is an SB3 .zip, which is loaded with pickle and can run code from the "
+                "file; pass --trust-sb3-zip only for a file you trust, or give the directory "
+                "train-agent wrote"
+            )
+        return
+    if path.exists():
+        raise ValueError(f"{path}: not a policy directory (policy.json) or an SB3 .zip")
+    raise FileNotFoundError(f"{path}: no such policy directory or file")
+
+
+def load_sb3_agent(spec: str, env: Any = None, trust_sb3_zip: bool = False) -> Any:
+    """Load `KIND:PATH` as a slate policy.
+
+    A directory saved by train-agent (safetensors + JSON, nothing executed), or an SB3 .zip
+    only with `trust_sb3_zip`. The model's spaces are then checked against env's.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: an unknown spec, an untrusted zip, an unreadable policy, or a model trained
+            on different spaces.
+    """
+    check_agent_spec(spec, trust_sb3_zip)
+    kind, path = parse_agent_spec(spec)
+    assert path is not None
+    if path.is_dir():
+        from agents.sb3.policy_files import load_policy
+
+        agent = load_policy(path)
+    else:
+        from agents.sb3 import load_sb3_model
+
+        slate_size = None if env is None else env_view(env).slate_size
+        agent = load_sb3_model(path, kind, trust=True, slate_size=slate_size)
     if env is not None:
-        _check_spaces(agent.model, env, p)
+        _check_spaces(agent.model, env, path)
     return agent
 
 

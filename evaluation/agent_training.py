@@ -34,7 +34,7 @@ class AgentTrainingConfig:
     steps: int = 200_000
     """Environment steps to train."""
     out: str = "runs/agent"
-    """Output directory (model.zip, train_config.json, tb/)."""
+    """Output directory (policy.safetensors + policy.json, train_config.json, tb/)."""
     num_envs: int = 32
     """Users stepped together."""
     seed: int = 0
@@ -62,8 +62,87 @@ class AgentTrainingConfig:
             raise ValueError(f"eval_users must be >= 0, got {self.eval_users}")
 
 
+class EpisodeReturns:
+    """Every finished training episode's return and the step it ended at.
+
+    Collected by an SB3 callback from the VecMonitor's `info["episode"]`, for the learning curve.
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.steps: list[int] = []
+        self.returns: list[float] = []
+
+    def callback(self) -> Any:
+        """The SB3 BaseCallback to pass to `learn`."""
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        owner = self
+
+        class _Collect(BaseCallback):
+            def _on_step(self) -> bool:
+                for info in self.locals.get("infos", []):
+                    episode = info.get("episode")
+                    if episode is not None:
+                        owner.steps.append(int(self.num_timesteps))
+                        owner.returns.append(float(episode["r"]))
+                return True
+
+        return _Collect()
+
+
+LEARNING_CURVE_WINDOW = 200
+"""Episodes per point of the learning curve (a moving mean with its 95% CI)."""
+
+
+def plot_learning_curve(
+    episodes: EpisodeReturns,
+    path: str | Path,
+    title: str,
+    reference: float | None = None,
+    evaluated: float | None = None,
+) -> None:
+    """Training return against env steps, as a PNG.
+
+    The moving mean of the last episodes with its 95% CI (the stochastic training policy), and
+    as lines where known the trained policy's evaluated return (deterministic) and the random
+    policy's on the same users.
+    """
+    import numpy as np
+
+    from evaluation.plotting import OKABE_ITO, new_figure, save_png
+
+    steps, returns = np.asarray(episodes.steps), np.asarray(episodes.returns)
+    fig = new_figure(7, 4.2)
+    ax = fig.subplots()
+    if len(returns):
+        w = min(LEARNING_CURVE_WINDOW, len(returns))
+        means, lows, highs = [], [], []
+        for i in range(len(returns)):
+            m, ci = mean_ci95(returns[max(0, i - w + 1) : i + 1])
+            assert m is not None and ci is not None
+            means.append(m)
+            lows.append(ci[0])
+            highs.append(ci[1])
+        ax.plot(steps, means, color=OKABE_ITO[0], label=f"training episodes (mean of last {w})")
+        ax.fill_between(steps, lows, highs, color=OKABE_ITO[0], alpha=0.25, label="95% CI")
+    if reference is not None:
+        ax.axhline(
+            reference, color=OKABE_ITO[1], linestyle="--", label="random policy (evaluation)"
+        )
+    ax.set_xlabel("environment steps (user-steps)")
+    ax.set_ylabel("episode return (reward per user)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    save_png(fig, path)
+
+
 def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict[str, Any]:
-    """Train, save OUT/model.zip and OUT/train_config.json, evaluate; returns the summary.
+    """Train, save and evaluate; returns the summary.
+
+    OUT gets the policy (safetensors + JSON), train_config.json and learning_curve.png (beside
+    TensorBoard's OUT/tb).
 
     Raises:
         ValueError: bad hyperparameters (an unknown SB3 keyword) or env arguments.
@@ -72,6 +151,7 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
 
     from agents.random_agent import RandomAgent
     from agents.sb3 import make_model, make_sb3_vec_env
+    from agents.sb3.policy_files import save_policy
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,12 +175,14 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
         except TypeError as exc:  # an unknown SB3 keyword
             raise ValueError(f"bad hyperparameters: {exc}") from None
         t0 = time.perf_counter()
-        model.learn(cfg.steps, progress_bar=progress, tb_log_name=cfg.algo)
+        episodes = EpisodeReturns()
+        model.learn(
+            cfg.steps, progress_bar=progress, tb_log_name=cfg.algo, callback=episodes.callback()
+        )
         seconds = time.perf_counter() - t0
     finally:
         venv.close()
-    model_path = out / "model.zip"
-    model.save(model_path)
+    save_policy(model, out)  # safetensors + JSON: loading it never runs code from the files
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("hyperparams", "out")},
         "hyperparams": model.llm_usersim["hyperparams"],
@@ -111,7 +193,7 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
         **config,
         "timesteps": int(model.num_timesteps),
         "seconds": round(seconds, 1),
-        "model": str(model_path),
+        "model": str(out),
     }
     if cfg.eval_users > 0:
         t1 = time.perf_counter()
@@ -127,4 +209,13 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
                 returns - rand
             )
         summary["eval_seconds"] = round(time.perf_counter() - t1, 1)
+    plot_learning_curve(
+        episodes,
+        out / "learning_curve.png",
+        f"{cfg.algo.upper()} on {cfg.env}",
+        summary.get("random_mean_return"),
+        summary.get("mean_return"),
+    )
+    summary["learning_curve"] = str(out / "learning_curve.png")
+    summary["training_episodes"] = len(episodes.returns)
     return summary

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from evaluation.distributed import RayConfig
 from evaluation.stats import Z95, mean_ci95
 from recsim_env.episodes import EpisodeStats, make_episode_env, run_episodes
 
@@ -71,6 +72,8 @@ class BenchmarkConfig:
     """Users of the random-policy popularity run (None: `users`)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Env arguments (simulator=, device=, ...)."""
+    trust_sb3_zip: bool = False
+    """Allow SB3 .zip agents ('ppo:FILE.zip'), which are unpickled (run code) on load."""
 
     def __post_init__(self) -> None:
         """Validate ranges."""
@@ -132,6 +135,23 @@ class SlateRecorder:
         self.novelty_sum[users] += self.novelty[np.clip(items, 0, num_items - 1)].sum(axis=1)
         self._rows.append(np.repeat(users, items.shape[1]))
         self._cols.append(items.reshape(-1))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The per-user sums and the (user, item) pairs shown, as plain arrays."""
+        return {
+            "diversity_sum": self.diversity_sum,
+            "novelty_sum": self.novelty_sum,
+            "rows": np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64),
+            "cols": np.concatenate(self._cols) if self._cols else np.zeros(0, np.int64),
+        }
+
+    def absorb(self, part: dict[str, np.ndarray], first: int) -> None:
+        """Add another recorder's `state()` whose user 0 is user `first` here."""
+        n = len(part["diversity_sum"])
+        self.diversity_sum[first : first + n] += part["diversity_sum"]
+        self.novelty_sum[first : first + n] += part["novelty_sum"]
+        self._rows.append(np.asarray(part["rows"]) + first)
+        self._cols.append(np.asarray(part["cols"]))
 
     def seen(self) -> sparse.csr_matrix:
         """(users, num_items) 1 where the item was shown to the user."""
@@ -203,10 +223,45 @@ def popularity_counts(cfg: BenchmarkConfig, vec: Any) -> np.ndarray:
     return np.array([counts[index[i]] if i in index else 0.0 for i in env_ids])
 
 
+def build_agents(
+    cfg: BenchmarkConfig, vec: Any, counts: np.ndarray
+) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """(name, label, agent) of every agent that can be built on vec, and the skip notes.
+
+    Raises:
+        ValueError: an explicitly named agent is unavailable on this env.
+    """
+    from agents.registry import BASELINES, AgentUnavailable
+
+    explicit = bool(cfg.agents)
+    agents: list[tuple[str, str, Any]] = []
+    notes: list[str] = []
+    for name in dict.fromkeys(cfg.agents or BASELINES):
+        try:
+            agent = make_benchmark_agent(name, vec, cfg, counts)
+        except AgentUnavailable as exc:
+            if explicit:
+                raise ValueError(f"agent {name!r} is unavailable on {cfg.env}: {exc}") from exc
+            notes.append(f"note: skipping {name} on {cfg.env}: {exc}")
+            continue
+        label = name if name in BASELINES else str(getattr(agent, "name", name))
+        agents.append((name, label, agent))
+    return agents, notes
+
+
+def make_benchmark_agent(name: str, vec: Any, cfg: BenchmarkConfig, counts: np.ndarray) -> Any:
+    """`agents.registry.make_agent` with the benchmark's seed (and counts for `popular`)."""
+    from agents.registry import make_agent
+
+    kwargs = {"counts": counts} if name == "popular" else {}
+    return make_agent(name, vec, seed=cfg.seed, trust_sb3_zip=cfg.trust_sb3_zip, **kwargs)
+
+
 def run_benchmark(
     cfg: BenchmarkConfig,
     on_agent: Callable[[str], None] | None = None,
     on_done: Callable[[int], None] | None = None,
+    ray: RayConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build every agent (skipping unavailable defaults) and evaluate it on the same users.
 
@@ -214,35 +269,29 @@ def run_benchmark(
         cfg: the benchmark.
         on_agent: called with each agent's label before it runs (progress).
         on_done: called with the number of users finished (progress).
+        ray: run on Ray actors (`evaluation.benchmark_ray.run_benchmark_on_ray`): the same
+            figures.
 
     Returns:
         {agent label: figures (see `summarize`)}.
 
     Raises:
         ValueError: an explicitly named agent is unavailable on this env.
+        DistributedError: (with `ray`) the cluster cannot do the work.
     """
-    from agents.registry import BASELINES, AgentUnavailable, make_agent
+    if ray is not None:
+        from evaluation.benchmark_ray import run_benchmark_on_ray
 
-    explicit = bool(cfg.agents)
-    names = list(dict.fromkeys(cfg.agents or BASELINES))
+        return run_benchmark_on_ray(cfg, ray, on_agent, on_done)
     vec = make_episode_env(cfg.env, min(cfg.users, cfg.batch), **cfg.env_kwargs)
     try:
         counts = popularity_counts(cfg, vec)
         novelty = item_novelty(counts)
-        agents: list[tuple[str, Any]] = []
-        for name in names:
-            try:
-                kwargs = {"counts": counts} if name == "popular" else {}
-                agent = make_agent(name, vec, seed=cfg.seed, **kwargs)
-            except AgentUnavailable as exc:
-                if explicit:
-                    raise ValueError(f"agent {name!r} is unavailable on {cfg.env}: {exc}") from exc
-                log.warning("note: skipping %s on %s: %s", name, cfg.env, exc)
-                continue
-            label = name if name in BASELINES else str(getattr(agent, "name", name))
-            agents.append((label, agent))
+        agents, notes = build_agents(cfg, vec, counts)
+        for note in notes:
+            log.warning("%s", note)
         results: dict[str, dict[str, Any]] = {}
-        for label, agent in agents:
+        for _name, label, agent in agents:
             if on_agent is not None:
                 on_agent(label)
             recorder = SlateRecorder(cfg.users, novelty)
@@ -303,25 +352,69 @@ def write_csv(path: str | Path, results: dict[str, dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "return": ("Episode return", "reward per user"),
+    "ctr": ("Click rate", "clicks per item shown"),
+    "buy_rate": ("Purchase rate", "purchases per item shown"),
+    "session_length": ("Session length", "slates per user"),
+    "diversity": ("Intra-slate diversity", "1 - mean pairwise cosine similarity"),
+    "coverage": ("Catalog coverage", "share of the catalog shown"),
+    "novelty": ("Novelty", "bits: -log2 of the items' popularity share"),
+}
+"""Title and unit of every metric in plots."""
+
+
 def write_plot(path: str | Path, results: dict[str, dict[str, Any]], title: str) -> None:
-    """Bar plot per metric with 95% CI error bars (matplotlib, no display needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """One panel per metric: each agent's mean with its 95% CI, agents in order of return.
 
-    from simulators.atomic import atomic_write
+    Dots and whiskers rather than bars: the axis of each panel spans the agents' intervals (a
+    bar would have to start at zero and flatten differences of diversity, coverage and
+    novelty); the last cell of the grid says how to read the figure.
+    """
+    from evaluation.plotting import agent_label, colours, new_figure, save_png
 
-    names = list(results)
-    fig = Figure(figsize=(4 * 4, 2 * 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 4).reshape(-1)
-    colors = [f"C{i % 10}" for i in range(len(names))]
+    names = sorted(results, key=lambda n: results[n]["return_mean"])
+    fig = new_figure(14, 0.5 * len(names) + 5)
+    axes = fig.subplots(2, 4, sharey=True).reshape(-1)
+    palette = dict(zip(names, colours(len(names))))
+    y = np.arange(len(names))
     for ax, metric in zip(axes, METRICS):
-        vals = [_value(results[n], metric) for n in names]
-        means = np.array([v[0] for v in vals])
-        err = np.array([[m - v[1][0], v[1][1] - m] for m, v in zip(means, vals)]).T
-        ax.bar(range(len(names)), means, yerr=np.maximum(err, 0), capsize=3, color=colors)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(metric)
-    axes[-1].axis("off")
-    fig.suptitle(title)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        for i, n in enumerate(names):
+            m, (lo, hi) = _value(results[n], metric)
+            ax.errorbar(
+                m,
+                i,
+                xerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]],
+                fmt="o",
+                color=palette[n],
+                ecolor=palette[n],
+                capsize=3,
+                markersize=6,
+            )
+        title_text, unit = METRIC_LABELS[metric]
+        ax.set_title(title_text)
+        ax.set_xlabel(unit)
+        ax.set_yticks(y, [agent_label(n) for n in names])
+        ax.tick_params(axis="y", labelleft=ax in (axes[0], axes[4]))
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+    note = axes[-1]
+    note.axis("off")
+    users = next(iter(results.values()))["users"] if results else 0
+    note.text(
+        0.0,
+        1.0,
+        "How to read this figure\n\n"
+        f"Dots: mean over {users} users.\n"
+        "Whiskers: 95% confidence\n"
+        "interval (normal approximation;\n"
+        "coverage: bootstrap over users).\n"
+        "Agents sorted by mean return;\n"
+        "every agent met the same users.",
+        va="top",
+        ha="left",
+        fontsize=9,
+        transform=note.transAxes,
+    )
+    fig.suptitle(title + " (mean ± 95% CI)")
+    save_png(fig, path)

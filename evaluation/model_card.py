@@ -30,8 +30,8 @@ def compare_rates(
     training = sim.extra.get("training", {})
     policy = policy or training.get("log_meta", {}).get("policy") or "mixed"
     log_meta = training.get("log_meta", {})
-    world = ParametricUserModel(WorldConfig(**log_meta.get("world", {})))
-    cfg = EnvConfig(**log_meta.get("env", {}))
+    world = ParametricUserModel(WorldConfig.from_dict(log_meta.get("world", {}), strict=False))
+    cfg, _ = EnvConfig.from_kwargs(log_meta.get("env", {}))
     t0 = time.time()
     true = summarize(generate(users, policy, seed, cfg, world))
     t1 = time.time()

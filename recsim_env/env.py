@@ -9,10 +9,12 @@ arguments (TorchRL's `GymEnv` passes `frameskip=`) recognise and drop.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 
 from recsim_env.config import EnvConfig
 from recsim_env.sessions import SlateSessionBatch, validate_actions
@@ -22,6 +24,23 @@ from simulators.base import UserSimulator
 _ROW = np.zeros(1, dtype=np.int64)
 RENDER_MODES: tuple[str, ...] = ("ansi",)
 """Render modes of every env: 'ansi' gives the last slate and the user's answers as text."""
+
+
+def as_seed(seed: object) -> int | None:
+    """A Python int (or None) from any integer seed, numpy's included.
+
+    Raises:
+        ValueError: a seed that is not a non-negative integer (a float, a bool, a string).
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"seed must be a non-negative integer, got {seed!r} ({type(seed).__name__})"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return int(seed)
 
 
 def split_env_kwargs(kwargs: dict[str, Any]) -> tuple[EnvConfig, dict[str, Any]]:
@@ -134,6 +153,7 @@ class SlateUserEnv(gym.Env):
         config: EnvConfig | None = None,
         render_mode: str | None = None,
         truncate_after: int | None = None,
+        candidate_items: np.ndarray | None = None,
     ) -> None:
         """Wrap a batched simulator (any `simulators.base.UserSimulator`) as a single-user env.
 
@@ -141,14 +161,17 @@ class SlateUserEnv(gym.Env):
             simulator: the users.
             config: env settings (default EnvConfig()).
             render_mode: None or 'ansi'.
-            truncate_after: truncate episodes after this many steps (None: only a TimeLimit
-                wrapper truncates, which is how `gym.make` builds the env).
+            truncate_after: truncate episodes after this many steps (None: the env's
+                registered spec's `max_episode_steps` when `gym.make` built it, else only a
+                TimeLimit wrapper truncates).
+            candidate_items: catalog indices the candidates are drawn from (None: the whole
+                catalog).
         """
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self.render_mode = check_render_mode(render_mode)
         self.truncate_after = truncate_after
-        self._batch = SlateSessionBatch(simulator, cfg, 1)
+        self._batch = SlateSessionBatch(simulator, cfg, 1, candidate_items)
         self.action_space = make_action_space(cfg, self._batch.num_features)
         self.observation_space = self._batch.observation_space()
         self._needs_reset = True
@@ -157,8 +180,8 @@ class SlateUserEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Start a new session with a freshly drawn user."""
-        super().reset(seed=seed)
+        """Start a new session with a freshly drawn user (numpy integer seeds are accepted)."""
+        super().reset(seed=as_seed(seed))
         self._batch.reset_rows(_ROW, [int(self.np_random.integers(2**63))])
         self._needs_reset = False
         self._last = None
@@ -211,7 +234,7 @@ def make_parametric_simulator(world: Any = None, capacity: int = 1) -> UserSimul
     if world is None or isinstance(world, WorldConfig):
         return ParametricUserModel(world, capacity=capacity)
     if isinstance(world, dict):
-        return ParametricUserModel(WorldConfig(**world), capacity=capacity)
+        return ParametricUserModel(WorldConfig.from_dict(world), capacity=capacity)
     if isinstance(world, ParametricUserModel):
         world.ensure_capacity(capacity)
         return world
@@ -233,6 +256,45 @@ def make_llm_simulator(
     return load_batched_simulator(simulator, device=device, dtype=dtype, capacity=capacity)
 
 
+def read_catalog(items: Any) -> pd.DataFrame:
+    """An items table from a DataFrame, a CSV/Parquet file or a log directory.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    if isinstance(items, pd.DataFrame):
+        return items
+    path = Path(items)
+    if path.is_dir():
+        from simulators.logs import read_logs
+
+        return read_logs(path).items
+    from simulators.importers import read_items
+
+    return read_items(path)
+
+
+def env_catalog(simulator: UserSimulator, items: Any) -> np.ndarray | None:
+    """Catalog indices of an env's items (`items=`), adding those the simulator never saw.
+
+    None without `items` (candidates come from the simulator's whole catalog). New items enter
+    the GPT-2 user by their side information (`GPT2UserSimulator.add_items`).
+
+    Raises:
+        ValueError: `items` for a simulator that cannot take new items.
+    """
+    if items is None:
+        return None
+    from simulators.gpt2_user import GPT2UserSimulator
+
+    if not isinstance(simulator, GPT2UserSimulator):
+        raise ValueError(
+            f"items= needs a GPT-2 user simulator (it reads new items by their side "
+            f"information), got {type(simulator).__name__}"
+        )
+    return simulator.add_items(read_catalog(items))
+
+
 class ParametricUserSimEnv(SlateUserEnv):
     """`ParametricUserSim-v0`: the ground-truth world as an env (see SlateUserEnv).
 
@@ -245,7 +307,9 @@ class ParametricUserSimEnv(SlateUserEnv):
         cfg, rest = split_env_kwargs(kwargs)
         reject_unknown("ParametricUserSimEnv.__init__", rest, ("world", "render_mode"))
         limit = cfg.max_episode_steps if "max_episode_steps" in kwargs else None
-        super().__init__(make_parametric_simulator(world), cfg, render_mode, limit)
+        super().__init__(
+            make_parametric_simulator(world), cfg, render_mode=render_mode, truncate_after=limit
+        )
 
 
 class LLMUserSimEnv(SlateUserEnv):
@@ -253,7 +317,10 @@ class LLMUserSimEnv(SlateUserEnv):
 
     Arguments: EnvConfig fields, `simulator` (None for the embedded default, a checkpoint
     directory, or any `simulators.base.UserSimulator` object), `device` ('cpu', 'cuda', ...),
-    `dtype`, `render_mode`.
+    `dtype`, `render_mode`, and `items`: the env's catalog (a DataFrame with `item_id` and
+    optionally `title`, `category`, `price`; a CSV/Parquet items file; or a log directory):
+    candidates are drawn from these items, and those the simulator never saw enter by their
+    side information.
     """
 
     def __init__(
@@ -262,13 +329,20 @@ class LLMUserSimEnv(SlateUserEnv):
         device: str = "cpu",
         dtype: str = "float32",
         render_mode: str | None = None,
+        items: Any = None,
         **kwargs: Any,
     ) -> None:
         """Load the simulator and build the env."""
         cfg, rest = split_env_kwargs(kwargs)
-        own = ("simulator", "device", "dtype", "render_mode")
+        own = ("simulator", "device", "dtype", "render_mode", "items")
         reject_unknown("LLMUserSimEnv.__init__", rest, own)
         check_render_mode(render_mode)
         limit = cfg.max_episode_steps if "max_episode_steps" in kwargs else None
         sim = make_llm_simulator(simulator, device=device, dtype=dtype)
-        super().__init__(sim, cfg, render_mode, limit)
+        super().__init__(
+            sim,
+            cfg,
+            render_mode=render_mode,
+            truncate_after=limit,
+            candidate_items=env_catalog(sim, items),
+        )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from recsim_env.config import EnvConfig
 from recsim_env.sessions import SlateSessionBatch
 from simulators.base import Response, UserSimulator
 from simulators.logs import InteractionLogs
 from simulators.parametric import ParametricUserModel
+from simulators.progress import progress_bar
 from simulators.rng import uniforms
 
 POLICIES = ("random", "popular", "personalized", "mixed", "varied")
@@ -135,7 +135,7 @@ def generate(
     popularity = item_popularity(world)
     item_names = np.array([f"i{i}" for i in range(world.num_items)], dtype=object)
     records: list[dict] = []
-    bar = tqdm(total=users, desc="generate-logs", unit="user", disable=not progress)
+    bar = progress_bar(users, "generate-logs", "users", enabled=progress)
     for start in range(0, users, batch_size):
         ids = np.arange(start, min(start + batch_size, users))
         batch = SlateSessionBatch(dynamics, cfg, len(ids))

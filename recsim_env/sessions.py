@@ -125,10 +125,13 @@ def validate_actions(
             raise ValueError(
                 f"action has non-integer or non-finite values {arr.tolist()}; {allowed}"
             )
+    # the range is checked in the given dtype, so 1e30 or 2**64 - 1 are reported as given
+    out_of_range = (arr < 0) | (arr >= cfg.num_candidates)
+    if out_of_range.any():
+        raise ValueError(
+            f"action has out-of-range candidate indices {arr[out_of_range].tolist()}; {allowed}"
+        )
     arr = arr.astype(np.int64).reshape(-1, cfg.slate_size)
-    if arr.min() < 0 or arr.max() >= cfg.num_candidates:
-        bad = arr[(arr < 0) | (arr >= cfg.num_candidates)]
-        raise ValueError(f"action has out-of-range candidate indices {bad.tolist()}; {allowed}")
     used = np.zeros((len(arr), cfg.num_candidates), dtype=bool)
     is_dup = np.zeros(arr.shape, dtype=bool)
     rows = np.arange(len(arr))
@@ -152,8 +155,21 @@ def validate_actions(
 class SlateSessionBatch:
     """N independent user sessions against one batched simulator."""
 
-    def __init__(self, simulator: UserSimulator, cfg: EnvConfig, num_rows: int) -> None:
+    def __init__(
+        self,
+        simulator: UserSimulator,
+        cfg: EnvConfig,
+        num_rows: int,
+        candidate_items: np.ndarray | None = None,
+    ) -> None:
         """Allocate per-row buffers for num_rows sessions.
+
+        Args:
+            simulator: the batched simulator.
+            cfg: the env settings.
+            num_rows: sessions run side by side.
+            candidate_items: catalog indices candidates are drawn from (default: the whole
+                catalog).
 
         Raises:
             ValueError: the config does not fit the simulator (catalog size, reward names).
@@ -165,9 +181,14 @@ class SlateSessionBatch:
         self.reward_per_code = cfg.reward_per_code(simulator.behaviours)
         """Reward of a slot answered with each behaviour code (R,)."""
         self.num_items = int(simulator.num_items)
-        if cfg.num_candidates > self.num_items:
+        self.candidate_items = (
+            None if candidate_items is None else np.unique(np.asarray(candidate_items, np.int64))
+        )
+        """Catalog indices candidates are drawn from (None: all)."""
+        pool = self.num_items if self.candidate_items is None else len(self.candidate_items)
+        if cfg.num_candidates > pool:
             raise ValueError(
-                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({self.num_items} items)"
+                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({pool} items)"
             )
         self.item_features = np.clip(
             np.asarray(simulator.item_features, dtype=np.float32), -FEATURE_BOUND, FEATURE_BOUND
@@ -227,7 +248,10 @@ class SlateSessionBatch:
 
     def _draw_candidates(self, rows: np.ndarray) -> None:
         keys, ctr = self.keys[rows], self.counters[rows]
-        self.candidates[rows] = distinct_choices(keys, ctr, self.num_items, self.cfg.num_candidates)
+        pool = self.candidate_items
+        size = self.num_items if pool is None else len(pool)
+        drawn = distinct_choices(keys, ctr, size, self.cfg.num_candidates)
+        self.candidates[rows] = drawn if pool is None else pool[drawn]
         self.counters[rows] = ctr
 
     def step(

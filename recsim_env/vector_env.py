@@ -20,6 +20,7 @@ from recsim_env.config import EnvConfig
 from recsim_env.env import (
     RENDER_MODES,
     check_render_mode,
+    env_catalog,
     make_llm_simulator,
     make_parametric_simulator,
     reject_unknown,
@@ -78,18 +79,22 @@ class SlateUserVectorEnv(VectorEnv, metaclass=_HintedClass):
         num_envs: int,
         config: EnvConfig | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        candidate_items: np.ndarray | None = None,
         render_mode: str | None = None,
     ) -> None:
-        """Wrap a batched simulator for num_envs users (render_mode None or 'ansi')."""
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        """Wrap a batched simulator for num_envs users.
+
+        Candidates are drawn from `candidate_items` (catalog indices; None: all items);
+        render_mode is None or 'ansi'.
+        """
+        num_envs = check_num_envs(num_envs)
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self.num_envs = num_envs
         self.render_mode = check_render_mode(render_mode)
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
-        self._batch = SlateSessionBatch(simulator, cfg, num_envs)
+        self._batch = SlateSessionBatch(simulator, cfg, num_envs, candidate_items)
         self.single_action_space = make_action_space(cfg, self._batch.num_features)
         self.single_observation_space = self._batch.observation_space()
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -216,6 +221,19 @@ class SlateUserVectorEnv(VectorEnv, metaclass=_HintedClass):
         self.simulator.close()
 
 
+def check_num_envs(num_envs: object) -> int:
+    """num_envs as an int >= 1.
+
+    Raises:
+        ValueError: not an integer, or < 1.
+    """
+    if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)):
+        raise ValueError(f"num_envs must be an integer, got {num_envs!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return int(num_envs)
+
+
 def make_parametric_vector_env(
     num_envs: int = 1,
     world: Any = None,
@@ -227,8 +245,9 @@ def make_parametric_vector_env(
     cfg, rest = split_env_kwargs(kwargs)
     own = ("num_envs", "world", "autoreset_mode", "render_mode")
     reject_unknown("make_parametric_vector_env", rest, own)
+    num_envs = check_num_envs(num_envs)
     sim = make_parametric_simulator(world, capacity=num_envs)
-    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode, render_mode)
+    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode, render_mode=render_mode)
 
 
 def make_llm_vector_env(
@@ -238,12 +257,19 @@ def make_llm_vector_env(
     dtype: str = "float32",
     autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     render_mode: str | None = None,
+    items: Any = None,
     **kwargs: Any,
 ) -> SlateUserVectorEnv:
-    """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users)."""
+    """Vector entry point of LLMUserSim-v0 (one batched GPT-2 forward per slot for all users).
+
+    `items`: the env's catalog, as for `LLMUserSimEnv`.
+    """
     cfg, rest = split_env_kwargs(kwargs)
-    own = ("num_envs", "simulator", "device", "dtype", "autoreset_mode", "render_mode")
+    own = ("num_envs", "simulator", "device", "dtype", "autoreset_mode", "render_mode", "items")
     reject_unknown("make_llm_vector_env", rest, own)
     check_render_mode(render_mode)
+    num_envs = check_num_envs(num_envs)
     sim = make_llm_simulator(simulator, device=device, dtype=dtype, capacity=num_envs)
-    return SlateUserVectorEnv(sim, num_envs, cfg, autoreset_mode, render_mode)
+    return SlateUserVectorEnv(
+        sim, num_envs, cfg, autoreset_mode, env_catalog(sim, items), render_mode=render_mode
+    )

@@ -102,9 +102,16 @@ def lock_path(out: str | Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
+_HELD: set[str] = set()
+"""Lock files this process holds (a nested `exclusive_output` of the same output is a no-op)."""
+
+
 @contextlib.contextmanager
 def exclusive_output(out: str | Path) -> Iterator[None]:
     """Hold the write lock of `out` for the block (see the module docstring).
+
+    Re-entrant within a process: a command can take the lock before its work starts and the
+    library functions that write can take it again.
 
     Raises:
         OutputBusyError: another process holds it.
@@ -112,6 +119,10 @@ def exclusive_output(out: str | Path) -> Iterator[None]:
     import fcntl
 
     path = lock_path(out)
+    key = str(path.resolve())
+    if key in _HELD:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(path, "a+")
     try:
@@ -128,7 +139,11 @@ def exclusive_output(out: str | Path) -> Iterator[None]:
         fh.truncate()
         fh.write(f"llm-usersim (pid {os.getpid()})")
         fh.flush()
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         fh.close()
 

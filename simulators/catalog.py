@@ -26,21 +26,48 @@ def item_feature_matrix(items: pd.DataFrame) -> np.ndarray:
     Returns:
         (num_items, F) float32 array with values in [-5, 5].
     """
+    return item_features_like(items, items)
+
+
+def item_features_like(reference: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
+    """Features of `items` in the feature space of `reference` (its `item_feature_matrix`).
+
+    The category one-hot has the reference's categories (an item of another category has none
+    set), and the price is standardised with the reference's log-price mean and spread, so a
+    simulator trained on the reference catalog reads a new item as it would read its own:
+    `item_features_like(items, items)` equals `item_feature_matrix(items)`.
+
+    Returns:
+        (len(items), F) float32 array with values in [-5, 5].
+    """
     n = len(items)
     blocks = []
-    if "category" in items.columns:
-        cats = items["category"].fillna("").astype(str)
-        names = sorted(cats.unique())
+    if "category" in reference.columns:
+        names = sorted(reference["category"].fillna("").astype(str).unique())
+        col = {c: i for i, c in enumerate(names)}
+        cats = (
+            items["category"].fillna("").astype(str)
+            if "category" in items.columns
+            else pd.Series([""] * n)
+        )
         onehot = np.zeros((n, len(names)), dtype=np.float32)
-        onehot[np.arange(n), cats.map({c: i for i, c in enumerate(names)}).to_numpy()] = 1.0
+        idx = cats.map(col).to_numpy(dtype=np.float64)
+        known = ~np.isnan(idx)
+        onehot[np.nonzero(known)[0], idx[known].astype(np.int64)] = 1.0
         blocks.append(onehot)
-    if "price" in items.columns:
-        price = pd.to_numeric(items["price"], errors="coerce").to_numpy(dtype=np.float64)
+    if "price" in reference.columns:
+        ref = pd.to_numeric(reference["price"], errors="coerce").to_numpy(dtype=np.float64)
+        ref_logp = np.log1p(np.clip(np.nan_to_num(ref, nan=0.0), 0.0, None))
+        ref_known = ~np.isnan(ref)
+        mean = ref_logp[ref_known].mean() if ref_known.any() else 0.0
+        std = ref_logp[ref_known].std() if ref_known.sum() > 1 else 1.0
+        price = (
+            pd.to_numeric(items["price"], errors="coerce").to_numpy(dtype=np.float64)
+            if "price" in items.columns
+            else np.full(n, np.nan)
+        )
         logp = np.log1p(np.clip(np.nan_to_num(price, nan=0.0), 0.0, None))
-        known = ~np.isnan(price)
-        mean = logp[known].mean() if known.any() else 0.0
-        std = logp[known].std() if known.sum() > 1 else 1.0
-        z = np.where(known, (logp - mean) / (std if std > 0 else 1.0), 0.0)
+        z = np.where(~np.isnan(price), (logp - mean) / (std if std > 0 else 1.0), 0.0)
         blocks.append(np.clip(z, -5, 5).astype(np.float32)[:, None])
     if not blocks:
         return np.zeros((n, 1), dtype=np.float32)

@@ -23,6 +23,7 @@ Row numbers in errors are 0-based positions in the Parquet tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +66,24 @@ class InteractionLogs:
     items: pd.DataFrame
     users: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    source: str = "<memory>"
+    """Where the logs were read from (errors name its files); not part of the log set."""
 
     def item_index(self) -> dict[str, int]:
         """item_id -> row position in the items table."""
         return {iid: i for i, iid in enumerate(self.items["item_id"].tolist())}
+
+    def fingerprint(self) -> str:
+        """A content hash of the three tables and the behaviour set (16 hex digits)."""
+        h = hashlib.sha256(json.dumps(self.behaviours.to_dict()).encode())
+        steps = self.steps
+        for col in ("user_id", "session_id", "step", "leave"):
+            h.update("\x1e".join(map(str, steps[col].tolist())).encode())
+        for col in ("items", "responses"):
+            h.update("\x1e".join("\x1f".join(map(str, x)) for x in steps[col]).encode())
+        h.update(self.items.to_csv(index=False).encode())
+        h.update(self.users.to_csv(index=False).encode())
+        return h.hexdigest()[:16]
 
     @property
     def behaviours(self) -> BehaviourSet:
@@ -179,6 +194,7 @@ def read_logs(log_dir: str | Path, validate: bool = True) -> InteractionLogs:
         items=_read_parquet(d / "items.parquet"),
         users=_read_parquet(d / "users.parquet"),
         meta=meta,
+        source=str(d),
     )
     if validate:
         validate_log_tables(logs, source=str(d))

@@ -29,8 +29,9 @@ its code is checked against these formulas.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+import contextlib
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,34 @@ class WorldConfig:
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, strict: bool = True) -> WorldConfig:
+        """Inverse of `to_dict`.
+
+        Args:
+            d: field values (lists are read as tuples).
+            strict: refuse unknown fields (a typo in a user's JSON); False skips them (older
+                metadata written by another version).
+
+        Raises:
+            ValueError: not a mapping, an unknown field (strict), or a value out of range.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"a world config must be a JSON object of fields, got {type(d).__name__}"
+            )
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown and strict:
+            raise ValueError(f"unknown world config fields {unknown}; allowed: {', '.join(names)}")
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names
+        }
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"bad world config: {exc}") from None
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -392,6 +421,18 @@ class ParametricUserModel:
         """Exact marginal probabilities of every response: (B, k, R), rows sum to 1."""
         choice, deeper = self._slot_params(np.asarray(rows), np.asarray(slates))
         return self._levels(choice, deeper)
+
+    item_side_channels: tuple[str, ...] = ()
+    """The world's items are their attributes: there is no side channel to take away."""
+
+    def without_item_side(
+        self, items: np.ndarray, channel: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Refused: the world reads no item side information (`item_side_channels` is empty)."""
+        raise ValueError(
+            f"the ground-truth world has no item side-information channel {channel!r} "
+            "(its items are their attributes)"
+        )
 
     def score_slates(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
         """p(r_j | state, slate, earlier slots skipped): (n, k, R); nothing advances."""

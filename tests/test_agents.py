@@ -217,12 +217,16 @@ def test_sb3_model_loads_by_path_and_predicts_batched(tmp_path) -> None:
     model = PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0)
     model.learn(16)
     model.save(tmp_path / "tiny_ppo.zip")
-    for spec in (f"ppo:{tmp_path / 'tiny_ppo.zip'}", str(tmp_path / "tiny_ppo.zip")):
-        agent = load_sb3_agent(spec, env)
-        assert agent.name == "ppo:tiny_ppo"
-        obs, _ = make_vec(3).reset(seed=0)
-        actions, _ = agent.predict(obs, deterministic=True)
-        assert actions.shape == (3, K)
+    spec = f"ppo:{tmp_path / 'tiny_ppo.zip'}"
+    with pytest.raises(ValueError, match="trust-sb3-zip"):  # unpickling needs consent
+        load_sb3_agent(spec, env)
+    with pytest.raises(ValueError, match="unknown agent"):  # a bare path never resolves
+        load_sb3_agent(str(tmp_path / "tiny_ppo.zip"), env)
+    agent = load_sb3_agent(spec, env, trust_sb3_zip=True)
+    assert agent.name == "ppo:tiny_ppo"
+    obs, _ = make_vec(3).reset(seed=0)
+    actions, _ = agent.predict(obs, deterministic=True)
+    assert actions.shape == (3, K)
 
 
 def test_bandits_learn_from_update() -> None:
@@ -356,4 +360,4 @@ def test_sb3_model_with_other_spaces_is_refused(tmp_path) -> None:
     big = gym.make("ParametricUserSim-v0")  # the default 500-item world, slate_size 5
     PPO("MultiInputPolicy", big, n_steps=16, batch_size=16, n_epochs=1).save(tmp_path / "m.zip")
     with pytest.raises(ValueError, match="spaces differ"):
-        make_agent(str(tmp_path / "m.zip"), make_env())
+        make_agent(f"ppo:{tmp_path / 'm.zip'}", make_env(), trust_sb3_zip=True)

@@ -109,13 +109,18 @@ def test_sb3_model_in_benchmark(tmp_path, capsys) -> None:
     from stable_baselines3 import PPO
 
     env = gym.make("ParametricUserSim-v0")
-    PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0).learn(16).save(
-        tmp_path / "pol.zip"
-    )
+    from agents.sb3.policy_files import save_policy
+
+    model = PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0).learn(16)
+    save_policy(model, tmp_path / "pol")
+    model.save(tmp_path / "pol.zip")
     out = tmp_path / "r.json"
     args = ["benchmark", "--env", "ParametricUserSim-v0", "--users", "6", "--json", str(out)]
-    assert main([*args, "--agents", f"random,ppo:{tmp_path / 'pol.zip'}"]) == 0
+    assert main([*args, "--agents", f"random,ppo:{tmp_path / 'pol'}"]) == 0
     assert list(json.loads(out.read_text())["agents"]) == ["random", "ppo:pol"]
+    zipped = [*args, "--agents", f"ppo:{tmp_path / 'pol.zip'}"]
+    assert main(zipped) == 2  # an SB3 zip is unpickled on load: only with the flag
+    assert main([*zipped, "--trust-sb3-zip"]) == 0
 
 
 def test_users_are_identical_across_batches_and_rows() -> None:

@@ -23,8 +23,13 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path):
-    bad = ["train-sim", "--logs", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
-    proc = _cli(*bad)
+    missing = ["train-sim", "--logs", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    proc = _cli(*missing)  # refused while parsing, before any work
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "argument --logs" in proc.stderr and "no such directory" in proc.stderr
+    bad = ["train-sim", "--logs", str(tmp_path), "--out", str(tmp_path / "o")]
+    proc = _cli(*bad)  # refused when read
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "not a log directory" in proc.stderr

@@ -16,6 +16,8 @@ EXAMPLES = {
     "torchrl_ppo.py": "batch 1: 128 user-steps",
     "generic_rl_benchmark.py": "ppo: mean return",
 }
+if importlib.util.find_spec("ray") is not None:  # the optional extra [ray]
+    EXAMPLES["rllib_ppo.py"] = "env steps/s per env runner"
 WITHOUT_OUT = {"custom_agent.py", "cleanrl_ppo.py", "torchrl_ppo.py", "generic_rl_benchmark.py"}
 """Examples that write nothing (no --out)."""
 

@@ -56,3 +56,18 @@ def test_imports_point_downward(path: Path) -> None:
         if (other := _layer(name)) is not None and other > own
     ]
     assert not upward, "\n".join(upward)
+
+
+RAY_MODULES = {"evaluation/distributed.py", "agents/rllib.py"}
+"""The only modules that import Ray (an optional extra); simulators/ and the envs never do."""
+
+
+def test_ray_is_imported_only_by_the_scale_out_modules() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in _sources()
+        for line, name in _imports(path)
+        if (name == "ray" or name.startswith("ray."))
+        and path.relative_to(ROOT).as_posix() not in RAY_MODULES
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -137,9 +137,46 @@ def test_peek_and_candidate_scoring_agree_with_a_one_item_step(tiny_recency_sim_
             np.testing.assert_allclose(scored[:, j], peek.response_probs[:, 0], atol=1e-5)
 
 
-def test_slate_size_cannot_change_mid_session(tiny_recency_sim_dir):
-    sim = GPT2UserSimulator.from_pretrained(tiny_recency_sim_dir, capacity=1)
-    sim.start_sessions(np.arange(1), sim.population[:1])
-    sim.step(np.arange(1), np.array([[1, 2, 3]]), np.full((1, 4), 0.5))
-    with pytest.raises(ValueError, match="slate size changed mid-session"):
-        sim.step(np.arange(1), np.array([[1, 2]]), np.full((1, 3), 0.5))
+@pytest.mark.parametrize("window", ["recency", "full"])
+def test_slates_of_any_length_mid_session_match_a_full_reencode(
+    window, tiny_recency_sim_dir, tiny_sim_dir
+):
+    """A longer slate grows the ring mid-session (slots move), a shorter one fills part of its
+    slot; the full-attention context refills whole steps: either way, what the forward sees."""
+    sim = GPT2UserSimulator.from_pretrained(
+        tiny_recency_sim_dir if window == "recency" else tiny_sim_dir, capacity=2
+    )
+    rng = np.random.default_rng(5)
+    sizes = [3, 2, 5, 1, 4, 6, 2, 7, 3] if window == "recency" else [3, 9, 2, 12, 5, 11, 4, 8]
+    profiles = sim.population[:2]
+    sim.start_sessions(np.arange(2), profiles)
+    slates = [
+        np.stack([rng.choice(sim.num_items, k, replace=False) for _ in range(2)]) for k in sizes
+    ]
+    resps = [rng.integers(0, 3, (2, k)) for k in sizes]
+    stepped = [sim.step(np.arange(2), s, forced_responses=r) for s, r in zip(slates, resps)]
+    if window == "recency":
+        assert sim.ring.block == step_block_length(max(sizes))
+    for row in range(2):
+        enc = session_batch(sim, profiles[row], [s[row] for s in slates], [r[row] for r in resps])
+        if window == "full":  # the windows training reads (refilled whole steps)
+            from simulators.training.data import collate, pack_rows, session_windows
+
+            e = sim.tokenizer.encode_session(
+                profiles[row],
+                [s[row] for s in slates],
+                [r[row] for r in resps],
+                False,
+                sim.model.item_known.numpy(),
+                sim.item_category,
+            )
+            c = sim.sim_config.context_length
+            wins = session_windows(e, c, sim.sim_config.window_steps, sim.prefix_length)
+            assert len(wins) > 1  # the context was refilled
+            enc = collate(pack_rows(wins, c, np.arange(len(wins))))
+        with torch.no_grad():
+            probs, kind = packed_probs(sim.model, enc)
+        full = probs[kind == 1][:, :3].numpy()
+        np.testing.assert_allclose(
+            np.concatenate([o.response_probs[row] for o in stepped]), full, atol=1e-5
+        )

@@ -24,6 +24,7 @@ from agents.sb3 import (
     make_sb3_vec_env,
 )
 from agents.sb3.policy import SlateDistribution
+from agents.sb3.policy_files import load_policy, save_policy
 from evaluation.episodes import evaluate_returns
 from recsim_env.cli import main
 from recsim_env.env import ParametricUserSimEnv
@@ -199,11 +200,16 @@ def test_saved_models_load_and_predict(tmp_path, tiny_sim_dir):
         path = tmp_path / f"{algo}.zip"
         model.save(path)
         assert detect_sb3_algo(path) == algo
-        policy = load_sb3_model(tmp_path / algo)  # suffix optional
-        assert isinstance(policy, SB3SlatePolicy) and policy.algo == algo
+        with pytest.raises(ValueError, match="trust"):
+            load_sb3_model(path)
+        zipped = load_sb3_model(tmp_path / algo, trust=True)  # suffix optional
+        policy = load_policy(save_policy(model, tmp_path / f"{algo}_dir"))
+        for loaded in (zipped, policy):
+            assert isinstance(loaded, SB3SlatePolicy) and loaded.algo == algo
         obs = venv.reset()
         action, _ = policy.predict(obs, deterministic=True)
         assert action.shape == (2, 3) and action.dtype == np.int64
+        np.testing.assert_array_equal(action, zipped.predict(obs, deterministic=True)[0])
         single, _ = policy.predict({k: v[0] for k, v in obs.items()}, deterministic=True)
         assert single.shape == (3,)
         returns = evaluate_returns(policy, env_id, users=4, seed=0, **kwargs)
@@ -214,7 +220,7 @@ def test_saved_models_load_and_predict(tmp_path, tiny_sim_dir):
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("data", "{}")
     with pytest.raises(ValueError, match="could not be loaded"):
-        load_sb3_model(bad)
+        load_sb3_model(bad, trust=True)
 
 
 def test_registry_loads_a_trained_model_as_an_agent(tmp_path):
@@ -222,9 +228,9 @@ def test_registry_loads_a_trained_model_as_an_agent(tmp_path):
 
     env_id, kwargs = PARAM
     venv = make_sb3_vec_env(env_id, num_envs=2, seed=0, **kwargs)
-    make_model("ppo", venv, seed=0, n_steps=8, batch_size=16).learn(16).save(tmp_path / "m.zip")
+    save_policy(make_model("ppo", venv, seed=0, n_steps=8, batch_size=16).learn(16), tmp_path / "m")
     vec = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **kwargs)
-    agent = make_agent(str(tmp_path / "m.zip"), vec)
+    agent = make_agent(f"ppo:{tmp_path / 'm'}", vec)
     obs, _ = vec.reset(seed=0)
     action, _ = agent.predict(obs, deterministic=True)
     vec.step(action)
@@ -261,13 +267,14 @@ def test_train_agent_cli_end_to_end(algo, tmp_path, tiny_sim_dir, capsys):
     else:
         args += ["--hyperparams", '{"learning_starts": 16}']
     assert main(args) == 0
-    assert (out / "model.zip").is_file() and (out / "tb").is_dir()
+    assert (out / "policy.safetensors").is_file() and (out / "tb").is_dir()
+    assert not list(out.glob("*.zip"))  # nothing pickled
     data = json.loads(summary.read_text())
     assert data["timesteps"] >= 64 and data["seconds"] > 0
     assert np.isfinite(data["mean_return"]) and len(data["return_ci95"]) == 2
     assert "random_mean_return" in data
     assert "mean return" in capsys.readouterr().out
-    policy = load_sb3_model(out / "model.zip")
+    policy = load_policy(out)
     env = gym.make("LLMUserSim-v0", simulator=str(tiny_sim_dir), **SMALL)
     obs, _ = env.reset(seed=0)
     with pytest.raises(ValueError, match="include_item_ids=True"):
@@ -283,6 +290,8 @@ def test_train_agent_cli_reports_bad_input(tmp_path, capsys):
     assert main([*base, "--env", "NoSuchEnv-v0"]) == 2
     assert "unknown env" in capsys.readouterr().err
     assert main([*base, "--env", "ParametricUserSim-v0", "--sim", "/nonexistent"]) == 2
+    assert "/nonexistent: no such directory" in capsys.readouterr().err
+    assert main([*base, "--env", "ParametricUserSim-v0", "--sim", str(tmp_path)]) == 2
     assert "--sim applies to LLMUserSim-v0" in capsys.readouterr().err
     assert main([*base, "--env", "ParametricUserSim-v0", "--hyperparams", "{bad"]) == 2
     assert "not valid JSON" in capsys.readouterr().err

@@ -1,7 +1,9 @@
-"""Loading saved SB3 models as slate policies (`load_sb3_model`, `SB3SlatePolicy`).
+"""SB3 models as slate policies (`SB3SlatePolicy`), and loading third-party SB3 zips.
 
-Saved models are SB3's own zip format, which stores some objects (spaces, schedules, the
-policy class) with cloudpickle: load only models you trust (your own).
+Policies trained here are saved as safetensors + JSON (`agents.sb3.policy_files`). SB3's own
+`.zip` stores some objects (spaces, schedules, the policy class) with cloudpickle, so loading one
+runs code from the file: `load_sb3_model` refuses unless `trust=True` (the CLI's
+`--trust-sb3-zip`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ class SB3SlatePolicy:
         model: the SB3 model.
         algo: ppo, a2c or dqn.
         name: a label for tables.
+        user_independent: True: a deterministic policy's slate for a user depends only on that
+            user's observation (how the benchmark and the ranking call it).
     """
+
+    user_independent = True
 
     def __init__(self, model: Any, name: str | None = None, slate_size: int | None = None) -> None:
         """Wrap model; slate_size is needed for Discrete models not saved by llm-usersim."""
@@ -123,18 +129,28 @@ def detect_sb3_algo(path: str | Path) -> str | None:
     return None
 
 
+class UntrustedModelError(ValueError):
+    """Loading this file would unpickle it (run code from it) and that was not allowed."""
+
+
 def load_sb3_model(
-    path: str | Path, algo: str | None = None, device: str = "cpu", slate_size: int | None = None
+    path: str | Path,
+    algo: str | None = None,
+    device: str = "cpu",
+    trust: bool = False,
+    slate_size: int | None = None,
 ) -> SB3SlatePolicy:
-    """Load a model saved by SB3 (e.g. by `llm-usersim train-agent`) as a slate policy.
+    """Load a third-party SB3 `.zip` as a slate policy, only when `trust` says so.
 
     The algorithm is read from the zip (`detect_sb3_algo`) unless given. The zip holds
-    cloudpickled parts (spaces, schedules, the policy class): load only trusted files.
+    cloudpickled parts (spaces, schedules, the policy class): loading it runs code from the
+    file, so it is refused unless `trust=True`.
 
     Args:
         path: the .zip (the suffix may be left out).
         algo: ppo, a2c or dqn to skip detection.
         device: torch device of the policy.
+        trust: allow unpickling the file.
         slate_size: items per slate, for Discrete or scores models not saved by llm-usersim.
 
     Returns:
@@ -143,11 +159,12 @@ def load_sb3_model(
 
     Raises:
         FileNotFoundError: no such file.
+        UntrustedModelError: `trust` is False.
         ValueError: not an SB3 model of a known algorithm.
 
     Example:
-        >>> policy = load_sb3_model("runs/ppo/model.zip")
-        >>> action, _ = policy.predict(obs, deterministic=True)
+        >>> policy = load_sb3_model("downloaded/model.zip", trust=True)  # doctest: +SKIP
+        >>> action, _ = policy.predict(obs, deterministic=True)  # doctest: +SKIP
     """
     import stable_baselines3 as sb3
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -157,6 +174,11 @@ def load_sb3_model(
         p = p.with_suffix(".zip")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such SB3 model file")
+    if not trust:
+        raise UntrustedModelError(
+            f"{p} is an SB3 .zip, which is loaded with pickle and can run code from the file; "
+            "pass --trust-sb3-zip (trust=True) only for a file you trust"
+        )
     if algo is not None and algo.lower() not in SB3_ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; one of {', '.join(SB3_ALGOS)}")
     found = algo.lower() if algo else detect_sb3_algo(p)

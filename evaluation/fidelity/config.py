@@ -35,6 +35,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "sim2real_ratio": (">=", 0.9),
 }
 """The issue's targets for the embedded default (click_auc_gap = oracle AUC - sim AUC)."""
+REAL_LOG_TARGETS: dict[str, tuple[str, float]] = {
+    "click_auc_minus_best_baseline": (">=", 0.0),
+    "ece_click": ("<=", 0.02),
+}
+"""Targets on real logs (no ground truth): at least the best baseline's click AUC (popularity,
+logistic regression, gradient-boosted trees), and calibrated."""
 KL_FLOOR_NOTE = (
     "The ground-truth world is identifiable: a user's initial interests are a deterministic "
     "function of the profile (no hidden draws), and drift and fatigue are deterministic "
@@ -78,7 +84,9 @@ class ValidateConfig:
     policy_envs: int = 128
     """Rows of the ranking's vector envs."""
     ppo: str | None = None
-    """A trained SB3 model ('ppo:PATH' or PATH.zip) added to the ranking."""
+    """A trained policy ('ppo:DIR' written by train-agent) added to the ranking."""
+    trust_sb3_zip: bool = False
+    """Allow SB3 .zip policies ('ppo:FILE.zip'), which are unpickled (run code) on load."""
     sim2real: bool = False
     """Train PPO on the simulator and on the world (same budget) and compare on the world."""
     ppo_steps: int = 100_000

@@ -25,6 +25,7 @@ import torch
 from simulators.behaviours import DEEPER, engaged
 from simulators.catalog import ProfileEncoder
 from simulators.logs import InteractionLogs
+from simulators.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,51 @@ class Events:
         return len(self.response)
 
 
+def shown_item_ids(logs: InteractionLogs) -> list[str]:
+    """Distinct item ids the slates of `logs` show, in order of first appearance."""
+    if not len(logs.steps):
+        return []
+    flat = np.concatenate([np.asarray(x, dtype=object) for x in logs.steps["items"]])
+    return list(dict.fromkeys(str(i) for i in flat))
+
+
+def add_shown_items(sim: Any, logs: InteractionLogs) -> int:
+    """Add the items `logs` show that the simulator's catalog lacks; returns how many.
+
+    They enter by the side information the logs' items table gives them (title, category,
+    price; `GPT2UserSimulator.add_items`), else by the learned unknown-item input alone.
+    """
+    known = set(sim.items_table()["item_id"].astype(str))
+    missing = [i for i in shown_item_ids(logs) if i not in known]
+    if not missing:
+        return 0
+    table = logs.items.assign(item_id=logs.items["item_id"].astype(str)).set_index("item_id")
+    rows = table.reindex(missing).reset_index()
+    sim.add_items(rows)
+    return len(missing)
+
+
 def align_items(logs: InteractionLogs, items: pd.DataFrame) -> InteractionLogs:
     """The same logs with the items table replaced by `items` (a simulator's catalog).
 
     Item indices then mean the simulator's catalog positions.
 
     Raises:
-        ValueError: when the logs show items the catalog lacks.
+        ValueError: when the logs show items the catalog lacks (`add_shown_items` adds them).
     """
     known = set(items["item_id"].astype(str))
-    shown = set(np.concatenate([np.asarray(x, dtype=object) for x in logs.steps["items"]]))
-    missing = sorted(str(i) for i in shown if str(i) not in known)
+    missing = [i for i in shown_item_ids(logs) if i not in known]
     if missing:
         raise ValueError(
             f"{len(missing)} logged items (e.g. {missing[0]!r}) are not in the simulator's "
-            "catalog; validate logs of the catalog the simulator was trained on"
+            "catalog; add them first (evaluation.fidelity.events.add_shown_items)"
         )
     return InteractionLogs(
-        steps=logs.steps, items=items.reset_index(drop=True), users=logs.users, meta=logs.meta
+        steps=logs.steps,
+        items=items.reset_index(drop=True),
+        users=logs.users,
+        meta=logs.meta,
+        source=logs.source,
     )
 
 
@@ -108,6 +136,7 @@ def select_users(logs: InteractionLogs, users: set[str]) -> InteractionLogs:
         items=logs.items,
         users=logs.users,
         meta=logs.meta,
+        source=logs.source,
     )
 
 
@@ -190,9 +219,8 @@ def teacher_forced(
         (response probs (n, R) float64 in slot order, leave probs (m,) float64 per step, NaN
         where no continue/leave decision was logged).
     """
-    from tqdm.auto import tqdm
-
     from simulators.lm.model import packed_probs
+    from simulators.slate_fit import window_length
     from simulators.training.data import collate, encode_logs, pack_rows, session_windows
 
     model = sim.model
@@ -200,8 +228,8 @@ def teacher_forced(
     data = encode_logs(logs, sim.profile_encoder, known)
     if len(data.sessions) != len(events.session_length):
         raise RuntimeError("encoded sessions do not match the events (ordering changed?)")
-    context = model.sim_config.context_length
     prefix = 1 + data.tokenizer.profile_slots
+    context = window_length(model.sim_config, prefix, int(events.step_size.max()))
     windows = [
         w
         for s in data.sessions
@@ -221,8 +249,8 @@ def teacher_forced(
             plan.append(
                 (width, idx, pack_rows([windows[i] for i in idx], width, np.arange(len(idx))))
             )
-    bar = tqdm(
-        total=sum(len(p[2]) for p in plan), desc="teacher-forced", unit="row", disable=not progress
+    bar = progress_bar(
+        sum(len(p[2]) for p in plan), "validate: teacher-forced", "rows", enabled=progress
     )
     for _width, idx, rows in plan:
         probs_parts, kind_parts = [], []
@@ -268,17 +296,17 @@ def context_spans(sim: Any, logs: InteractionLogs, events: Events) -> np.ndarray
     Returns:
         (R, 4) int64 rows (session, first context step, first predicted step, end step).
     """
+    from simulators.slate_fit import window_length
     from simulators.tokenization import CONT, START
     from simulators.training.data import encode_logs, session_windows
 
     model = sim.model
     data = encode_logs(logs, sim.profile_encoder, model.item_known.detach().cpu().numpy())
     prefix = 1 + data.tokenizer.profile_slots
+    context = window_length(model.sim_config, prefix, int(events.step_size.max()))
     spans = []
     for s, enc in enumerate(data.sessions):
-        windows = session_windows(
-            enc, model.sim_config.context_length, model.sim_config.window_steps, prefix
-        )
+        windows = session_windows(enc, context, model.sim_config.window_steps, prefix)
         first = 0
         for w in windows:
             ids = w["input_ids"][prefix:]

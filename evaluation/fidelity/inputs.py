@@ -26,14 +26,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evaluation.fidelity.config import ValidateConfig
-from evaluation.fidelity.events import Events, align_items, build_events, select_users
+from evaluation.fidelity.events import (
+    Events,
+    add_shown_items,
+    align_items,
+    build_events,
+    select_users,
+)
 from simulators.logs import InteractionLogs
 
 log = logging.getLogger(__name__)
@@ -43,10 +49,8 @@ def _resolve_world(spec: str, logs_meta: dict | None, train_meta: dict) -> Any:
     """The ParametricUserModel named by --world (None for no ground truth)."""
     from simulators.parametric import ParametricUserModel, WorldConfig
 
-    names = {f.name for f in fields(WorldConfig)}
-
-    def build(d: dict) -> Any:
-        return ParametricUserModel(WorldConfig(**{k: v for k, v in d.items() if k in names}))
+    def build(d: dict, strict: bool = False) -> Any:
+        return ParametricUserModel(WorldConfig.from_dict(d, strict=strict))
 
     if spec == "none":
         return None
@@ -64,20 +68,22 @@ def _resolve_world(spec: str, logs_meta: dict | None, train_meta: dict) -> Any:
             f"--world must be auto, default, none or a WorldConfig JSON file; got {spec!r}"
         )
     try:
-        return build(json.loads(path.read_text()))
+        return build(json.loads(path.read_text()), strict=True)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"--world {path}: {exc}") from None
 
 
 def _env_config(meta: dict) -> Any:
     """The EnvConfig recorded in log metadata (defaults where absent)."""
     from recsim_env.config import EnvConfig
 
-    names = {f.name for f in fields(EnvConfig)}
     env = meta.get("env")
     if not isinstance(env, dict):
         env = {}
-    return EnvConfig(**{k: v for k, v in env.items() if k in names})
+    cfg, _ = EnvConfig.from_kwargs(env)  # (older metadata may hold fields since removed)
+    return cfg
 
 
 def _check_catalog(sim: Any, world: Any) -> None:
@@ -125,8 +131,33 @@ class PreparedLogs:
     notes: list[str]
 
 
+def _check_fits(logs: InteractionLogs, sim: Any) -> None:
+    """The slate rule (`simulators.slate_fit`) and the behaviours, before any work.
+
+    Raises:
+        LogFormatError: a slate longer than the simulator takes (naming file, row, column).
+        ValueError: the logs' behaviours are not the simulator's.
+    """
+    from simulators.slate_fit import check_slates, max_slate_items
+
+    limit = max_slate_items(sim.sim_config, sim.prefix_length)
+    check_slates(
+        logs,
+        limit,
+        logs.source,
+        f"the simulator's context of {sim.sim_config.context_length} tokens holds at most "
+        f"{limit} items per slate after its {sim.prefix_length}-token profile",
+    )
+    if logs.behaviours != sim.behaviours:
+        raise ValueError(
+            f"{logs.source}/meta.json: the logs' behaviours {list(logs.behaviours.names)} are not "
+            f"the simulator's {list(sim.behaviours.names)}; validate on logs of the same "
+            "behaviours"
+        )
+
+
 def _prepare_logs(
-    cfg: ValidateConfig, world: Any, train_meta: dict, train_cfg: dict, env_cfg: Any
+    cfg: ValidateConfig, world: Any, train_meta: dict, train_cfg: dict, env_cfg: Any, sim: Any
 ) -> PreparedLogs:
     """Held-out logs, the training part (baselines) and warm users (see the module docstring)."""
     from recsim_env.log_generation import POLICIES, generate
@@ -163,6 +194,7 @@ def _prepare_logs(
         return PreparedLogs(heldout, train, None, True, policy, seed, notes)
 
     logs = read_logs(cfg.logs)
+    _check_fits(logs, sim)
     meta_equal = logs.meta == train_meta
     users_all = sorted(set(logs.steps["user_id"].astype(str)))
     rng = np.random.default_rng(cfg.seed)
@@ -223,6 +255,9 @@ class ValidationRun:
     sim_leave: np.ndarray | None = None
     true_probs: np.ndarray | None = None
     true_leave: np.ndarray | None = None
+    new_items: np.ndarray | None = None
+    """(num_items,) bool: items added to the simulator's catalog from the logs (not in its
+    training catalog)."""
 
     def lap(self, name: str, t0: float) -> None:
         """Record a section's time."""
@@ -256,8 +291,27 @@ def setup_run(cfg: ValidateConfig) -> ValidationRun:
             log.warning("the simulator's catalog differs from the world's: no ground truth")
             world = None
     env_cfg = _env_config(logs_meta if logs_meta is not None and "env" in logs_meta else train_meta)
-    data = _prepare_logs(cfg, world, train_meta, train_cfg, env_cfg)
-    heldout = align_items(data.heldout, sim.items_table())
+    data = _prepare_logs(cfg, world, train_meta, train_cfg, env_cfg, sim)
+    # items the simulator never saw enter by their side information: cold items, not an error
+    catalog = len(sim.items_table())
+    added = {
+        name: add_shown_items(sim, part)
+        for name, part in (("heldout", data.heldout), ("train", data.train), ("warm", data.warm))
+        if part is not None
+    }
+    items = sim.items_table()
+    data.train = None if data.train is None else align_items(data.train, items)
+    data.warm = None if data.warm is None else align_items(data.warm, items)
+    heldout = align_items(data.heldout, items)
+    new_items = np.zeros(len(items), dtype=bool)
+    new_items[catalog:] = True
+    if sum(added.values()):
+        notes = ", ".join(f"{n} in the {k} part" for k, n in added.items() if n)
+        data.notes.append(
+            f"{sum(added.values())} logged items are not in the simulator's catalog ({notes}): "
+            "they enter by their side information (title, category, price) or the learned "
+            "unknown-item input, and count as cold items"
+        )
     run = ValidationRun(
         cfg=cfg,
         sim_path=str(sim_path),
@@ -270,6 +324,7 @@ def setup_run(cfg: ValidateConfig) -> ValidationRun:
         known=sim.model.item_known.detach().cpu().numpy(),
         notes=list(data.notes),
         timings={},
+        new_items=new_items,
     )
     run.lap("setup", t0)
     return run

@@ -11,29 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.fidelity.render_sections import (
+    behaviour_lines,
+    comparison_lines,
+    deeper_label,
+    fmt,
+    profile_lines,
+    table,
+)
 from simulators.atomic import atomic_write, atomic_write_text
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _cell(v: Any) -> str:
-    return _fmt(v).replace("|", "\\|")  # a bare pipe would split the Markdown cell
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Any, Any]:
@@ -64,7 +50,7 @@ def plot_reliability(res: dict[str, Any], path: Path) -> None:
             continue
         rel = src["reliability_click"]
         mp, fp = _none_to_nan(rel["mean_pred"]), _none_to_nan(rel["frac_pos"])
-        label = f"{name} (ECE {_fmt(src['ece_click'])})"
+        label = f"{name} (ECE {fmt(src['ece_click'])})"
         ax.plot(mp, fp, marker="o", color=color, label=label)
         edges = np.asarray(rel["edges"])
         ax_hist.bar(
@@ -130,7 +116,7 @@ def plot_session_lengths(res: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     ax_cdf.set_xlabel("session length (steps)")
     ax_cdf.set_ylabel("ECDF")
-    ax_cdf.set_title(f"KS statistic {_fmt(s['session_length_ks'])}")
+    ax_cdf.set_title(f"KS statistic {fmt(s['session_length_ks'])}")
     ax_cdf.legend(fontsize=8)
     _save(fig, path)
 
@@ -152,22 +138,43 @@ def plot_session_rates(res: dict[str, Any], path: Path) -> None:
 
 def plot_policies(res: dict[str, Any], path: Path) -> None:
     """Mean return per policy in the simulator vs the ground truth, with 95% CIs."""
+    from evaluation.plotting import agent_label, colours
+
     pol = res["ranking"]["policies"]
-    names = list(pol)
-    fig, (ax,) = _figure(width=6.0, height=4.2)
-    for i, n in enumerate(names):
+    names = sorted(pol, key=lambda n: pol[n]["true"])
+    fig, (ax,) = _figure(width=6.5, height=4.6)
+    for n, colour in zip(names, colours(len(names))):
         p = pol[n]
         xerr = [[p["true"] - p["true_ci95"][0]], [p["true_ci95"][1] - p["true"]]]
         yerr = [[p["sim"] - p["sim_ci95"][0]], [p["sim_ci95"][1] - p["sim"]]]
-        ax.errorbar(p["true"], p["sim"], xerr=xerr, yerr=yerr, fmt="o", color=f"C{i % 10}", label=n)
+        ax.errorbar(
+            p["true"], p["sim"], xerr=xerr, yerr=yerr, fmt="o", color=colour, label=agent_label(n)
+        )
     lo = min(min(p["true_ci95"][0], p["sim_ci95"][0]) for p in pol.values())
     hi = max(max(p["true_ci95"][1], p["sim_ci95"][1]) for p in pol.values())
-    ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":")
-    ax.set_xlabel("mean return, ground truth")
-    ax.set_ylabel("mean return, simulator")
-    ax.set_title(f"Policy returns (Kendall tau-b {_fmt(res['kendall_tau'], 3)})")
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":", label="simulator = world")
+    ax.set_xlabel("mean return in the ground-truth world (reward per user, 95% CI)")
+    ax.set_ylabel("mean return in the simulator (95% CI)")
+    ax.set_title(f"Policy returns (Kendall tau-b {fmt(res['kendall_tau'], 3)})")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def headline_table(rows: list[list[Any]]) -> list[str]:
+    """The headline rows that have a figure; what does not apply is named once, not shown empty."""
+    shown = [r for r in rows if r[1] is not None or r[2] is not None]
+    absent = [str(r[0]) for r in rows if r[1] is None and r[2] is None]
+    if any(r[2] is not None for r in shown):
+        out = [table(["metric", "simulator", "oracle / floor"], shown)]
+    else:  # no ground truth: no oracle column
+        out = [table(["metric", "simulator"], [r[:2] for r in shown])]
+    if absent:
+        out += [
+            "",
+            "Not shown, as they do not apply here (no ground-truth world, no policy ranking, no "
+            f"events of the kind, or no --sim2real): {', '.join(absent)}.",
+        ]
+    return out
 
 
 def write_report(res: dict[str, Any], path: str | Path) -> list[Path]:
@@ -207,7 +214,13 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     out += ["## Headline figures", ""]
     rows = [
         ["click AUC", res["click_auc"], res["oracle_click_auc"]],
-        ["buy AUC", res["buy_auc"], res["oracle_buy_auc"]],
+        [
+            f"best baseline click AUC ({res.get('best_baseline') or '–'})",
+            res.get("best_baseline_click_auc"),
+            None,
+        ],
+        ["cold-item click AUC", res.get("cold_item_click_auc"), None],
+        [f"{deeper_label(res)} AUC", res["buy_auc"], res["oracle_buy_auc"]],
         ["click log-loss", res["click_logloss"], res["oracle_click_logloss"]],
         ["click ECE (15 bins)", res["ece_click"], res["oracle_ece_click"]],
         ["KL(true || sim) per slot (nats)", res["kl_per_slot"], res["kl_floor"]],
@@ -216,17 +229,17 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         ["Kendall tau-b (CI ties)", res["kendall_tau"], None],
         ["sim-to-real ratio", res["sim2real_ratio"], None],
     ]
-    out.append(_table(["metric", "simulator", "oracle / floor"], rows))
+    out += headline_table(rows)
     out.append("")
     out += ["### Targets", ""]
     out.append(
-        _table(
+        table(
             ["target", "value", "bound", "met"],
             [[k, v["value"], v["target"], v["met"]] for k, v in res["targets"].items()],
         )
     )
-    if res.get("kl_floor_note"):
-        out += ["", f"**Floor.** {res['kl_floor_note']}"]
+    if res.get("kl_floor_note") and not res.get("ground_truth"):
+        out += ["", f"**Floor.** {res['kl_floor_note']}"]  # (else said once, in section 3)
     out += ["", "## 1. Responses on held-out events", ""]
     resp = res["responses"]
     out.append(
@@ -250,34 +263,17 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 ]
             )
     out.append(
-        _table(
+        table(
             [
                 "source",
                 "click AUC",
                 "click log-loss",
                 "click ECE",
-                "buy AUC",
-                "buy log-loss",
-                "buy|click AUC",
+                f"{deeper_label(res)} AUC",
+                f"{deeper_label(res)} log-loss",
+                f"{deeper_label(res)}|click AUC",
             ],
             rows,
-        )
-    )
-    out += ["", "Baselines on the same events (fitted on the training part):", ""]
-    b = res["baselines"]
-    out.append(
-        _table(
-            ["predictor", "click AUC", "click log-loss"],
-            [
-                ["simulator", b["sim_click_auc"], res["click_logloss"]],
-                ["item popularity", b["popularity_click_auc"], b["popularity_click_logloss"]],
-                [
-                    "popularity by category",
-                    b["popularity_by_category_click_auc"],
-                    b["popularity_by_category_click_logloss"],
-                ],
-                ["logistic regression", b["logreg_click_auc"], b["logreg_click_logloss"]],
-            ],
         )
     )
     out += ["", "Precision / recall / F1 of responses sampled from the model vs logged ones:", ""]
@@ -287,13 +283,14 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         if s:
             for r, v in s["precision_recall_f1"].items():
                 rows.append([name, r, v["precision"], v["recall"], v["f1"], v["support"]])
-    out.append(_table(["source", "response", "precision", "recall", "F1", "support"], rows))
+    out.append(table(["source", "response", "precision", "recall", "F1", "support"], rows))
+    out += behaviour_lines(res)
     pos = res["click_rate_per_position"]
     keys = [k for k in ("logged", "sim_rollout", "sim_expected", "oracle_expected") if pos.get(k)]
     n_pos = max(len(pos[k]) for k in keys)
     out += ["", "Click rate per position:", ""]
     out.append(
-        _table(
+        table(
             ["position", *keys],
             [
                 [j + 1, *[pos[k][j] if j < len(pos[k]) else None for k in keys]]
@@ -308,34 +305,13 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         f"![positions]({images['positions']})",
     ]
     wc = res["warm_cold"]
-    out += ["", "### Warm and cold items and users", "", wc["note"] + ".", ""]
-    groups = [("items", "warm"), ("items", "cold"), ("users", "warm"), ("users", "cold")]
-    cols = ["sim", "oracle", "popularity", "popularity_by_category", "logreg"]
-    rows = []
-    for kind, g in groups:
-        d = wc[kind].get(g)
-        if d is None:
-            rows.append([f"{g} {kind}", 0, None, *[None] * len(cols), None])
-            continue
-        rows.append(
-            [
-                f"{g} {kind}",
-                d["events"],
-                d["click_rate"],
-                *[d.get(f"{c}_click_auc") for c in cols],
-                d.get("kl_per_slot"),
-            ]
-        )
-    out.append(
-        _table(["group", "events", "click rate", *[f"{c} AUC" for c in cols], "KL per slot"], rows)
-    )
-    warm_note = (wc["users"].get("warm") or {}).get("note")
-    if warm_note:
-        out += ["", f"Warm users: {warm_note}."]
+    out += ["", "### Simulator and baselines: all events, cold and warm items and users", ""]
+    out += [wc["note"] + ".", "", *comparison_lines(res)]
+    out += profile_lines(res)
     s = res["sessions"]
     out += ["", "## 2. Sessions", "", f"Simulated with {s['simulated_with']}.", ""]
     out.append(
-        _table(
+        table(
             ["", "sessions", "mean length", "left (not cut)", "click rate", "buy rate"],
             [
                 [
@@ -359,8 +335,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     )
     out += [
         "",
-        f"Kolmogorov-Smirnov statistic of session lengths: {_fmt(s['session_length_ks'])} "
-        f"(p = {_fmt(s['session_length_ks_pvalue'])}).",
+        f"Kolmogorov-Smirnov statistic of session lengths: {fmt(s['session_length_ks'])} "
+        f"(p = {fmt(s['session_length_ks_pvalue'])}).",
         "",
         f"![session lengths]({images['session_lengths']})",
         "",
@@ -372,7 +348,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         out.append("No ground-truth world for these logs: this section is skipped.")
     else:
         out.append(
-            _table(
+            table(
                 ["figure", "value"],
                 [
                     ["mean KL(true || sim) per slot, 3-way conditional", gt["kl_per_slot"]],
@@ -389,7 +365,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 ],
             )
         )
-        out += ["", "KL per position: " + ", ".join(_fmt(v) for v in gt["kl_per_position"]), ""]
+        out += ["", "KL per position: " + ", ".join(fmt(v) for v in gt["kl_per_position"]), ""]
         out.append(gt["note"])
     out += ["", "## 4. Policy ranking", ""]
     rk = res.get("ranking")
@@ -406,13 +382,13 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             for n, p in rk["policies"].items()
         ]
         out.append(
-            _table(["policy", "sim", "sim 95% CI", "true", "true 95% CI", "rel. error"], rows)
+            table(["policy", "sim", "sim 95% CI", "true", "true 95% CI", "rel. error"], rows)
         )
         out += [
             "",
-            f"Kendall tau-b {_fmt(rk['kendall_tau'], 3)} (pairs whose true means lie in each other's "
+            f"Kendall tau-b {fmt(rk['kendall_tau'], 3)} (pairs whose true means lie in each other's "
             f"95% CI count as tied in both rankings: {', '.join('/'.join(p) for p in rk.get('tied_pairs', [])) or 'none'}); "
-            f"without ties {_fmt(rk['kendall_tau_strict'], 3)}.",
+            f"without ties {fmt(rk['kendall_tau_strict'], 3)}.",
             "",
             f"Ranking in the simulator: {' > '.join(rk.get('rank_sim', []))}; "
             f"in the ground truth: {' > '.join(rk.get('rank_true', []))}.",
@@ -425,7 +401,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         out.append("Not run (use `--sim2real`).")
     else:
         out.append(
-            _table(
+            table(
                 ["figure", "value"],
                 [
                     [
@@ -439,7 +415,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                     ["PPO pairs (seeds), returns averaged", s2r.get("ppo_seeds", 1)],
                     [
                         "ratio per seed",
-                        ", ".join(_fmt(p["ratio"], 3) for p in s2r.get("per_seed", [])) or "-",
+                        ", ".join(fmt(p["ratio"], 3) for p in s2r.get("per_seed", [])) or "-",
                     ],
                     [
                         "training seconds (sim / world)",

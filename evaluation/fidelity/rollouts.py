@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from simulators.behaviours import DEEPER, engaged
+from simulators.progress import progress_bar
 
 
 @dataclass
@@ -99,8 +100,6 @@ def rollout_logging_policy(
         progress: show a progress bar.
         appeal: (U, num_items) `user_appeal` of the users (policies that personalise).
     """
-    from tqdm.auto import tqdm
-
     from recsim_env.log_generation import choose_slates, needs_appeal, row_kinds
     from recsim_env.sessions import SlateSessionBatch
 
@@ -114,7 +113,7 @@ def rollout_logging_policy(
     kinds = np.zeros(pool, dtype=np.int64)
     nxt = 0
     records: list[tuple] = []
-    bar = tqdm(total=users, desc="sim sessions", unit="user", disable=not progress)
+    bar = progress_bar(users, "validate: simulated sessions", "users", enabled=progress)
 
     def start(rows: np.ndarray) -> None:
         nonlocal nxt
@@ -168,8 +167,6 @@ def rollout_replay(
         pool: batch rows.
         progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
-
     from recsim_env.sessions import seed_to_key
     from simulators.rng import uniforms
 
@@ -184,7 +181,7 @@ def rollout_replay(
     row_user = np.full(pool, -1, dtype=np.int64)
     nxt = 0
     records: list[tuple] = []
-    bar = tqdm(total=users, desc="sim sessions", unit="user", disable=not progress)
+    bar = progress_bar(users, "validate: simulated sessions", "users", enabled=progress)
 
     def start(rows: np.ndarray) -> None:
         nonlocal nxt

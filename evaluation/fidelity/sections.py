@@ -68,6 +68,7 @@ def response_metrics(
         )
         sampled = M.sample_responses(p, np.random.default_rng(seed))
         out[name]["precision_recall_f1"] = M.precision_recall_f1(events.response, sampled, names)
+        out[name]["per_behaviour"] = behaviour_metrics(events.response, p, sampled, names)
     k = min(int(events.slot.max()) + 1, MAX_POSITIONS_SHOWN)
     pos = {"logged": M.rate_by_index(events.slot, y_click, k)}
     for name, p in sources.items():
@@ -78,6 +79,36 @@ def response_metrics(
     for name, p in sources.items():
         out["click_rate"][f"{name}_expected"] = float(click_probability(p).mean())
         out["buy_rate"][f"{name}_expected"] = float(deeper_probability(p).mean())
+    return out
+
+
+def behaviour_metrics(
+    response: np.ndarray, probs: np.ndarray, sampled: np.ndarray, names: list[str]
+) -> dict[str, dict[str, Any]]:
+    """AUC, log-loss, ECE and precision/recall/F1 per behaviour level (every one past skip).
+
+    A level is reached when the response is that behaviour or a deeper one (a purchase is also
+    a click): its probability is the sum over those codes, and a sampled response reaches it
+    the same way, so each behaviour of a custom set (`click like follow`) gets its own figures.
+
+    Args:
+        response: (n,) logged behaviour codes.
+        probs: (n, R) a model's conditional probabilities.
+        sampled: (n,) responses sampled from probs (for precision/recall/F1).
+        names: behaviour names by code.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for code in range(1, len(names)):
+        y = response >= code
+        p = probs[:, code:].sum(axis=1)
+        pred = sampled >= code
+        prf = M.precision_recall_f1(y.astype(np.int64), pred.astype(np.int64), ["no", "yes"])
+        out[names[code]] = {
+            **M.click_scores(y, p, ECE_BINS),
+            "rate_logged": float(y.mean()) if len(y) else None,
+            "rate_expected": float(p.mean()) if len(p) else None,
+            **{k: prf["yes"][k] for k in ("precision", "recall", "f1", "support")},
+        }
     return out
 
 
@@ -145,7 +176,7 @@ def ground_truth_metrics(
 def group_metrics(
     mask: np.ndarray, events: Events, preds: Mapping[str, np.ndarray | None], kl: np.ndarray | None
 ) -> dict[str, Any]:
-    """Click rate, each source's click AUC and (with kl) the mean KL on the events of a group.
+    """Click rate, each source's click AUC, log-loss and ECE and (with kl) the mean KL of a group.
 
     Args:
         mask: (n,) bool, the events of the group.
@@ -159,9 +190,14 @@ def group_metrics(
         "click_rate": float(events.clicked[mask].mean()) if n else None,
     }
     for name, p in preds.items():
-        res[f"{name}_click_auc"] = (
-            M.roc_auc(events.clicked[mask], p[mask]) if n and p is not None else None
+        scores = (
+            M.click_scores(events.clicked[mask], p[mask], ECE_BINS)
+            if n and p is not None
+            else {"auc": None, "logloss": None, "ece": None}
         )
+        res[f"{name}_click_auc"] = scores["auc"]
+        res[f"{name}_click_logloss"] = scores["logloss"]
+        res[f"{name}_ece_click"] = scores["ece"]
     if kl is not None:
         res["kl_per_slot"] = float(kl[mask].mean()) if n else None
     return res

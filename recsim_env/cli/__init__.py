@@ -1,8 +1,14 @@
 """The `llm-usersim` command line: one subcommand per module in this package.
 
 Each subcommand module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
-Errors a user can fix (bad input, missing files) print one line on stderr and exit 2; `--debug`
-shows the traceback instead.
+Errors a user can fix (bad input, missing files) print one line on stderr and exit 2, before any
+work starts where the input can be checked up front (`recsim_env.cli.args`); `--debug` shows the
+traceback instead.
+
+Every subcommand also takes `--threads N` (CPU threads of torch and of numpy's BLAS, applied
+before any work; default `DEFAULT_THREADS`, chosen from the measurements in the README: on a
+shared 2-core machine extra threads spin against the other processes) and `--quiet` (no
+progress reports; progress is a bar on a terminal and one line every 15 s on stderr otherwise).
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+from recsim_env.cli.args import HelpFormatter, OneLineParser, positive_int
 
 SUBCOMMANDS: dict[str, str] = {
     "generate-logs": "recsim_env.cli.generate_logs",
@@ -22,34 +31,65 @@ SUBCOMMANDS: dict[str, str] = {
     "speed": "recsim_env.cli.speed",
     "import": "recsim_env.cli.import_data",
     "soak": "recsim_env.cli.soak",
+    "explain": "recsim_env.cli.explain",
 }
+
+
+DEFAULT_THREADS = 1
+"""CPU threads of every command unless `--threads` says otherwise (see the README's table: one
+thread was fastest beside another busy process, and within a few percent of two on a quiet
+machine, because the per-step forwards are small)."""
 
 
 class UsageError(Exception):
     """A problem with the user's input: reported as one line, no traceback."""
 
 
+def apply_threads(n: int) -> None:
+    """Limit torch and numpy's BLAS (and libraries started later) to n CPU threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)  # stays in effect for the process
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen subcommand's module is imported (torch is slow)."""
     chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="llm-usersim",
         description="Simulated users for slate recommendation: logs, GPT-2 simulators, agents.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
     for name, module_name in SUBCOMMANDS.items():
         if chosen in SUBCOMMANDS and name != chosen:
             sub.add_parser(name)
             continue
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        p.add_argument(
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter
+        )
+        common = p.add_argument_group("common options")
+        common.add_argument(
             "--debug",
             action="store_true",
             default=argparse.SUPPRESS,
             help="show tracebacks on errors",
         )
+        common.add_argument(
+            "--threads",
+            type=positive_int,
+            default=DEFAULT_THREADS,
+            help="CPU threads of torch and numpy's BLAS",
+        )
+        common.add_argument("--quiet", action="store_true", help="no progress reports")
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -58,8 +98,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a bad argument already reported in one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from simulators.progress import set_quiet
+
+    set_quiet(args.quiet)
+    apply_threads(args.threads)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -77,6 +124,8 @@ def _is_user_error(exc: BaseException) -> bool:
     """Errors a user can fix from the message (bad input, missing files, unknown env ids)."""
     from gymnasium.error import Error as GymError
 
+    from simulators.atomic import OutputBusyError
+
     return isinstance(
         exc,
         (
@@ -88,6 +137,7 @@ def _is_user_error(exc: BaseException) -> bool:
             PermissionError,
             KeyError,
             GymError,
+            OutputBusyError,
         ),
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,5 +29,7 @@ def write_json(path: str | Path | None, data: dict) -> None:
 
 
 def progress_enabled() -> bool:
-    """Progress bars only on an interactive terminal (logs stay clean in CI)."""
-    return sys.stderr.isatty()
+    """Progress reports unless `--quiet` (a bar on a terminal, lines on stderr otherwise)."""
+    from simulators.progress import is_quiet
+
+    return not is_quiet()

@@ -10,6 +10,16 @@ import argparse
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
+from recsim_env.cli.args import (
+    check_device_here,
+    device_name,
+    env_id,
+    existing_dir,
+    int_at_least,
+    name_list,
+    nonnegative_int,
+    output_file,
+)
 
 HELP = "Evaluate baseline agents and SB3 models on simulated users (table, JSON, CSV, plot)."
 
@@ -19,48 +29,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from evaluation.benchmark import BenchmarkConfig
 
     d = BenchmarkConfig()
-    p.add_argument("--env", default=d.env, help="env id")
+    p.add_argument("--env", type=env_id, default=d.env, help="env id")
     p.add_argument(
         "--agents",
+        type=name_list,
         default=None,
         help="comma-separated agents: baselines (random, popular, greedy, linucb, thompson, "
-        "slateq, text_sim) and SB3 models ('ppo:PATH.zip'); default: all baselines",
+        "slateq, text_sim) and models trained with train-agent ('ppo:DIR'); default: all "
+        "baselines",
     )
-    p.add_argument("--users", type=int, default=d.users, help="simulated users (one episode each)")
-    p.add_argument("--seed", type=int, default=d.seed, help="user i is seeded with seed + i")
-    p.add_argument("--json", default=None, help="write the figures as JSON")
-    p.add_argument("--csv", default=None, help="write the figures as CSV")
-    p.add_argument("--plot", default=None, help="write a bar plot with 95%% CIs (PNG)")
-    p.add_argument("--batch", type=int, default=d.batch, help="users simulated together (num_envs)")
+    p.add_argument(
+        "--users",
+        type=int_at_least(1, 10**7),
+        default=d.users,
+        help="simulated users (one episode each)",
+    )
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=d.seed, help="user i is seeded with seed + i"
+    )
+    p.add_argument("--json", type=output_file, default=None, help="write the figures as JSON")
+    p.add_argument("--csv", type=output_file, default=None, help="write the figures as CSV")
+    p.add_argument(
+        "--plot",
+        type=output_file,
+        default=None,
+        help="write the figures as a PNG plot (mean ± 95%% CI)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int_at_least(1, 1 << 20),
+        default=d.batch,
+        help="users simulated together (num_envs)",
+    )
     p.add_argument(
         "--logs",
+        type=existing_dir,
         default=None,
         help="log directory for the popularity counts (default: a random-policy run)",
     )
     p.add_argument(
         "--log-users",
-        type=int,
+        type=int_at_least(1, 10**7),
         default=None,
         help="users of the random-policy popularity run (default: --users)",
     )
-    p.add_argument("--simulator", default=None, help="LLMUserSim-v0 simulator checkpoint")
-    p.add_argument("--device", default=None, help="LLMUserSim-v0 device (cpu, cuda, ...)")
-
-
-def _agents(spec: str | None) -> tuple[str, ...]:
-    if spec is None:
-        return ()
-    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
-    if not names:
-        raise UsageError("--agents is empty: name at least one agent")
-    return names
+    p.add_argument(
+        "--simulator", type=existing_dir, default=None, help="LLMUserSim-v0 simulator checkpoint"
+    )
+    p.add_argument(
+        "--device", type=device_name, default=None, help="LLMUserSim-v0 device (cpu, cuda, cuda:N)"
+    )
+    p.add_argument(
+        "--trust-sb3-zip",
+        action="store_true",
+        help="allow agents given as KIND:FILE.zip (third-party SB3 models): loading one "
+        "unpickles it, which RUNS CODE stored in the file; use only for files you trust",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="split the users across Ray actors (one per CPU, or per GPU with --device cuda): "
+        "a running cluster's HOST:PORT or auto; no address: start a local Ray runtime "
+        "(pip install 'llm-usersim[ray]'); the figures equal a one-process run's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every agent, print the table and write the requested files."""
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
 
+    from agents.registry import check_agent_spec
     from evaluation.benchmark import (
         BenchmarkConfig,
         format_table,
@@ -68,34 +109,48 @@ def run(args: argparse.Namespace) -> int:
         write_csv,
         write_plot,
     )
+    from evaluation.distributed import DistributedError, RayConfig
+    from simulators.progress import progress_bar
 
-    env_kwargs = {}
+    llm_only = [f for f, v in (("--simulator", args.simulator), ("--device", args.device)) if v]
+    if args.env != "LLMUserSim-v0" and llm_only:
+        raise UsageError(f"{', '.join(llm_only)} applies to LLMUserSim-v0, not {args.env}")
+    for name in args.agents or ():
+        check_agent_spec(name, args.trust_sb3_zip)  # fails now, not after the popularity run
+    env_kwargs: dict[str, object] = {}
     if args.simulator is not None:
-        env_kwargs["simulator"] = args.simulator
+        env_kwargs["simulator"] = str(args.simulator)
     if args.device is not None:
         env_kwargs["device"] = args.device
     cfg = BenchmarkConfig(
         env=args.env,
-        agents=_agents(args.agents),
+        agents=tuple(args.agents or ()),
         users=args.users,
         seed=args.seed,
         batch=args.batch,
         logs=args.logs,
         log_users=args.log_users,
         env_kwargs=env_kwargs,
+        trust_sb3_zip=args.trust_sb3_zip,
     )
+    if args.device and args.ray is None:  # with --ray the actors' machines have the GPUs
+        try:
+            check_device_here(args.device)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"argument --device: {exc}") from None
+    ray = None if args.ray is None else RayConfig(address=args.ray or None)
     from agents.registry import BASELINES
 
-    bar = tqdm(
-        total=len(cfg.agents or BASELINES) * cfg.users,
-        desc="benchmark",
-        unit="user",
-        disable=not progress_enabled(),
+    bar = progress_bar(
+        len(cfg.agents or BASELINES) * cfg.users, "benchmark", "user", progress_enabled()
     )
     # the agents' matrices are small: threaded BLAS made SlateQ over 10x slower on 2 shared cores
     with threadpool_limits(limits=1, user_api="blas"):
-        results = run_benchmark(cfg, on_agent=bar.set_postfix_str, on_done=bar.update)
-    bar.close()
+        try:
+            results = run_benchmark(cfg, on_agent=bar.set_postfix_str, on_done=bar.update, ray=ray)
+        except DistributedError as exc:  # the cluster's fault, told as one line
+            raise UsageError(str(exc)) from exc
+    bar.close()  # not on an error: its one line is the last thing on stderr
     print(f"{args.env}: {args.users} users, seed {args.seed} (mean ± 95% CI half-width)")
     print(format_table(results))
     write_json(

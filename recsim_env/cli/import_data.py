@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from recsim_env.cli.args import (
+    HelpFormatter,
+    OneLineParser,
+    existing_dir,
+    existing_file,
+    int_at_least,
+    output_dir,
+    positive_float,
+)
+from simulators.atomic import exclusive_output
 from simulators.importers import (
     CAMPAIGNS,
     DEFAULT_SESSION_GAP_MINUTES,
@@ -20,37 +31,72 @@ from simulators.importers import (
     import_open_bandit,
     import_otto,
 )
-from simulators.logs import InteractionLogs, write_logs
+from simulators.logs import InteractionLogs, check_log_output, write_logs
 
+OUT_HELP = "output log directory (new, empty, or an earlier log set, replaced whole)"
 HELP = "Import real interaction data (impressions CSV/Parquet, MovieLens, Open Bandit, OTTO)."
 
 
 def _gap(p: argparse.ArgumentParser, default: float | None, extra: str = "") -> None:
     p.add_argument(
         "--session-gap",
-        type=float,
+        type=positive_float,
         default=default,
         metavar="MINUTES",
         help=f"a gap longer than this between a user's consecutive rows starts a new session{extra}",
     )
 
 
+class _SourceParser(OneLineParser):
+    """One source's parser: one-line errors, defaults in the help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Sub-subcommands of import, one per source."""
-    sub = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    sub = p.add_subparsers(
+        dest="source",
+        required=True,
+        metavar="SOURCE",
+        parser_class=_SourceParser,
+    )
 
     imp = sub.add_parser(
         "impressions",
         help="your own logs: one row per shown slate (CSV or Parquet)",
         description="Columns: user_id, timestamp (unix seconds or ISO 8601), items (ids in "
         "display order, space-separated or a Parquet list), responses (skip/click/buy or "
-        "0/1/2, one per item), optional session_id. Errors name file, 1-based data row "
+        "0/1/2, one per item; or the labels of --behaviours; or, with --behaviour-columns, one "
+        "0/1 column per behaviour), optional session_id. Errors name file, 1-based data row "
         "(not counting the CSV header) and column.",
     )
-    imp.add_argument("file", help="impressions table (.csv, .csv.gz or .parquet)")
-    imp.add_argument("--items", help="items table: item_id, optional title, category, price")
-    imp.add_argument("--users", help="users table: user_id plus any profile columns")
-    imp.add_argument("--out", required=True, help="output log directory")
+    imp.add_argument(
+        "file", type=existing_file, help="impressions table (.csv, .csv.gz or .parquet)"
+    )
+    imp.add_argument(
+        "--items", type=existing_file, help="items table: item_id, optional title, category, price"
+    )
+    imp.add_argument(
+        "--users", type=existing_file, help="users table: user_id plus any profile columns"
+    )
+    imp.add_argument(
+        "--behaviours",
+        default=None,
+        metavar="NAMES",
+        help="your engagement levels, shallowest first, e.g. 'click,like,follow' or "
+        "'click,cart,order' (no engagement is skip; default click,buy): the labels of the "
+        "responses column",
+    )
+    imp.add_argument(
+        "--behaviour-columns",
+        action="store_true",
+        help="no responses column: one column per behaviour of --behaviours, each a 0/1 flag "
+        "per item (an item's response is the deepest behaviour flagged)",
+    )
+    imp.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
     _gap(imp, DEFAULT_SESSION_GAP_MINUTES, " (default 30; ignored with a session_id column)")
 
     ml = sub.add_parser(
@@ -59,9 +105,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Per user, 5 consecutive ratings form a slate; >= 4.5 stars buy, >= 3.5 "
         "click, otherwise skip. A proxy: ratings are not impressions.",
     )
-    ml.add_argument("dir", help="folder with ratings.csv and movies.csv")
-    ml.add_argument("--out", required=True, help="output log directory")
-    ml.add_argument("--slate-size", type=int, default=5, help="ratings per slate (default 5)")
+    ml.add_argument("dir", type=existing_dir, help="folder with ratings.csv and movies.csv")
+    ml.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
+    ml.add_argument("--slate-size", type=int_at_least(1, 300), default=5, help="ratings per slate")
     _gap(ml, DEFAULT_SESSION_GAP_MINUTES, " (default 30)")
     ml.add_argument(
         "--genres-in-title",
@@ -75,8 +121,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Rows sharing timestamp and user features are merged into one slate; "
         "user ids are hashes of the user features (segments); one step per session.",
     )
-    ob.add_argument("dir", help="dataset root (random/, bts/) or one campaign folder")
-    ob.add_argument("--out", required=True, help="output log directory")
+    ob.add_argument(
+        "dir", type=existing_dir, help="dataset root (random/, bts/) or one campaign folder"
+    )
+    ob.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
     ob.add_argument("--policy", default="random", choices=POLICIES, help="logging policy")
     ob.add_argument(
         "--campaign",
@@ -91,15 +139,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="One OTTO session is one user and one log session; events sharing a "
         "timestamp form one slate, other events are 1-item slates.",
     )
-    ot.add_argument("file", help="OTTO .jsonl or .jsonl.gz")
-    ot.add_argument("--out", required=True, help="output log directory")
+    ot.add_argument("file", type=existing_file, help="OTTO .jsonl or .jsonl.gz")
+    ot.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
     _gap(ot, None, " (default: never, one log session per OTTO session)")
 
 
 def load(args: argparse.Namespace) -> InteractionLogs:
     """Run the importer the arguments name (nothing is written)."""
     if args.source == "impressions":
-        return import_impressions(args.file, args.items, args.users, args.session_gap)
+        return import_impressions(
+            args.file,
+            args.items,
+            args.users,
+            args.session_gap,
+            behaviours=args.behaviours,
+            behaviour_columns=args.behaviour_columns,
+        )
     if args.source == "movielens":
         return import_movielens(
             args.dir, args.slate_size, args.session_gap, genres_in_title=args.genres_in_title
@@ -113,8 +168,10 @@ def load(args: argparse.Namespace) -> InteractionLogs:
 
 def run(args: argparse.Namespace) -> int:
     """Import, write the logs, print their statistics."""
-    logs = load(args)
-    write_logs(logs, Path(args.out))
+    check_log_output(args.out)  # before reading: an output that cannot take logs fails now
+    with exclusive_output(args.out):  # a second writer of the same --out fails at once
+        logs = load(args)
+        write_logs(logs, Path(args.out))
     stats = logs.meta["stats"]
     print(
         f"wrote {stats['steps']} steps of {stats['sessions']} sessions "

@@ -8,12 +8,18 @@ stays under 0.05 over a million user-steps.
 from __future__ import annotations
 
 import argparse
-import sys
-
-from tqdm.auto import tqdm
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
+from recsim_env.cli.args import (
+    device,
+    env_id,
+    existing_dir,
+    int_at_least,
+    nonnegative_int,
+    output_file,
+)
+from simulators.progress import progress_bar
 
 HELP = "Soak test: N user-steps of random valid actions, memory sampled as it runs."
 
@@ -21,21 +27,29 @@ HELP = "Soak test: N user-steps of random valid actions, memory sampled as it ru
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of soak."""
     p.add_argument(
-        "--steps", type=int, default=1_000_000, help="user-steps to simulate (default 1,000,000)"
+        "--steps", type=int_at_least(1, 10**12), default=1_000_000, help="user-steps to simulate"
     )
-    p.add_argument("--json", default=None, help="write the figures and samples as JSON")
-    p.add_argument("--num-envs", type=int, default=256, help="users per env step")
     p.add_argument(
-        "--sim", default=None, help="simulator checkpoint directory (default: the embedded one)"
+        "--json", type=output_file, default=None, help="write the figures and samples as JSON"
     )
-    p.add_argument("--env", default="LLMUserSim-v0", help="env id with a native vector env")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--samples", type=int, default=50, help="memory samples over the run")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--num-envs", type=int_at_least(1, 1 << 20), default=256, help="users per env step"
     )
+    p.add_argument(
+        "--sim",
+        type=existing_dir,
+        default=None,
+        help="LLMUserSim-v0 simulator checkpoint directory (default: the embedded one)",
+    )
+    p.add_argument("--env", type=env_id, default="LLMUserSim-v0", help="env id")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="inference dtype"
+    )
+    p.add_argument(
+        "--samples", type=int_at_least(1, 100_000), default=50, help="memory samples over the run"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the users")
 
 
 def format_samples(fig: dict) -> str:
@@ -63,50 +77,32 @@ def format_samples(fig: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Soak, print the samples, write JSON."""
-    import gymnasium as gym
-    import torch
-
     from evaluation.soak import SoakConfig, soak
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    import recsim_env  # noqa: F401
-
-    if args.env not in gym.registry:
-        raise UsageError(f"unknown env id {args.env!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    for flag, val in (("--steps", args.steps), ("--num-envs", args.num_envs)):
-        if val < 1:
-            raise UsageError(f"{flag} must be >= 1, got {val}")
-    if args.samples < 1:
-        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    llm_only = [f for f, v in (("--sim", args.sim), ("--dtype", args.dtype != "float32")) if v]
+    if args.env != "LLMUserSim-v0" and (llm_only or args.device != "cpu"):
+        raise UsageError(
+            f"{', '.join(llm_only) or '--device'} applies to LLMUserSim-v0, not {args.env}"
+        )
     cfg = SoakConfig(
         steps=args.steps,
         num_envs=args.num_envs,
         env_id=args.env,
-        sim=args.sim,
+        sim=None if args.sim is None else str(args.sim),
         device=args.device,
         dtype=args.dtype,
         samples=args.samples,
         seed=args.seed,
     )
     total = -(-args.steps // args.num_envs) * args.num_envs
-    with tqdm(
-        total=total,
-        unit="user-step",
-        unit_scale=True,
-        disable=not progress_enabled(),
-        file=sys.stderr,
-    ) as bar:
+    bar = progress_bar(total, "soak", "user-steps", enabled=progress_enabled())
 
-        def advance(n: int, last: dict) -> None:
-            bar.update(n)
-            bar.set_postfix(rss_mb=f"{last['rss_mb']:.0f}", refresh=False)
+    def advance(n: int, last: dict) -> None:
+        bar.update(n)
+        bar.set_postfix(rss_mb=f"{last['rss_mb']:.0f}")
 
-        fig = soak(cfg, advance)
+    fig = soak(cfg, advance)
+    bar.close()
     print(format_samples(fig))
     write_json(args.json, fig)
     if args.json:

@@ -18,6 +18,15 @@ from typing import Any
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
+from recsim_env.cli.args import (
+    device,
+    existing_dir,
+    int_at_least,
+    int_list,
+    nonnegative_int,
+    output_file,
+    positive_int,
+)
 
 HELP = "Measure simulated user-steps per second (naive vs batched), FLOP/s and memory."
 
@@ -28,52 +37,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--smoke", action="store_true", help="one repetition of everything (tests; no timing)"
     )
-    p.add_argument("--json", default=None, help="write the figures as JSON")
+    p.add_argument("--json", type=output_file, default=None, help="write the figures as JSON")
     p.add_argument(
-        "--sim", default=None, help="simulator checkpoint directory (default: the embedded one)"
+        "--sim",
+        type=existing_dir,
+        default=None,
+        help="simulator checkpoint directory (default: the embedded one)",
     )
     p.add_argument(
         "--random-size",
         default=None,
-        help="time a randomly initialised network of this size (tiny, small, medium, gpt2 = "
-        "GPT-2-small's 12x768) with the checkpoint's vocabulary and layout",
+        choices=("tiny", "small", "medium", "gpt2"),
+        help="time a randomly initialised network of this size (gpt2 = GPT-2-small's 12x768) "
+        "with the checkpoint's vocabulary and layout",
     )
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="inference dtype"
     )
     p.add_argument(
         "--num-envs",
+        type=int_list,
         default=None,
         help="comma-separated batch sizes of the vector env (default: 1,16,64,256,1024; on "
         "CUDA up to 65536)",
     )
     p.add_argument(
-        "--histories", default="1,50,200", help="history lengths of the sweep (comma-separated)"
+        "--histories",
+        type=int_list,
+        default=(1, 50, 200),
+        help="history lengths of the sweep (comma-separated)",
     )
-    p.add_argument("--sweep-num-envs", type=int, default=256, help="batch of the history sweep")
+    p.add_argument(
+        "--sweep-num-envs",
+        type=int_at_least(1, 1 << 20),
+        default=256,
+        help="batch of the history sweep",
+    )
     p.add_argument(
         "--client-num-envs",
-        default="256",
+        type=int_list,
+        default=(256,),
         help="comma-separated batch sizes at which every client's path is timed (direct, "
         "TorchRL env, SB3 fast path, vector env, single envs up to 256)",
     )
-    p.add_argument("--slate-size", type=int, default=None, help="EnvConfig slate_size")
-    p.add_argument("--num-candidates", type=int, default=None, help="EnvConfig num_candidates")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise UsageError(f"{flag} must list integers >= 1, got {text!r}")
-    return vals
+    p.add_argument("--slate-size", type=positive_int, default=None, help="EnvConfig slate_size")
+    p.add_argument(
+        "--num-candidates", type=positive_int, default=None, help="EnvConfig num_candidates"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the measured users")
 
 
 def _fmt(v: Any) -> str:
@@ -147,14 +159,8 @@ def format_table(fig: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print the table, write JSON."""
-    import torch
-
     from evaluation.speed import SpeedConfig, default_checkpoint_exists, measure
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     if args.sim is None and not default_checkpoint_exists():
         raise UsageError("the embedded default simulator is missing; pass --sim PATH")
     env_kwargs = {
@@ -162,19 +168,17 @@ def run(args: argparse.Namespace) -> int:
         for key, val in (("slate_size", args.slate_size), ("num_candidates", args.num_candidates))
         if val is not None
     }
-    if args.sweep_num_envs < 1:
-        raise UsageError(f"--sweep-num-envs must be >= 1, got {args.sweep_num_envs}")
     cfg = SpeedConfig(
-        sim=args.sim,
+        sim=None if args.sim is None else str(args.sim),
         random_size=args.random_size,
         device=args.device,
         dtype=args.dtype,
         quick=args.quick or args.smoke,
         smoke=args.smoke,
-        num_envs=_ints(args.num_envs, "--num-envs"),
-        histories=_ints(args.histories, "--histories") or (),
+        num_envs=args.num_envs,
+        histories=tuple(args.histories),
         sweep_num_envs=args.sweep_num_envs,
-        client_num_envs=_ints(args.client_num_envs, "--client-num-envs") or (),
+        client_num_envs=tuple(args.client_num_envs),
         env_kwargs=env_kwargs,
         seed=args.seed,
     )

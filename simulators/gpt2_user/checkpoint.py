@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from simulators.atomic import atomic_write, atomic_write_text
+from simulators.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from simulators.catalog import ProfileEncoder
 from simulators.gpt2_user.simulator import GPT2UserSimulator
 from simulators.lm.backbone import backbone_class
@@ -43,6 +44,8 @@ CHECKPOINT_FILES = (
 )
 HASHED_FILES = CHECKPOINT_FILES[:4]
 """Files whose SHA-256 the manifest (simulator_config.json) records."""
+CATALOG_BUFFERS = ("item_features", "item_text", "item_known", "item_category", "item_text_emb")
+"""Weights with one row per catalog item."""
 CHECKPOINT_FORMAT_VERSION = 2
 _V1_PREFIX, _V2_PREFIX = "gpt2.", "backbone.lm."
 
@@ -61,34 +64,77 @@ def file_sha256(path: Path) -> str:
 
 
 def save_simulator(sim: GPT2UserSimulator, directory: str | Path) -> Path:
-    """Write a checkpoint (each file atomically, the manifest last; no pickle)."""
+    """Write a checkpoint as one commit (see `commit_pending`; no pickle).
+
+    Every file is first written beside its final name as `NAME.new` (each atomically), the
+    manifest last; then the new files are renamed into place. An interruption before the
+    manifest's `.new` exists leaves the earlier checkpoint untouched; one after it is completed
+    by the next save or load, so the directory always reads as one whole checkpoint.
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    for name in CHECKPOINT_FILES:  # leftovers of a write interrupted before its manifest
+        (out / f"{name}{NEW}").unlink(missing_ok=True)
+    n = sim.tokenizer.num_items  # items added after training (`add_items`) are not saved
     state = {
-        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        k: (v[:n] if k in CATALOG_BUFFERS else v)
+        .detach()
+        .to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+        .contiguous()
         for k, v in sim.model.state_dict().items()
     }
+    staged = {name: out / f"{name}{NEW}" for name in CHECKPOINT_FILES}
     atomic_write(
-        out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"})
+        staged["model.safetensors"], lambda p: save_file(state, p, metadata={"format": "pt"})
     )
     population = torch.from_numpy(sim.population.astype(np.int16))
-    atomic_write(out / "population.safetensors", lambda p: save_file({"population": population}, p))
-    atomic_write_text(out / "config.json", sim.model.backbone.config_json())
-    atomic_write_text(out / "vocab.json", json.dumps(sim.tokenizer.to_dict()) + "\n")
+    atomic_write(
+        staged["population.safetensors"], lambda p: save_file({"population": population}, p)
+    )
+    atomic_write_text(staged["config.json"], sim.model.backbone.config_json())
+    atomic_write_text(staged["vocab.json"], json.dumps(sim.tokenizer.to_dict()) + "\n")
     meta = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "simulator": {**sim.sim_config.to_dict(), "format_version": CHECKPOINT_FORMAT_VERSION},
         "profile_encoder": sim.profile_encoder.to_dict(),
         "items": {
-            c: sim.items[c].tolist()
+            c: sim.items[c].iloc[:n].tolist()
             for c in ("item_id", "title", "category", "price")
             if c in sim.items
         },
         "extra": sim.extra,
-        "sha256": {name: file_sha256(out / name) for name in HASHED_FILES},
+        "sha256": {name: file_sha256(staged[name]) for name in HASHED_FILES},
     }
-    atomic_write_text(out / "simulator_config.json", json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(staged["simulator_config.json"], json.dumps(meta, indent=1) + "\n")
+    commit_pending(out)
     return out
+
+
+NEW = ".new"
+"""Suffix of a checkpoint file written but not yet committed."""
+
+
+def commit_pending(directory: str | Path) -> bool:
+    """Complete a checkpoint write whose manifest was staged (`simulator_config.json.new`).
+
+    The staged manifest is written only once every other staged file is complete, so its
+    presence means the new checkpoint is whole: each `NAME.new` still present replaces `NAME`,
+    the manifest last. Idempotent, so an interruption here is completed by the next call.
+
+    Returns:
+        True when a pending write was committed.
+    """
+    d = Path(directory)
+    manifest = d / f"simulator_config.json{NEW}"
+    if not manifest.is_file():
+        return False
+    for name in HASHED_FILES:
+        staged = d / f"{name}{NEW}"
+        if staged.is_file():
+            os.replace(staged, d / name)
+    os.replace(manifest, d / "simulator_config.json")
+    return True
 
 
 def load_simulator(
@@ -103,6 +149,10 @@ def load_simulator(
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d}: simulator checkpoint directory does not exist")
+    try:
+        commit_pending(d)  # a save interrupted after its manifest was staged
+    except OSError as exc:
+        raise CheckpointError(f"{d}: an interrupted save could not be completed ({exc})") from None
     for name in CHECKPOINT_FILES:
         if not (d / name).is_file():
             raise CheckpointError(f"{d / name}: file is missing from the simulator checkpoint")
@@ -156,6 +206,7 @@ def load_simulator(
             state["item_known"],
             tokenizer.output_tokens,
             state.get("item_category"),
+            state.get("item_text_emb"),
         )
         model.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:

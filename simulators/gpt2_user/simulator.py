@@ -4,14 +4,17 @@ One `step` answers a slate for every row of the batch. The step's whole block (t
 item re-stated before its response, the responses) is decoded speculatively: one forward runs
 all 1 + 3k tokens with every response drafted as skip, responses are sampled slot by slot from
 env-supplied uniforms until one differs from its draft, and only those rows run again from that
-token (a slate with at most one click: two forwards instead of the k + 1 of slot-by-slot
-decoding, with identical probabilities). Rows never influence each other. History is never
-re-encoded: keys and values stay in a preallocated cache. When a row's context is full it is
-refilled with its profile and its last `window_steps` steps (the documented sliding-window
+token, the later slots drafted with what the forward sampled for them (a slate with at most one
+click: two forwards instead of the k + 1 of slot-by-slot decoding, with identical
+probabilities; a 300-item slate with many clicks a few forwards, not one per click). Rows never
+influence each other. History is never re-encoded: keys and values stay in a preallocated
+cache. When a row's context is full it is refilled with its profile and as many of its last
+whole steps as fit beside the next one, at most `window_steps` (the documented sliding-window
 scheme; training windows long sessions the same way), so memory is bounded whatever the episode
 length. A simulator with recency attention (`attention_window_steps` N > 0) needs no refill:
 step s writes its block into slot s mod (N + 1) of a ring after the profile (`RingLayout`), so
-every step after the first N costs the same and the cache never grows.
+every step after the first N costs the same and the cache never grows; its slots are as long as
+the longest slate met (a longer one mid-session moves them, exactly).
 
 This module is the session state and the stepping loop; building a network
 (`simulators.gpt2_user.build`), checkpoints (`.checkpoint`), the ring's geometry (`.ring`) and
@@ -21,6 +24,7 @@ speculative decoding, the ring and the refill share the cache state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from simulators.lm.attention import (
 )
 from simulators.lm.cache import StaticKVCache
 from simulators.lm.model import SimulatorConfig, TokenBlock, UserLM
+from simulators.slate_fit import max_slate_items
 from simulators.tokenization import (
     BOS,
     CONT,
@@ -58,6 +63,32 @@ from simulators.tokenization import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MEMORY_HEADROOM = 0.8
+"""Share of the available memory a cache may take (the rest is for the forwards)."""
+
+
+def check_memory(needed: int, device: torch.device, what: str) -> None:
+    """Refuse an allocation that cannot fit, before trying it.
+
+    A huge num_envs would otherwise ask the allocator for hundreds of GB.
+
+    Raises:
+        ValueError: naming what needed how much and what is available.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        available = int(free)
+    else:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    if needed > MEMORY_HEADROOM * available:
+        raise ValueError(
+            f"{what} need about {needed / 2**30:.1f} GiB of KV cache on {device}, but "
+            f"{available / 2**30:.1f} GiB are available; use fewer users per batch"
+        )
+
+
 """Inference dtypes by name."""
 _CPU_TOKENS_PER_FORWARD = 4096
 """Tokens per forward on CPU (larger batches run in row blocks)."""
@@ -77,6 +108,9 @@ class GPT2UserSimulator:
         dtype: inference dtype name ('float32', 'bfloat16', 'float16').
         capacity: initial rows.
     """
+
+    consumed: torch.Tensor
+    """Session summary of every cache row (see `_alloc`)."""
 
     def __init__(
         self,
@@ -134,6 +168,68 @@ class GPT2UserSimulator:
         """The catalog this simulator knows (item_id, title, category, price)."""
         return self.items.copy()
 
+    def add_items(self, items: pd.DataFrame) -> np.ndarray:
+        """Catalog indices of `items`, adding the items this simulator does not have.
+
+        `items` has `item_id` and optionally `title`, `category` and `price`. An added item has
+        no learned token (it reads as <unk_item>, as items dropped out in training do): it
+        enters by its side information, computed as for the training catalog
+        (`simulators.catalog.item_features_like`: a known category's one-hot, none for a new
+        category; the price standardised as the catalog's; the title's hashed words, and its
+        sentence embedding when the simulator has a text encoder). The session summary counts
+        a new category apart from the known ones. Added items are not saved with the
+        checkpoint.
+
+        Returns:
+            (len(items),) int64 indices into `items_table()`.
+        """
+        from simulators.gpt2_user.build import item_side_information
+
+        ids = items["item_id"].astype(str)
+        index = {iid: i for i, iid in enumerate(self.items["item_id"].astype(str))}
+        new = items.assign(item_id=ids)[~ids.isin(index)].drop_duplicates("item_id")
+        if len(new):
+            table = new.reindex(columns=["item_id", "title", "category", "price"])
+            for col in ("title", "category"):  # missing: empty (no title, no category)
+                table[col] = table[col].map(lambda v: "" if pd.isna(v) else str(v))
+            table["price"] = pd.to_numeric(table["price"], errors="coerce")
+            reference = self.items.iloc[: self.tokenizer.num_items]
+            side = item_side_information(self.model, reference, table)
+            model = self.model
+            dev = model.item_features.device
+            model.item_features = torch.cat([model.item_features, side["features"].to(dev)])
+            model.item_text = torch.cat([model.item_text, side["text"].to(dev)])
+            if model.item_text_emb is not None:
+                model.item_text_emb = torch.cat(
+                    [model.item_text_emb, side["text_emb"].to(dev, model.item_text_emb.dtype)]
+                )
+            model.item_known = torch.cat(
+                [model.item_known, torch.zeros(len(table), dtype=torch.bool, device=dev)]
+            )
+            known_cats = self.items.get("category", pd.Series([""] * len(self.items)))
+            cat_of = dict(zip(known_cats.fillna("").astype(str), self.item_category.tolist()))
+            n_cat = self.num_categories()
+            for c in table["category"]:
+                if c not in cat_of:  # a new category: counted apart from every known one
+                    cat_of[c] = n_cat
+                    n_cat += 1
+            cats = np.array([cat_of[c] for c in table["category"]], dtype=np.int64)
+            self.item_category = np.concatenate([self.item_category, cats])
+            if self.summary_on:
+                model.item_category = torch.cat(
+                    [model.item_category, torch.from_numpy(cats).to(dev)]
+                )
+                grow = n_cat - self.consumed.shape[1]
+                if grow > 0:
+                    self.consumed = torch.cat(
+                        [self.consumed, self.consumed.new_zeros(self.capacity, grow, 2)], dim=1
+                    )
+            self.items = pd.concat([self.items, table], ignore_index=True)
+            self.item_features = model.item_features.cpu().numpy()
+            self.num_items = len(self.items)
+            index.update({iid: i for i, iid in enumerate(self.items["item_id"])})
+        return np.array([index[i] for i in ids], dtype=np.int64)
+
     def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
         """Token ids of item indices (items without a trained token: <unk_item>)."""
         known = self.model.item_known[items]
@@ -155,8 +251,9 @@ class GPT2UserSimulator:
 
         The whole context, or with recency attention only the profile and the ring of
         window + 1 step blocks, 4x less at the default's context (the ring's block length
-        follows the slate size: the given one, else the one of the running sessions; before
-        any step only the profile is held).
+        follows the slate size: the given one, else the longest of the running sessions;
+        before any step only the profile is held). The ring is not bounded by the context:
+        recency attention has no absolute positions.
         """
         if not self.window:
             return self.sim_config.context_length
@@ -166,11 +263,14 @@ class GPT2UserSimulator:
             block = None if self.ring is None else self.ring.block
         if block is None:
             return self.prefix_length
-        return min(self.sim_config.context_length, self.prefix_length + (self.window + 1) * block)
+        return self.prefix_length + (self.window + 1) * block
 
     def _alloc(self, capacity: int) -> None:
         bb = self.model.backbone
         c = self.cache_positions()
+        check_memory(
+            capacity * self.bytes_per_row(c), self.device, f"{capacity:,} users (num_envs/capacity)"
+        )
         self.capacity = capacity
         self.cache = StaticKVCache(
             bb.n_layer, capacity, bb.n_head, c, bb.head_dim, self.device, self.dtype
@@ -180,28 +280,60 @@ class GPT2UserSimulator:
         """The token channels of every cache row, (capacity, C) each (the refill re-encodes
         from them)."""
         self.steps_done = torch.zeros(capacity, dtype=torch.long, device=self.device)
-        n_cat = int(self.item_category.max()) + 1 if self.summary_on else 0
+        n_cat = self.num_categories() if self.summary_on else 0
         self.consumed = torch.zeros(capacity, n_cat, 2, dtype=torch.int16, device=self.device)
         """Session summary of every row: (clicks, buys) per category so far, capped."""
+        self.slot_len = torch.zeros(
+            capacity, max(self.window, 0) + 1, dtype=torch.long, device=self.device
+        )
+        """Recency ring: tokens each slot of each row holds (a shorter step fills the start of
+        its slot, see `simulators.gpt2_user.ring`)."""
+        self.short_slots = False
+        """Whether some ring slot holds fewer tokens than the ring's block (only then do the
+        attention biases read `slot_len`: a ring of one slate size pays nothing for it)."""
 
-    def _fit_ring(self) -> None:
+    def bytes_per_row(self, positions: int | None = None) -> int:
+        """Memory of one user row: its keys and values in every layer and its token channels."""
+        bb = self.model.backbone
+        c = self.cache_positions() if positions is None else positions
+        el = torch.finfo(self.dtype).bits // 8
+        return 2 * bb.n_layer * bb.n_head * c * bb.head_dim * el + 5 * c * 8
+
+    def num_categories(self) -> int:
+        """Categories the session summary counts by (those of the catalog)."""
+        return int(self.item_category.max()) + 1 if len(self.item_category) else 1
+
+    def _fit_ring(self, old_block: int | None = None) -> None:
         """Resize the cache's position axis to the ring's block length.
 
-        Every row's contents are kept. Runs when the first step fixes the block length, or a
-        new slate size changes it between sessions.
+        Every row's contents are kept: the first positions as they are (between sessions), or,
+        given the block length the ring had (`old_block`, a longer slate mid-session), every
+        slot moved to where the longer layout puts it.
         """
         c = self.cache_positions()
         if self.cache is None or self.cache.context == c:
             return
         old, bufs, steps, consumed = self.cache, self.tokens, self.steps_done, self.consumed
+        slot_len, short = self.slot_len, self.short_slots
         self._alloc(self.capacity)
         self.consumed.copy_(consumed)
-        keep = min(c, old.context)
-        self.cache.k[..., :keep, :] = old.k[..., :keep, :]
-        self.cache.v[..., :keep, :] = old.v[..., :keep, :]
+        self.slot_len.copy_(slot_len)
+        self.short_slots = short or old_block is not None  # moved slots hold the old length
+        p = self.prefix_length
+        if old_block is None:
+            moves = [(0, 0, min(c, old.context))]
+        else:
+            assert self.ring is not None  # growing a ring
+            nb = self.ring.block
+            moves = [(0, 0, p)] + [
+                (p + s * old_block, p + s * nb, old_block) for s in range(self.window + 1)
+            ]
+        for src, dst, n in moves:
+            self.cache.k[..., dst : dst + n, :] = old.k[..., src : src + n, :]
+            self.cache.v[..., dst : dst + n, :] = old.v[..., src : src + n, :]
+            for new, prev in zip(self.tokens.channels(), bufs.channels()):
+                new[:, dst : dst + n] = prev[:, src : src + n]
         self.cache.lengths.copy_(old.lengths.clamp(max=c))
-        for new, prev in zip(self.tokens.channels(), bufs.channels()):
-            new[:, :keep] = prev[:, :keep]
         self.steps_done.copy_(steps)
 
     def ensure_capacity(self, capacity: int) -> None:
@@ -275,6 +407,7 @@ class GPT2UserSimulator:
         )
         self.steps_done[rows_t] = 0
         self.consumed[rows_t] = 0
+        self.slot_len[rows_t] = 0
 
     def _encode_rows(self, rows: torch.Tensor, tokens: TokenBlock) -> None:
         """Encode whole sequences (n, T) from position 0 into the cache rows (in row blocks)."""
@@ -292,7 +425,12 @@ class GPT2UserSimulator:
         cache.lengths[rows] = t
 
     def _refill(self, block: int) -> None:
-        """Sliding window: rows without room for a step keep profile + last window_steps steps."""
+        """Sliding window: rows without room for a step keep profile + their last whole steps.
+
+        As many of the last steps as fit beside the new block, at most `window_steps`
+        (none when even one does not fit), exactly as training windows a long session
+        (`simulators.training.data.session_windows`).
+        """
         if self.window:  # the ring never fills
             return
         cache = self._live_cache()
@@ -300,15 +438,33 @@ class GPT2UserSimulator:
         full = torch.nonzero(cache.lengths + block > c).flatten()
         if len(full) == 0:
             return
-        p = self.prefix_length
-        w = max(1, min(self.sim_config.window_steps, (c - p) // block - 1))
-        keep = p + w * block
-        starts = cache.lengths[full] - w * block  # (n,)
-        tail = starts[:, None] + torch.arange(w * block, device=self.device)
-        take = torch.cat([torch.arange(p, device=self.device).expand(len(full), p), tail], dim=1)
-        kept = [torch.gather(b[full], 1, take) for b in self.tokens.channels()]
-        self._encode_rows(full, TokenBlock(*kept))
-        assert int(cache.lengths[full].max()) == keep
+        p, dev = self.prefix_length, self.device
+        lengths = cache.lengths[full]  # (n,)
+        ids, roles = self.tokens.input_ids[full], self.tokens.roles[full]  # (n, C)
+        pos = torch.arange(ids.shape[1], device=dev)
+        is_x = (
+            (roles == ROLE_CONTROL)
+            & ((ids == START) | (ids == CONT))
+            & (pos >= p)
+            & (pos < lengths[:, None])
+        )
+        steps_from = is_x.flip(1).cumsum(1).flip(1)  # X tokens at or after each position
+        fits = p + lengths[:, None] - pos + block <= c
+        ok = is_x & (steps_from <= self.sim_config.window_steps) & fits
+        start = torch.where(ok.any(1), ok.int().argmax(1), lengths)  # first kept position
+        kept = lengths - start
+        t = int(kept.max())
+        tail = (start[:, None] + torch.arange(t, device=dev)).clamp(max=ids.shape[1] - 1)
+        take = torch.cat([torch.arange(p, device=dev).expand(len(full), p), tail], dim=1)
+        pad = torch.arange(t, device=dev)[None, :] >= kept[:, None]  # (n, t) past a row's steps
+        fills = (PAD, ROLE_CONTROL, 0, -1, 0)
+        channels = []
+        for buf, fill in zip(self.tokens.channels(), fills):
+            got = torch.gather(buf[full], 1, take)
+            got[:, p:] = got[:, p:].masked_fill(pad, fill)
+            channels.append(got)
+        self._encode_rows(full, TokenBlock(*channels))
+        cache.lengths[full] = p + kept
 
     def _forward(
         self,
@@ -316,11 +472,13 @@ class GPT2UserSimulator:
         start: torch.Tensor,
         tokens: TokenBlock,
         steps: torch.Tensor,
+        slot_len: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Append tokens (R, t) to cache rows `rows` (all rows if None) at offsets start (R,).
 
         With recency attention, `steps` (R,) are the rows' step indices: the tokens belong to
-        that step's block, written at `start` inside its ring slot.
+        that step's block, written at `start` inside its ring slot; `slot_len` (R, N + 1) is
+        what each slot of those rows holds.
 
         Returns the output logits at every new position, (R, t, R_behaviours + 2) float32. On
         CPU, large batches run in row blocks of about _CPU_TOKENS_PER_FORWARD tokens
@@ -339,7 +497,8 @@ class GPT2UserSimulator:
             p = pos[lo:hi]
             sub = None if rows is None else rows[lo:hi]
             if self.ring is not None:
-                n, bias = self.ring.bias(steps[lo:hi], p, self.dtype)
+                held = None if slot_len is None else slot_len[lo:hi]
+                n, bias = self.ring.bias(steps[lo:hi], p, self.dtype, held)
                 attend: Any = WindowedCachedAttention(cache, p, sub, n, bias, row_offset=lo)
                 h = self.model(tokens[lo:hi], torch.zeros_like(p), attend)
                 out[lo:hi] = self.model.output_logits(h)
@@ -373,10 +532,11 @@ class GPT2UserSimulator:
         skip (or as the forced response). Slot j's probabilities are exact as long as the
         responses before it match their drafts, so responses are sampled slot by slot until the
         first one that differs from its draft; only rows with such a slot run again, from that
-        token on, with the sampled response in place. Results equal the slot-by-slot decoding
-        (each probability is conditioned on exactly the same tokens); a slate with at most one
-        click costs two forwards instead of k + 1, and the cache is read twice instead of
-        k + 1 times.
+        token on, with the sampled response in place and every later slot drafted with what
+        that forward sampled for it. Results equal the slot-by-slot decoding (each probability
+        is conditioned on exactly the same tokens); a slate with at most one click costs two
+        forwards instead of k + 1, and a long slate with many clicks a few more, not one per
+        click.
 
         When most rows step, every cache row runs the first forward (rows not in `rows` get
         padding that is overwritten later and do not advance), which keeps it free of gathers.
@@ -398,6 +558,20 @@ class GPT2UserSimulator:
         if uniforms is None and forced_responses is None:
             forced_responses = np.zeros(np.shape(slates), dtype=np.int64)
         return self._decode(rows, slates, uniforms, forced_responses, None, peek=True)
+
+    @property
+    def item_side_channels(self) -> tuple[str, ...]:
+        """Item attributes (category, price) and title text (`UserLM.ITEM_SIDE_CHANNELS`)."""
+        return self.model.ITEM_SIDE_CHANNELS
+
+    def without_item_side(
+        self, items: np.ndarray, channel: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Score without that part of `items`' side information (`UserLM.without_item_side`)."""
+        idx = torch.as_tensor(np.asarray(items, dtype=np.int64).ravel(), device=self.device)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_items):
+            raise ValueError(f"items must be indices in [0, {self.num_items}), got {items}")
+        return self.model.without_item_side(idx, channel)
 
     def score_slates(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
         """p(r_j | state, slate, earlier slots skipped) of hypothetical slates: (n, k, R).
@@ -513,10 +687,12 @@ class GPT2UserSimulator:
         dev, cap = self.device, self.capacity
         nr = self.behaviours.size
         block = step_block_length(k)
-        if block + self.prefix_length > self.sim_config.context_length:
+        limit = max_slate_items(self.sim_config, self.prefix_length)
+        if k > limit:
             raise ValueError(
-                f"a slate of {k} items needs {block} tokens: more than the context "
-                f"({self.sim_config.context_length}) minus the profile allows"
+                f"a slate of {k} items ({block} tokens per step) is longer than this simulator "
+                f"takes ({limit} items: its context of {self.sim_config.context_length} tokens "
+                f"after the {self.prefix_length}-token profile, or the pipeline's cap)"
             )
         self._refill(block)
         if self.window:
@@ -539,6 +715,7 @@ class GPT2UserSimulator:
             draft[sel] = forced_responses
         state_rows = torch.arange(cap, device=dev) if first is None else rows_t
         steps = self.steps_done[state_rows]
+        slot_len = self.slot_len[state_rows] if self.short_slots else None
         if self.ring is not None:  # the step's slot of the ring
             cur = self.ring.slot_start(steps)
         else:
@@ -560,7 +737,11 @@ class GPT2UserSimulator:
             else:
                 cache_rows, loc = state_rows[todo], todo
             logits = self._forward(
-                cache_rows, cur[loc] + w0, tokens[loc, w0:], steps[loc]
+                cache_rows,
+                cur[loc] + w0,
+                tokens[loc, w0:],
+                steps[loc],
+                None if slot_len is None else slot_len[loc],
             )  # (R, block - w0, R_behaviours + 2)
             j0 = max(0, -(-(w0 - k - 1) // 2))  # first slot whose i_j is in the window
             if j0 < k:
@@ -576,7 +757,9 @@ class GPT2UserSimulator:
                 stop = torch.where(miss.any(1), miss.int().argmax(1) + j0, k)  # first miss or k
                 take = open_ & (js[None, :] <= stop[:, None])
                 probs[loc, j0:] = torch.where(take[..., None], p, probs[loc, j0:])
-                responses[loc, j0:] = torch.where(take, sampled, responses[loc, j0:])
+                # past the first miss, what this forward sampled (same uniforms) is the next
+                # draft: the context changed at one slot only, so most later slots stay
+                responses[loc, j0:] = torch.where(open_, sampled, responses[loc, j0:])
             else:  # only the leave decision is left
                 stop = torch.full((len(todo),), k, dtype=torch.long, device=dev)
             done = stop == k
@@ -588,9 +771,11 @@ class GPT2UserSimulator:
             again = todo[~done]
             s_again = stop[~done]
             fixed[again] = s_again + 1
-            tokens.input_ids[again, resp_pos[s_again]] = self._resp_tokens[
-                responses[again, s_again]
-            ]
+            redraft = resp_pos[None, :] >= resp_pos[s_again][:, None]  # (R, k) from the miss on
+            cols = tokens.input_ids[again[:, None], resp_pos[None, :]]
+            tokens.input_ids[again[:, None], resp_pos[None, :]] = torch.where(
+                redraft, self._resp_tokens[responses[again]], cols
+            )
             todo = again
             w0 = int(resp_pos[s_again].min())
         if not self.window:  # (the tokens a refill re-encodes)
@@ -600,35 +785,30 @@ class GPT2UserSimulator:
                 self._record_consumption(rows_t, slate_m[sel], responses[sel])
             if not self.window:
                 cache.lengths[rows_t] += block
+            else:
+                self.slot_len[rows_t, self.steps_done[rows_t] % (self.window + 1)] = block
+                self.short_slots |= self.ring is not None and block < self.ring.block
             self.steps_done[rows_t] += 1
         out_sel = slice(None) if (all_rows or first is not None) else rows_t
         return responses[out_sel], probs[out_sel], leave_prob[out_sel]
 
     def _check_ring(self, block: int, peek: bool) -> None:
-        """Fix the ring's block length at the first step.
+        """Fix the ring's block length at the first step, grow it for a longer slate.
 
-        A different slate size later is an error while sessions of the old one are under way
-        (a peek at a shorter slate fits its slot and is fine).
+        Between sessions (no row has stepped) the ring takes the new slate's block length; while
+        sessions are under way (or for a peek) a shorter slate fills the start of its slot, and a longer one
+        grows every slot (the rows' steps move to the longer layout, exactly).
         """
-        need = self.prefix_length + (self.window + 1) * block
-        if need > self.sim_config.context_length:
-            raise ValueError(
-                f"a ring of {self.window + 1} steps of {block} tokens needs {need} cache positions, "
-                f"more than context_length {self.sim_config.context_length}"
-            )
         if self.ring is not None and self.ring.block == block:
             return
-        if self.ring is not None:
-            if peek and block < self.ring.block:
-                return
-            if bool((self.steps_done > 0).any()):
-                raise ValueError(
-                    f"slate size changed mid-session ({(self.ring.block - 1) // 3} -> "
-                    f"{(block - 1) // 3} items): a recency-attention simulator keeps one slate "
-                    "size while its sessions run"
-                )
+        running = bool((self.steps_done > 0).any())
+        if self.ring is not None and (running or peek) and block < self.ring.block:
+            return
+        old = self.ring.block if self.ring is not None and running else None
         self.ring = RingLayout(self.prefix_length, self.window, block, self.slopes)
-        self._fit_ring()
+        self._fit_ring(old)
+        if not running:  # no session holds a step: every slot starts empty
+            self.short_slots = False
 
     def _block_tokens(
         self,

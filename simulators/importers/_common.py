@@ -21,11 +21,9 @@ import pyarrow.parquet as pq
 
 from simulators.behaviours import DEEPER, DEFAULT_BEHAVIOURS, BehaviourSet, engaged
 from simulators.logs import STEP_COLUMNS, InteractionLogs, LogFormatError
+from simulators.slate_fit import MAX_SLATE_ITEMS
 
 logger = logging.getLogger(__name__)
-
-MAX_SLATE_ITEMS = 300
-"""Longest slate kept; longer slates are cut to their first MAX_SLATE_ITEMS items (a warning)."""
 
 DEFAULT_SESSION_GAP_MINUTES = 30.0
 """A user's next slate starts a new session when it comes more than this long after the last."""

@@ -5,7 +5,12 @@ Input (CSV or Parquet), one row per slate:
 - `user_id`: any id (read as a string).
 - `timestamp`: unix seconds or an ISO 8601 datetime (naive datetimes are read as UTC).
 - `items`: item ids in display order; a space-separated string, or a list in Parquet.
-- `responses`: one per item; `skip`/`click`/`buy` or `0`/`1`/`2`, same form as `items`.
+- `responses`: one per item, same form as `items`: a behaviour name (any case) or its code;
+  `skip`/`click`/`buy` or `0`/`1`/`2` by default. With your own behaviours
+  (`behaviours=["click", "like", "follow"]`, shallowest first; no engagement is `skip`) the
+  labels are those names. Or, with `behaviour_columns=True`, no `responses` column but one
+  column per behaviour (`click`, `like`, `follow`), each a 0/1 flag per item: an item's
+  response is the deepest behaviour flagged (a deeper level implies the ones before).
 - `session_id` (optional): when absent, a user's rows are split into sessions wherever
   consecutive rows are more than 30 minutes apart (`session_gap_minutes`).
 
@@ -19,12 +24,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from simulators.behaviours import DEFAULT_BEHAVIOURS, BehaviourSet
 from simulators.importers._common import (
     DEFAULT_SESSION_GAP_MINUTES,
     MAX_SLATE_ITEMS,
@@ -107,11 +114,87 @@ def read_users(path: str | Path) -> pd.DataFrame:
     return out
 
 
+def behaviour_set(names: BehaviourSet | Sequence[str] | str | None) -> BehaviourSet:
+    """A behaviour set from engagement levels, shallowest first (`skip` is added in front).
+
+    Accepts a BehaviourSet, a list of names or one string of names separated by commas or
+    spaces (`"click like follow"`); None gives skip, click, buy.
+
+    Raises:
+        ValueError: a name that is not allowed, a repeat, or no engagement level.
+    """
+    if names is None:
+        return DEFAULT_BEHAVIOURS
+    if isinstance(names, BehaviourSet):
+        return names
+    if isinstance(names, str):
+        names = names.replace(",", " ").split()
+    levels = [str(n).strip().lower() for n in names if str(n).strip()]
+    if levels and levels[0] == "skip":
+        levels = levels[1:]
+    if not levels:
+        raise ValueError("behaviours: give at least one engagement level, e.g. 'click like'")
+    return BehaviourSet(("skip", *levels))
+
+
+def _flag(value: Any) -> bool | None:
+    """A 0/1 (true/false, yes/no) flag cell; None when it is neither."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word in ("1", "1.0", "true", "yes", "y"):
+        return True
+    if word in ("0", "0.0", "false", "no", "n"):
+        return False
+    return None
+
+
+def _codes(tokens: list[Any], behaviours: BehaviourSet, path: str | Path, row: int) -> list[int]:
+    """Behaviour codes of one row's `responses` labels (errors name the row)."""
+    allowed = ", ".join(behaviours.names)
+    codes = []
+    for tok in tokens:
+        code = response_code(tok, behaviours)
+        if code is None:
+            raise fail(
+                path,
+                row,
+                "responses",
+                f"unknown response {tok!r} (expected {allowed} or 0..{behaviours.deepest}; "
+                "declare other behaviours with --behaviours)",
+            )
+        codes.append(code)
+    return codes
+
+
+def _flag_codes(
+    df: pd.DataFrame, behaviours: BehaviourSet, path: str | Path, n_items: list[int]
+) -> list[list[int]]:
+    """Codes from one 0/1 column per behaviour: the deepest level flagged per item."""
+    levels = list(behaviours.names[1:])
+    require_columns(df, levels, path)
+    out = [[0] * n for n in n_items]
+    for code, name in enumerate(levels, start=1):
+        for r, (cell, n) in enumerate(zip(df[name], n_items), start=1):
+            flags = split_cell(cell)
+            if len(flags) != n:
+                raise fail(path, r, name, f"{_plural(len(flags), 'flag')} for {_plural(n, 'item')}")
+            for j, f in enumerate(flags):
+                flag = _flag(f)
+                if flag is None:
+                    raise fail(path, r, name, f"expected a 0/1 flag per item, got {f!r}")
+                if flag:
+                    out[r - 1][j] = code
+    return out
+
+
 def import_impressions(
     path: str | Path,
     items_path: str | Path | None = None,
     users_path: str | Path | None = None,
     session_gap_minutes: float = DEFAULT_SESSION_GAP_MINUTES,
+    behaviours: BehaviourSet | Sequence[str] | str | None = None,
+    behaviour_columns: bool = False,
 ) -> InteractionLogs:
     """Read an impressions table (plus optional ITEMS and USERS tables) into a log set.
 
@@ -121,6 +204,9 @@ def import_impressions(
         users_path: optional USERS table; without it the users table has only `user_id`.
         session_gap_minutes: without a `session_id` column, a gap strictly longer than this
             between consecutive rows of a user starts a new session.
+        behaviours: the engagement levels, shallowest first (`behaviour_set`); default
+            click, buy. The log set stores them (meta.json).
+        behaviour_columns: read one 0/1 column per behaviour instead of `responses`.
 
     Returns:
         The log set, not yet written (pass it to `write_logs`). Steps are numbered 0.. within a
@@ -132,8 +218,10 @@ def import_impressions(
     """
     if session_gap_minutes <= 0:
         raise ValueError(f"session gap must be > 0 minutes, got {session_gap_minutes}")
+    vocab = behaviour_set(behaviours)
     df = read_table(path)
-    require_columns(df, REQUIRED_COLUMNS, path)
+    required = [c for c in REQUIRED_COLUMNS if not (behaviour_columns and c == "responses")]
+    require_columns(df, required, path)
     if len(df) == 0:
         raise fail(path, None, None, "no data rows")
     has_sessions = "session_id" in df.columns
@@ -144,8 +232,9 @@ def import_impressions(
     items: list[list[str]] = []
     responses: list[list[int]] = []
     session_cells = df["session_id"] if has_sessions else [None] * len(df)
+    response_cells = [None] * len(df) if behaviour_columns else df["responses"]
     for r, (u, its, resp, sess) in enumerate(
-        zip(df["user_id"], df["items"], df["responses"], session_cells), start=1
+        zip(df["user_id"], df["items"], response_cells, session_cells), start=1
     ):
         uid = to_id(u)
         if not uid:
@@ -155,25 +244,16 @@ def import_impressions(
             raise fail(path, r, "items", "no items (expected item ids separated by spaces)")
         if not all(ids):
             raise fail(path, r, "items", f"empty item id in {its!r}")
-        tokens = split_cell(resp)
-        if len(tokens) != len(ids):
-            raise fail(
-                path,
-                r,
-                "responses",
-                f"{_plural(len(tokens), 'response')} for {_plural(len(ids), 'item')}",
-            )
-        codes = []
-        for tok in tokens:
-            code = response_code(tok)
-            if code is None:
+        if not behaviour_columns:
+            tokens = split_cell(resp)
+            if len(tokens) != len(ids):
                 raise fail(
                     path,
                     r,
                     "responses",
-                    f"unknown response {tok!r} (expected skip, click, buy or 0, 1, 2)",
+                    f"{_plural(len(tokens), 'response')} for {_plural(len(ids), 'item')}",
                 )
-            codes.append(code)
+            responses.append(_codes(tokens, vocab, path, r))
         if has_sessions:
             sid = to_id(sess)
             if not sid:
@@ -181,7 +261,8 @@ def import_impressions(
             sessions.append(sid)
         users.append(uid)
         items.append(ids)
-        responses.append(codes)
+    if behaviour_columns:
+        responses = _flag_codes(df, vocab, path, [len(i) for i in items])
     rows = list(range(1, len(df) + 1))
     truncated = truncate_slates(items, responses, path, rows)
 
@@ -243,6 +324,12 @@ def import_impressions(
         ),
         "session_gap_minutes": None if has_sessions else session_gap_minutes,
         "max_slate_items": MAX_SLATE_ITEMS,
+        "behaviours": vocab.to_dict(),
+        "responses_from": (
+            f"one 0/1 column per behaviour ({', '.join(vocab.names[1:])})"
+            if behaviour_columns
+            else "the responses column"
+        ),
         "truncated_slates": truncated,
         "items_without_metadata": items_missing,
         "users_without_profile": users_missing if users_path is not None else None,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,62 +54,83 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of a .jsonl or .jsonl.gz file.
+
+    A file that is not valid gzip or UTF-8, or ends early, raises ImportFormatError naming the
+    file and the line.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    line_no = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                yield line_no, line
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise fail(
+            path,
+            line_no + 1,
+            None,
+            f"not a readable {'gzip ' if path.name.endswith('.gz') else ''}file ({exc})",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise fail(
+            path, line_no + 1, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+
+
 def _events(path: Path) -> list[tuple[str, int, list[tuple[int, int, int]]]]:
     """[(session, line, [(ts_ms, aid, response), ...]), ...]; errors name line and field."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     sessions = []
     seen: dict[str, int] = {}
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise fail(path, line_no, None, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise fail(path, line_no, None, "expected a JSON object with session and events")
-            sid = _int(obj.get("session"))
-            if sid is None:
+    for line_no, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise fail(path, line_no, None, f"not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise fail(path, line_no, None, "expected a JSON object with session and events")
+        sid = _int(obj.get("session"))
+        if sid is None:
+            raise fail(path, line_no, "session", f"expected an integer, got {obj.get('session')!r}")
+        key = str(sid)
+        if key in seen:
+            raise fail(path, line_no, "session", f"session {sid} repeats line {seen[key]}")
+        seen[key] = line_no
+        events = obj.get("events")
+        if not isinstance(events, list) or not events:
+            raise fail(path, line_no, "events", f"expected a non-empty list, got {events!r}")
+        out = []
+        for j, ev in enumerate(events):
+            if not isinstance(ev, dict):
+                raise fail(path, line_no, f"events[{j}]", f"expected an object, got {ev!r}")
+            aid, ts = _int(ev.get("aid")), _int(ev.get("ts"))
+            if aid is None:
                 raise fail(
-                    path, line_no, "session", f"expected an integer, got {obj.get('session')!r}"
+                    path,
+                    line_no,
+                    f"events[{j}].aid",
+                    f"expected an integer, got {ev.get('aid')!r}",
                 )
-            key = str(sid)
-            if key in seen:
-                raise fail(path, line_no, "session", f"session {sid} repeats line {seen[key]}")
-            seen[key] = line_no
-            events = obj.get("events")
-            if not isinstance(events, list) or not events:
-                raise fail(path, line_no, "events", f"expected a non-empty list, got {events!r}")
-            out = []
-            for j, ev in enumerate(events):
-                if not isinstance(ev, dict):
-                    raise fail(path, line_no, f"events[{j}]", f"expected an object, got {ev!r}")
-                aid, ts = _int(ev.get("aid")), _int(ev.get("ts"))
-                if aid is None:
-                    raise fail(
-                        path,
-                        line_no,
-                        f"events[{j}].aid",
-                        f"expected an integer, got {ev.get('aid')!r}",
-                    )
-                if ts is None:
-                    raise fail(
-                        path,
-                        line_no,
-                        f"events[{j}].ts",
-                        f"expected integer milliseconds, got {ev.get('ts')!r}",
-                    )
-                response = EVENT_RESPONSES.get(str(ev.get("type")))
-                if response is None:
-                    raise fail(
-                        path,
-                        line_no,
-                        f"events[{j}].type",
-                        f"unknown event type {ev.get('type')!r} (expected clicks, carts, orders)",
-                    )
-                out.append((ts, aid, response))
-            sessions.append((key, line_no, out))
+            if ts is None:
+                raise fail(
+                    path,
+                    line_no,
+                    f"events[{j}].ts",
+                    f"expected integer milliseconds, got {ev.get('ts')!r}",
+                )
+            response = EVENT_RESPONSES.get(str(ev.get("type")))
+            if response is None:
+                raise fail(
+                    path,
+                    line_no,
+                    f"events[{j}].type",
+                    f"unknown event type {ev.get('type')!r} (expected clicks, carts, orders)",
+                )
+            out.append((ts, aid, response))
+        sessions.append((key, line_no, out))
     if not sessions:
         raise fail(path, None, None, "no sessions (the file is empty)")
     return sessions

@@ -122,17 +122,61 @@ def backbone_class(model_type: str) -> type[Backbone]:
     return backbones[model_type]
 
 
-def backbone_from_pretrained(path: str | Path, vocab_size: int) -> Backbone:
-    """Load a pretrained causal LM (hub name or local directory) through its adapter.
+def check_base_model(path: str | Path) -> str:
+    """The model_type of a pretrained causal LM, checked to have an adapter.
+
+    Cheap (it reads the config only), so a bad `--base-model` fails before any work. A local
+    directory is read as it is; a hub name is read from the local cache, and otherwise from the
+    hub only when the hub answers within a few seconds (offline, the answer is one clear error
+    rather than half a minute of retries).
 
     Raises:
         ValueError: the model cannot be found or read, or its architecture is unsupported.
     """
     from transformers import AutoConfig
 
+    name = str(path)
+    local = Path(name)
+    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not local.is_dir():
+        raise ValueError(f"--base-model {name}: no such model directory")
     try:
-        config = AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--base-model {path}: cannot load a model config ({first})") from None
-    return backbone_class(config.model_type).from_pretrained(path, vocab_size)
+        if looks_local:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"--base-model {name}: not a readable model directory ({first})"
+            ) from None
+        if not _hub_reachable():
+            raise ValueError(
+                f"--base-model {name}: not a local directory, not in the local cache, and the "
+                "model hub cannot be reached from here; pass the directory of a saved model"
+            ) from None
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as exc2:
+            first = str(exc2).strip().splitlines()[0] if str(exc2).strip() else type(exc2).__name__
+            raise ValueError(f"--base-model {name}: cannot load a model config ({first})") from None
+    backbone_class(config.model_type)
+    return str(config.model_type)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub accepts a TCP connection within `timeout` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def backbone_from_pretrained(path: str | Path, vocab_size: int) -> Backbone:
+    """Load a pretrained causal LM (hub name or local directory) through its adapter.
+
+    Raises:
+        ValueError: the model cannot be found or read, or its architecture is unsupported.
+    """
+    return backbone_class(check_base_model(path)).from_pretrained(path, vocab_size)

@@ -13,6 +13,8 @@ stepping, refills and candidate scoring all call it, and differ only in the `Att
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 
 from simulators.lm.attention import FullAttention, recency_slopes, window_bias
 from simulators.lm.backbone import Backbone
+from simulators.text_encoder import TEXT_ENCODERS
 from simulators.tokenization import NUM_ROLES, NUM_SUMMARY_CODES
 
 
@@ -48,6 +51,9 @@ class SimulatorConfig:
     keeps a ring of N + 1 step blocks in the KV cache: a step costs the same at any history
     length and nothing is ever re-encoded (earlier steps still reach a token through the
     layers, up to n_layer * N steps back)."""
+    text_encoder: str = "hashed"
+    """How item titles enter: `hashed` (hashed words, learned embeddings) or `minilm` (also
+    each title's all-MiniLM-L6-v2 sentence embedding, projected; `simulators.text_encoder`)."""
     session_summary: bool = False
     """Add a learned embedding of the session-summary channel (what the user has clicked and
     bought of an item's category earlier in the session, see `simulators.tokenization`) to
@@ -74,6 +80,10 @@ class SimulatorConfig:
             )
         if not 0.0 <= self.item_dropout < 1.0:
             raise ValueError(f"item_dropout must be in [0, 1), got {self.item_dropout}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(
+                f"text_encoder must be one of {list(TEXT_ENCODERS)}, got {self.text_encoder!r}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -124,6 +134,8 @@ class UserLM(nn.Module):
         item_known: (N,) bool items that had a token in training.
         output_tokens: token ids the head reads: one per behaviour, then continue, leave.
         item_category: (N,) category index of every item (needed with `session_summary`).
+        item_text_emb: (N, E) float sentence embeddings of the titles (needed with
+            `text_encoder="minilm"`; zero rows for items without a title).
     """
 
     # Buffers (registered in __init__ / add_session_summary).
@@ -132,6 +144,7 @@ class UserLM(nn.Module):
     item_known: torch.Tensor
     output_ids: torch.Tensor
     item_category: torch.Tensor
+    item_text_emb: torch.Tensor | None
 
     def __init__(
         self,
@@ -142,6 +155,7 @@ class UserLM(nn.Module):
         item_known: torch.Tensor,
         output_tokens: tuple[int, ...],
         item_category: torch.Tensor | None = None,
+        item_text_emb: torch.Tensor | None = None,
     ) -> None:
         """Register the embeddings and the catalog side information (as buffers)."""
         super().__init__()
@@ -164,6 +178,17 @@ class UserLM(nn.Module):
             "output_ids", torch.tensor(output_tokens, dtype=torch.long), persistent=False
         )
         self.summary_emb: nn.Embedding | None = None
+        self.text_proj: nn.Linear | None = None
+        if sim_config.text_encoder == "hashed":
+            self.register_buffer("item_text_emb", None)
+        else:
+            if item_text_emb is None or len(item_text_emb) != len(item_features):
+                raise ValueError(
+                    f"a {sim_config.text_encoder!r} text encoder needs a title embedding per item"
+                )
+            self.text_proj = nn.Linear(item_text_emb.shape[1], d, bias=False)
+            nn.init.normal_(self.text_proj.weight, std=0.02)
+            self.register_buffer("item_text_emb", item_text_emb.float())
         self._side: torch.Tensor | None = None
         self._side_key: tuple | None = None
         self._out_w: torch.Tensor | None = None
@@ -219,6 +244,8 @@ class UserLM(nn.Module):
                 self.feat_proj(self.item_features[idx].to(x.dtype))
                 + self.word_emb(words).sum(-2) / count
             )
+            if self.text_proj is not None and self.item_text_emb is not None:
+                side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
             x = x + side * is_item.unsqueeze(-1).to(x.dtype)
         return x
 
@@ -237,24 +264,57 @@ class UserLM(nn.Module):
         """The dtype of the backbone's weights (float32, or bfloat16/float16 for inference)."""
         return self.backbone.head_weight().dtype
 
+    ITEM_SIDE_CHANNELS = ("attributes", "title")
+    """The parts of an item's side information: its features (category, price) and its title
+    (hashed words, plus sentence embeddings when the network has that channel)."""
+
+    def item_side_parts(self) -> dict[str, torch.Tensor]:
+        """(num_items, d) float32 side embedding of every item, per `ITEM_SIDE_CHANNELS` part."""
+        with torch.inference_mode():
+            words = self.item_text  # (N, W)
+            count = (words > 0).sum(-1, keepdim=True).clamp(min=1).float()
+            title = self.word_emb(words).sum(-2) / count
+            if self.text_proj is not None and self.item_text_emb is not None:
+                title = title + self.text_proj(self.item_text_emb.float())
+            return {"attributes": self.feat_proj(self.item_features.float()), "title": title}
+
     def item_side(self) -> torch.Tensor:
         """(num_items + 1, d) float32 side embeddings of every item (row 0: none).
 
         Recomputed whenever a weight they depend on changes.
         """
-        params = (self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text)
+        params = [self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text]
+        if self.text_proj is not None and self.item_text_emb is not None:
+            params += [self.text_proj.weight, self.item_text_emb]
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._side_key != key or self._side is None:
-            with torch.inference_mode():
-                words = self.item_text  # (N, W)
-                count = (words > 0).sum(-1, keepdim=True).clamp(min=1).float()
-                side = (
-                    self.feat_proj(self.item_features.float())
-                    + self.word_emb(words).sum(-2) / count
-                )
-                self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
+            side = sum(self.item_side_parts().values())
+            assert isinstance(side, torch.Tensor)
+            self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
             self._side_key = key
         return self._side
+
+    @contextlib.contextmanager
+    def without_item_side(self, items: torch.Tensor, channel: str) -> Iterator[None]:
+        """Inference inside the block sees `items` without that part of their side information.
+
+        The counterfactual of `simulators.explanations`: the cached per-item sums are swapped
+        for a copy with the part subtracted, so cached stepping and candidate scoring run
+        unchanged; keys and values already in the cache (earlier steps) keep what they saw.
+        """
+        if channel not in self.ITEM_SIDE_CHANNELS:
+            raise ValueError(
+                f"unknown item side channel {channel!r}; allowed: {', '.join(self.ITEM_SIDE_CHANNELS)}"
+            )
+        side = self.item_side()
+        items = torch.unique(items.to(side.device))
+        masked = side.clone()
+        masked[items + 1] -= self.item_side_parts()[channel][items]
+        self._side = masked
+        try:
+            yield
+        finally:
+            self._side = side
 
     def forward(
         self, tokens: TokenBlock, position_ids: torch.Tensor, attend: object

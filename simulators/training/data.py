@@ -92,7 +92,14 @@ def session_step_ids(s: EncodedSession) -> np.ndarray:
 def session_windows(
     s: EncodedSession, context: int, window_steps: int, prefix: int
 ) -> list[dict[str, np.ndarray]]:
-    """Cut a session into windows that fit the context, mirroring the inference refill."""
+    """Cut a session into windows that fit the context, mirroring the inference refill.
+
+    A window holds the profile, up to `window_steps` earlier steps as context (no loss: as many
+    whole steps as fit beside the window's first new step) and then as many new steps as fit.
+
+    Raises:
+        ValueError: a single step does not fit the context after the profile.
+    """
     total = len(s.input_ids)
     channels = {
         "input_ids": s.input_ids,
@@ -111,15 +118,20 @@ def session_windows(
     first = 0  # first step of the window (context from window_steps earlier)
     n_steps = len(s.step_start)
     while first < n_steps:
-        ctx_first = max(0, first - window_steps) if first > 0 else 0
+        if prefix + starts[first + 1] - starts[first] > context:
+            raise ValueError(
+                f"one step of {starts[first + 1] - starts[first]} tokens does not fit the context "
+                f"{context} after the {prefix}-token profile"
+            )
+        # as many earlier steps as context (at most window_steps) as fit beside this step: the
+        # refill keeps the same whole steps (`GPT2UserSimulator._refill`)
+        ctx_first = max(0, first - window_steps)
+        while prefix + starts[first + 1] - starts[ctx_first] > context:
+            ctx_first += 1
         begin = starts[ctx_first]
         end_step = first
         while end_step < n_steps and prefix + starts[end_step + 1] - begin <= context:
             end_step += 1
-        if end_step == first:
-            raise ValueError(
-                f"one step of {starts[first + 1] - starts[first]} tokens does not fit the context {context}"
-            )
         stop = starts[end_step] if end_step < n_steps else total
         w = {}
         for name, arr in channels.items():

@@ -5,8 +5,9 @@
   one file, written atomically, so a crash leaves either the old or the new state. `resume=True`
   continues from it and reproduces the uninterrupted run: batch order is a function of
   (seed, epoch) and item dropout of (seed, step).
-- accelerate drives devices and precision, so `accelerate launch` runs the same code on several
-  GPUs or machines.
+- accelerate drives devices and precision; `accelerate launch --multi_gpu` or torchrun runs the
+  same code data-parallel on several GPUs, machines or (gloo) CPU processes, each rank on a shard
+  of every global batch (`simulators.training.parallel`), with the same steps as one process.
 
 The loop, its resumable state (save/load) and early stopping act on one trainer's state, so they
 stay in one module; the data side (windows, packing, splits) is `simulators.training.data`.
@@ -14,9 +15,11 @@ stay in one module; the data side (windows, packing, splits) is `simulators.trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,13 +29,15 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from simulators.atomic import atomic_write
-from simulators.catalog import item_category_index
+from simulators.atomic import atomic_write, exclusive_output
+from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
 from simulators.logs import InteractionLogs
+from simulators.progress import progress_bar
+from simulators.slate_fit import check_slates, window_length
+from simulators.text_encoder import TEXT_ENCODERS
 from simulators.training.data import (
     SessionData,
     collate,
@@ -41,8 +46,24 @@ from simulators.training.data import (
     session_windows,
     split_by_user,
 )
+from simulators.training.parallel import (
+    backward_on_shard,
+    make_accelerator,
+    shard,
+    sum_gradients,
+    sum_over_ranks,
+)
+from simulators.training.progress import Progress
+from simulators.training.sizing import sized_config
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MINUTES = 60.0
+"""Training time budget when none is given: an hour, then the best model so far is kept."""
+ROW_TOKENS = 512
+"""Tokens of the packed rows `TrainConfig.batch_size` counts."""
+RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "patience")
+"""TrainConfig fields `--resume` may change (the budget); any other difference is refused."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,10 +79,13 @@ class TrainConfig:
     step layout): its weights and simulator settings replace the fresh network's."""
     epochs: int = 20
     """Maximum passes over the training sessions."""
-    max_minutes: float | None = None
-    """Stop after this much training time (then keep the best model)."""
+    max_minutes: float | None = DEFAULT_MAX_MINUTES
+    """Stop after this much training time (then keep the best model); None: no time limit.
+    Training also stops after `epochs`, `max_steps` or `patience` validations without
+    improvement, whichever comes first."""
     batch_size: int = 16
-    """Packed rows per optimiser step."""
+    """Packed rows of 512 tokens per optimiser step (a longer context takes proportionally
+    fewer rows, the same tokens per step)."""
     lr: float = 2e-3
     """Peak learning rate (linear warm-up, cosine decay)."""
     weight_decay: float = 0.01
@@ -72,19 +96,28 @@ class TrainConfig:
     """Share of users held out for validation."""
     eval_every: int = 200
     """Optimiser steps between validations (and checkpoints)."""
+    eval_minutes: float | None = 5.0
+    """Validate also when this much training time passed since the last validation (slow
+    steps on a CPU still report a validation loss and keep the best model); None: by steps
+    only."""
     patience: int = 5
     """Validations without improvement before stopping early."""
     seed: int = 0
     """Seed of the split, the batch order, item dropout and the initial weights."""
     bf16: bool = False
     """bfloat16 autocast (fast on recent CPUs and GPUs)."""
-    context_length: int = 512
-    """Tokens per user context (GPT-2 n_positions)."""
+    context_length: int | None = None
+    """Tokens per user context (GPT-2 n_positions); None: sized from the logs' longest slate
+    (`simulators.slate_fit.context_for_slates`: 512, or more for slates of over about 80 items)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (tests and smoke runs)."""
     session_summary: bool = False
     """Switch the session-summary input channel on (see SimulatorConfig.session_summary): for a
     fresh network, or for one continued with `init_sim` (its new embedding starts at zero)."""
+    text_encoder: str = "auto"
+    """How a fresh network reads item titles (`simulators.text_encoder`): `hashed` words,
+    `minilm` (also the sentence embedding; needs the `text` extra) or `auto` (minilm when the
+    extra is installed and some item has a title, else hashed)."""
     max_population: int = 50_000
     """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
     seeded sample when there are more."""
@@ -98,6 +131,17 @@ class TrainConfig:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.eval_minutes is not None and not self.eval_minutes > 0:
+            raise ValueError(f"eval_minutes must be > 0 (or None), got {self.eval_minutes}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or None: no limit), got {self.max_minutes}")
+        if self.text_encoder not in ("auto", *TEXT_ENCODERS):
+            raise ValueError(
+                f"text_encoder must be auto or one of {list(TEXT_ENCODERS)}, got "
+                f"{self.text_encoder!r}"
+            )
+        if self.context_length is not None and self.context_length < 32:
+            raise ValueError(f"context_length must be >= 32, got {self.context_length}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -124,6 +168,10 @@ class SimulatorTrainer:
         self.out = Path(out)
         self.progress = progress
         self.logs = logs
+        self.logs_fingerprint = logs.fingerprint()
+        """Content hash of the logs, saved with the training state (`--resume` checks it)."""
+        longest = check_slates(logs, source=logs.source)  # the slate rule, before any work
+        prefix = 1 + ProfileEncoder.from_users(logs.users).slots
         data = encode_logs(logs)
         self.data = data
         start = _load_init_sim(cfg, data, logs) if cfg.init_sim else None
@@ -131,13 +179,18 @@ class SimulatorTrainer:
             window = (sim_config or start.sim_config).attention_window_steps
             sim_config = replace(start.sim_config, attention_window_steps=window)
             start.model.sim_config = sim_config
-        sim_config = sim_config or SimulatorConfig(context_length=cfg.context_length)
+        sim_config = sized_config(
+            sim_config, cfg.context_length, cfg.text_encoder, logs, longest, prefix, start
+        )
         if cfg.session_summary and not sim_config.session_summary:
             sim_config = replace(sim_config, session_summary=True)
             if start is not None:
                 start.model.sim_config = sim_config
                 start.model.add_session_summary(torch.from_numpy(item_category_index(logs.items)))
         self.sim_config = sim_config
+        self.row_length = window_length(sim_config, prefix, longest)
+        """Tokens of the packed rows: the context (recency attention: at least what the
+        longest slate needs, see `simulators.slate_fit.window_length`)."""
         is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
         prefix = 1 + data.tokenizer.profile_slots
         self.prefix = prefix
@@ -146,7 +199,7 @@ class SimulatorTrainer:
             for i in idx
             for w in session_windows(
                 data.sessions[i],
-                self.sim_config.context_length,
+                self.row_length,
                 self.sim_config.window_steps,
                 prefix,
             )
@@ -156,7 +209,7 @@ class SimulatorTrainer:
         if not self.train_windows or not self.val_windows:
             raise ValueError("need sessions of at least two users to split training and validation")
         self.val_rows = pack_rows(
-            self.val_windows, self.sim_config.context_length, np.arange(len(self.val_windows))
+            self.val_windows, self.row_length, np.arange(len(self.val_windows))
         )
         train_users = sorted({u for u, v in zip(data.users, is_val) if not v})
         seen = np.zeros(data.tokenizer.num_items, dtype=bool)
@@ -189,9 +242,11 @@ class SimulatorTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        from accelerate import Accelerator
-
-        self.accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+        self.rows_per_step = max(1, cfg.batch_size * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        """Packed rows per optimiser step (`TrainConfig.batch_size` rows of 512 tokens)."""
+        self.accelerator = make_accelerator(cfg.bf16)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.state: dict[str, Any] = {
             "step": 0,
@@ -203,12 +258,14 @@ class SimulatorTrainer:
             "train_seconds": 0.0,
             "done": False,
         }
-        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / self.rows_per_step)
+        self._progress = Progress(0, cfg.max_minutes)
+        """Progress of the running `train` call (smoothed loss, rate; see `progress_line`)."""
 
     # ------------------------------------------------------------------ data
     def _epoch_rows(self, epoch: int) -> list[dict[str, np.ndarray]]:
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_windows))
-        return pack_rows(self.train_windows, self.sim_config.context_length, order)
+        return pack_rows(self.train_windows, self.row_length, order)
 
     def _dropout_items(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         p = self.sim_config.item_dropout
@@ -224,6 +281,11 @@ class SimulatorTrainer:
         )
         return batch
 
+    @property
+    def is_main_process(self) -> bool:
+        """True in the one process (rank 0) that writes checkpoints, logs and summaries."""
+        return bool(self.accelerator.is_main_process)
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -233,14 +295,18 @@ class SimulatorTrainer:
         tot = resp = leave = n = 0.0
         n_resp = 0.0
         dev = self.accelerator.device
-        for i in range(0, len(self.val_rows), 32):
-            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + 32]).items()}
+        per = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        for j, i in enumerate(range(0, len(self.val_rows), per)):
+            if j % self.world != self.rank:  # data-parallel: every rank its share of batches
+                continue
+            batch = {k: v.to(dev) for k, v in collate(self.val_rows[i : i + per]).items()}
             with self.accelerator.autocast():
                 _, r, lv, cnt = packed_loss(model, batch)
             resp += float(r)
             leave += float(lv)
             n += float(cnt)
             n_resp += float((batch["target_kind"] == 1).sum())
+        resp, leave, n, n_resp = sum_over_ranks(self.accelerator, [resp, leave, n, n_resp])
         model.train()
         tot = (resp + leave) / max(n, 1)
         return {
@@ -256,7 +322,13 @@ class SimulatorTrainer:
         return self.out / "training" / "state.safetensors"
 
     def save_state(self) -> None:
-        """Write weights, AdamW moments and counters to one safetensors file (atomically)."""
+        """Write weights, AdamW moments and counters to one safetensors file (atomically).
+
+        Data-parallel: the main process writes; every rank returns once the file is there.
+        """
+        if not self.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
         model = self.accelerator.unwrap_model(self.model)
         tensors = {
             f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
@@ -268,11 +340,14 @@ class SimulatorTrainer:
         meta = {
             "state": json.dumps(self.state),
             "train_config": json.dumps(asdict(self.cfg)),
+            "sim_config": json.dumps(self.sim_config.to_dict()),
+            "logs_fingerprint": self.logs_fingerprint,
             "param_groups": json.dumps(
                 [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
             ),
         }
         atomic_write(self.state_path, lambda p: save_file(tensors, p, metadata=meta))
+        self.accelerator.wait_for_everyone()
 
     def load_state(self) -> None:
         """Restore weights, AdamW moments and counters written by save_state."""
@@ -287,6 +362,7 @@ class SimulatorTrainer:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
             raise ValueError(f"{path}: corrupt or truncated training state ({exc})") from None
+        self._check_resume(path, meta)
         model = self.accelerator.unwrap_model(self.model)
         model.load_state_dict(
             {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
@@ -304,8 +380,41 @@ class SimulatorTrainer:
         self.optimizer.load_state_dict(opt)
         self.state = json.loads(meta["state"])
 
-    def save_simulator(self, directory: Path, extra: dict[str, Any]) -> GPT2UserSimulator:
-        """Save the current weights as a loadable simulator checkpoint."""
+    def _check_resume(self, path: Path, meta: dict[str, str]) -> None:
+        """Refuse to continue a run with other settings or other logs, saying what differs.
+
+        Only the budget may change: epochs, max_steps, max_minutes, patience.
+        """
+        try:
+            saved = json.loads(meta["train_config"])
+            saved_sim = json.loads(meta.get("sim_config", "null"))
+        except (KeyError, json.JSONDecodeError):
+            raise ValueError(f"{path}: the training state has no readable settings") from None
+        now = asdict(self.cfg)
+        diffs = [
+            f"{key.replace('_', '-')}: saved {saved.get(key)!r}, now {value!r}"
+            for key, value in now.items()
+            if key not in RESUMABLE_CHANGES and saved.get(key) != value
+        ]
+        if saved_sim is not None and saved_sim != self.sim_config.to_dict():
+            keys = sorted(
+                k for k in saved_sim if saved_sim.get(k) != self.sim_config.to_dict().get(k)
+            )
+            diffs += [f"simulator {k}: saved {saved_sim.get(k)!r}" for k in keys]
+        fp = meta.get("logs_fingerprint")
+        if fp is not None and fp != self.logs_fingerprint:
+            diffs.append("the logs differ from the ones this run was trained on")
+        if diffs:
+            raise ValueError(
+                f"--resume of {self.out}: the run was started with other settings ("
+                + "; ".join(diffs)
+                + "); resume with the same settings and logs, or train into another --out"
+            )
+
+    def save_simulator(self, directory: Path, extra: dict[str, Any]) -> GPT2UserSimulator | None:
+        """Save the current weights as a loadable simulator checkpoint (the main process)."""
+        if not self.is_main_process:
+            return None
         model = self.accelerator.unwrap_model(self.model)
         sim = GPT2UserSimulator(
             model,
@@ -325,7 +434,23 @@ class SimulatorTrainer:
 
     # ------------------------------------------------------------------ training
     def train(self, resume: bool = False, stop_after_steps: int | None = None) -> dict[str, Any]:
-        """Run (or continue) training; returns the final state with the best validation loss."""
+        """Run (or continue) training; returns the final state with the best validation loss.
+
+        The main process holds the output's write lock throughout (`simulators.atomic`): a
+        second run into the same OUT fails at once instead of overwriting this one.
+
+        Raises:
+            simulators.atomic.OutputBusyError: another process is writing OUT.
+        """
+        lock = (
+            exclusive_output(self.out)
+            if self.accelerator.is_main_process
+            else contextlib.nullcontext()
+        )
+        with lock:
+            return self._train(resume, stop_after_steps)
+
+    def _train(self, resume: bool, stop_after_steps: int | None) -> dict[str, Any]:
         cfg = self.cfg
         if resume:
             self.load_state()
@@ -338,47 +463,56 @@ class SimulatorTrainer:
         model = self.model
         model.train()
         dev = self.accelerator.device
-        writer = _summary_writer(self.out / "training" / "tb")
-        bar = tqdm(
-            total=total,
+        writer = _summary_writer(self.out / "training" / "tb") if self.is_main_process else None
+        bar = progress_bar(
+            total,
+            "train-sim",
+            "steps",
+            # a bar on a terminal; elsewhere the logged progress lines (step, loss, ETA) instead
+            enabled=self.progress and self.is_main_process and sys.stderr.isatty(),
             initial=self.state["step"],
-            desc="train-sim",
-            unit="step",
-            disable=not self.progress,
         )
         t_start = time.time() - self.state["train_seconds"]
         steps_this_call = 0
         stop = False
+        self._progress = Progress(total, cfg.max_minutes)
         while self.state["epoch"] < cfg.epochs and not stop:
             rows = self._epoch_rows(self.state["epoch"])
             for b in range(self.state["batch_in_epoch"], self.steps_per_epoch):
                 step = self.state["step"]
-                chunk = rows[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                chunk = rows[b * self.rows_per_step : (b + 1) * self.rows_per_step]
                 if not chunk:
                     break
-                batch = {k: v.to(dev) for k, v in self._dropout_items(collate(chunk), step).items()}
+                full = self._dropout_items(collate(chunk), step)
+                batch = {k: v.to(dev) for k, v in shard(full, self.rank, self.world).items()}
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr_at(step, total, cfg)
-                with self.accelerator.autocast():
-                    loss, *_ = packed_loss(self.accelerator.unwrap_model(model), batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss)
+                loss = backward_on_shard(self.accelerator, model, batch, full)
+                sum_gradients(self.accelerator, list(model.parameters()))
                 self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 self.optimizer.step()
                 self.state["step"] = step + 1
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                self._progress.step(step, loss.item())
+                bar.set_postfix_str(self.progress_line(short=True))
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
+                if self._progress.due():
+                    log.info("train-sim %s", self.progress_line())
                 steps_this_call += 1
                 out_of_time = (
                     cfg.max_minutes is not None
                     and self.state["train_seconds"] > 60 * cfg.max_minutes
                 )
+                if cfg.max_minutes is not None and self.world > 1:  # every rank stops together
+                    out_of_time = sum_over_ranks(self.accelerator, [float(out_of_time)])[0] > 0
                 last = self.state["step"] >= total or out_of_time
-                if self.state["step"] % cfg.eval_every == 0 or last:
+                since = self.state["train_seconds"] - self._last_eval_seconds()
+                due = cfg.eval_minutes is not None and since >= 60 * cfg.eval_minutes
+                if self.state["step"] % cfg.eval_every == 0 or last or due:
                     if self._evaluate(writer):
                         stop = True
                     self.save_state()
@@ -400,6 +534,14 @@ class SimulatorTrainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _last_eval_seconds(self) -> float:
+        """Training time at the last validation (0 before any)."""
+        return float(self.state["history"][-1]["seconds"]) if self.state["history"] else 0.0
+
+    def progress_line(self, short: bool = False) -> str:
+        """Where training stands (`simulators.training.progress.Progress.line`)."""
+        return self._progress.line(self.state, short)
 
     def _budget_left(self, total: int) -> bool:
         """True while steps, epochs and minutes all remain."""
@@ -441,7 +583,7 @@ class SimulatorTrainer:
             )
         else:
             self.state["bad_evals"] += 1
-        log.info("step %d: %s", step, metrics)
+        log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
 
 
