@@ -264,3 +264,42 @@ __all__ = [
     "discrete_to_slate",
     "weighted_reward",
 ]
+
+
+class EndedEpisodeGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Raise on `step()` after an episode ended, whoever ended it (the env or a TimeLimit).
+
+    `gym.make` puts its TimeLimit around the env, so a truncation there is invisible to the
+    env, which would go on stepping a user whose session the caller was told is over (a
+    directly constructed env given `max_episode_steps=` and the vector env refuse by
+    themselves). Not registered as the ids' `additional_wrappers`: `gym.make_vec` refuses the
+    vector entry point of a spec with additional wrappers. Use
+    `EndedEpisodeGuard(gym.make(id, max_episode_steps=N))`.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        """Wrap env."""
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        self._ended = True
+
+    def reset(self, **kwargs: Any) -> Any:
+        """Reset and allow steps again."""
+        out = self.env.reset(**kwargs)
+        self._ended = False
+        return out
+
+    def step(self, action: Any) -> Any:
+        """Step, refusing once the episode has ended.
+
+        Raises:
+            RuntimeError: before the first reset, or after the episode ended.
+        """
+        if self._ended:
+            raise RuntimeError(
+                "step() called before reset() or after the episode ended (terminated or "
+                "truncated, e.g. by gym.make's TimeLimit); call reset() first"
+            )
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._ended = bool(terminated or truncated)
+        return obs, reward, terminated, truncated, info

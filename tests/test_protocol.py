@@ -82,6 +82,8 @@ CFG = EnvConfig(
     num_candidates=6,
     max_episode_steps=8,
     rewards={"click": 1.0, "save": 2.0},
+    action_mode="slate",
+    observation="full",
     include_item_ids=True,
 )
 
@@ -123,7 +125,13 @@ def test_third_party_simulator_in_the_vector_env_with_agents() -> None:
 
 
 def test_llm_env_takes_any_protocol_object_and_rejects_unknown_rewards() -> None:
-    env = gym.make("LLMUserSim-v0", simulator=CoinFlipUsers(), slate_size=2, num_candidates=4)
+    env = gym.make(
+        "LLMUserSim-v0",
+        simulator=CoinFlipUsers(),
+        slate_size=2,
+        num_candidates=4,
+        action_mode="slate",
+    )
     env.reset(seed=0)
     _, _, _, _, info = env.step(np.array([0, 1]))
     assert info["response_probs"].shape == (2, 3)
