@@ -44,7 +44,7 @@ def test_device_dedupe_and_top_k_follow_the_numpy_rules() -> None:
     from recsim_env.config import EnvConfig
     from recsim_env.sessions import top_k_slates, validate_actions
 
-    cfg = EnvConfig(slate_size=4, num_candidates=6)
+    cfg = EnvConfig(slate_size=4, num_candidates=6, action_mode="slate")
     acts = np.array([[3, 3, 1, 3], [0, 1, 2, 3], [5, 5, 5, 5]])
     want = validate_actions(acts, 3, cfg)
     got, dup = dedupe_slates(torch.as_tensor(acts), 6)
@@ -108,7 +108,7 @@ def test_parametric_users_match_the_numpy_vector_env(mode) -> None:
 @pytest.mark.parametrize("fixture", ["tiny_sim_dir", "tiny_recency_summary_sim_dir"])
 def test_gpt2_users_match_the_numpy_vector_env(fixture, request) -> None:
     path = str(request.getfixturevalue(fixture))
-    assert _parity("LLMUserSim-v0", {"simulator": path, **SMALL}) > 8
+    assert _parity("LLMUserSim-v0", {"simulator": path, **SMALL, "action_mode": "slate"}) > 8
 
 
 def test_check_env_specs_passes_in_both_action_modes(tiny_sim_dir) -> None:
@@ -133,7 +133,12 @@ def test_partial_reset_restarts_only_the_masked_rows(tiny_sim_dir) -> None:
     from recsim_env.torchrl_env import make_torchrl_env
 
     env = make_torchrl_env(
-        "LLMUserSim-v0", num_envs=4, seed=0, simulator=str(tiny_sim_dir), **SMALL
+        "LLMUserSim-v0",
+        num_envs=4,
+        seed=0,
+        simulator=str(tiny_sim_dir),
+        observation="full",
+        **SMALL,
     )
     td = env.reset()
     for _ in range(3):
@@ -159,7 +164,9 @@ def test_rollout_collector_and_ppo_loss_run() -> None:
 
     from recsim_env.torchrl_env import make_torchrl_env
 
-    env = make_torchrl_env("ParametricUserSim-v0", num_envs=4, seed=1, world=WORLD, **SMALL)
+    env = make_torchrl_env(
+        "ParametricUserSim-v0", num_envs=4, seed=1, world=WORLD, action_mode="slate", **SMALL
+    )
     c, k = SMALL["num_candidates"], SMALL["slate_size"]
 
     class Logits(torch.nn.Module):
@@ -224,7 +231,7 @@ def test_cuda_env_matches_cpu_and_stays_on_the_device(tiny_recency_summary_sim_d
 
     from recsim_env.torchrl_env import make_torchrl_env
 
-    kw = {"simulator": str(tiny_recency_summary_sim_dir), **SMALL}
+    kw = {"simulator": str(tiny_recency_summary_sim_dir), "action_mode": "slate", **SMALL}
     gpu = make_torchrl_env("LLMUserSim-v0", num_envs=64, device="cuda", seed=3, **kw)
     cpu = make_torchrl_env("LLMUserSim-v0", num_envs=64, device="cpu", seed=3, **kw)
     check_env_specs(make_torchrl_env("LLMUserSim-v0", num_envs=8, device="cuda", **kw), seed=0)
