@@ -122,7 +122,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     envs = gym.make_vec(
-        args.env_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point"
+        args.env_id,
+        num_envs=args.num_envs,
+        vectorization_mode="vector_entry_point",
+        action_mode="slate",  # candidate indices: the Plackett-Luce actor picks k distinct ones
+        observation="full",  # with the responses to the last slates
     )
     k = len(envs.single_action_space.nvec)
     agent = Agent(envs.single_observation_space, int(envs.single_action_space.nvec[0]))

@@ -26,6 +26,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from agents.base import SlateAgent, candidate_matrix, top_k
 from agents.random_agent import RandomAgent
 from agents.sb3 import make_sb3_vec_env
+from recsim_env.config import SLATE_AGENT_KWARGS
 
 
 class MoreOfTheSameAgent(SlateAgent):
@@ -73,7 +74,7 @@ def main() -> None:
     """Evaluate the custom agent and a random one on the same users."""
     args = parse_args()
     torch.set_num_threads(args.threads)
-    env_kwargs = {}
+    env_kwargs: dict = dict(SLATE_AGENT_KWARGS)  # slates as actions, catalog ids observed
     if args.env_id.startswith("LLMUserSim") and args.simulator:
         env_kwargs["simulator"] = args.simulator
     if args.smoke and args.env_id.startswith("Parametric"):

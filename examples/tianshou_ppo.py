@@ -105,7 +105,7 @@ def main() -> None:
         )
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    make = lambda: gym.make(args.env_id)
+    make = lambda: gym.make(args.env_id, action_mode="slate")  # the slate actor picks indices
     probe = make()
     k = len(probe.action_space.nvec)
     policy = ProbabilisticActorPolicy(

@@ -91,7 +91,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     env = make_torchrl_env(
-        args.env_id, num_envs=args.num_envs, device=args.device, dtype=args.dtype, seed=args.seed
+        args.env_id,
+        num_envs=args.num_envs,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        action_mode="slate",  # candidate indices: the Plackett-Luce actor picks k distinct ones
     )
     spec = env.observation_spec
     f, p = spec["clicked_features_mean"].shape[-1], spec["profile"].shape[-1]
