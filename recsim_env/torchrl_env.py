@@ -12,13 +12,16 @@ cuda); the session state, observation building, reward and random streams live t
 
 Keys (batch shape (N,)):
 
-- observation: `profile` (N, V) float 0/1, `candidate_features` (N, C, F),
-  `history_responses` (N, H, k) int64 (-1 padded), `clicked_features_mean` (N, F),
-  `session_features` (N, 2); with `include_item_ids=True` also `candidate_ids` (N, C) and
-  `history_items` (N, H, k). Under `info`: the step's `slate` (candidate indices shown),
-  `item_ids` and `responses` (N, k) int64 (-1 after a reset).
-- action: `MultiCategorical([C] * k)` (N, k) in the `slate` action mode (repeats deduped), or
-  `Bounded(-1, 1)` (N, C) scores in the `scores` mode (the top k are shown).
+- observation (which keys: `EnvConfig.observation`, as in the Gymnasium envs): `profile`
+  (N, V) float 0/1, `clicked_features_mean` (N, F), `session_features` (N, 2),
+  `candidate_features` (N, C, F) where the action picks candidates or with observation='full',
+  `history_responses` (N, H, k) int64 (-1 padded) with observation='full'; with
+  `include_item_ids=True` also `candidate_ids` (N, C) and `history_items` (N, H, k). Under
+  `info`: the step's `slate` (candidate indices shown), `item_ids` and `responses` (N, k) int64
+  (-1 after a reset).
+- action: `Bounded(-SCORE_BOUND, SCORE_BOUND)` (N, F) weights in the default `weights` mode or
+  (N, C) scores in the `scores` mode (the top k are shown), or `MultiCategorical([C] * k)`
+  (N, k) in the `slate` mode (repeats deduped).
 - reward (N, 1) float32; done / terminated (the user left) / truncated (`max_episode_steps`,
   50 by default) (N, 1) bool.
 
