@@ -62,7 +62,7 @@ class SlateUserVectorEnv(VectorEnv, metaclass=_HintedClass):
     NormalizeObservation, ...) need NEXT_STEP (the default; NormalizeObservation refuses
     DISABLED, all of them refuse SAME_STEP); stable-baselines3 needs SAME_STEP
     (`agents.sb3.as_sb3_env`); TorchRL's GymWrapper takes SAME_STEP or DISABLED (prefer the
-    TorchRL-native `recsim_env.torchrl_env.SlateTorchEnv`). Under NEXT_STEP about one step in
+    TorchRL-native `recsim_env.torchrl_env.SlateTorchRLEnv`). Under NEXT_STEP about one step in
     eight of a row is a reset step (no transition, reward 0, `info["_item_ids"]` False; the mean
     session lasts 7-15 slates): mask those out of a learner's loss.
     """
