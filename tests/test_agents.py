@@ -25,6 +25,7 @@ from agents.slateq import (
     slate_value,
     slateq_target,
 )
+from recsim_env.config import SLATE_AGENT_KWARGS
 from recsim_env.episodes import make_episode_env
 from simulators.logs import read_logs
 from tests.conftest import TINY_ENV, TINY_WORLD
@@ -35,10 +36,10 @@ ENV_KW = {
     "num_candidates": TINY_ENV.num_candidates,
     "history_length": TINY_ENV.history_length,
     "max_episode_steps": TINY_ENV.max_episode_steps,
-    "include_item_ids": True,  # the baselines read the candidates' catalog ids
+    **SLATE_AGENT_KWARGS,  # the baselines give slates and read the catalog ids
 }
 K = TINY_ENV.slate_size
-WITH_IDS = dataclasses.replace(TINY_ENV, include_item_ids=True)
+WITH_IDS = dataclasses.replace(TINY_ENV, **SLATE_AGENT_KWARGS)  # type: ignore[arg-type]
 
 
 def make_env() -> gym.Env:
@@ -152,7 +153,7 @@ def test_score_slates_of_the_world_is_conditional_on_earlier_skips() -> None:
 
 
 def test_greedy_on_gpt2_user_peeks_without_advancing(tiny_sim_dir) -> None:
-    kw = {"simulator": str(tiny_sim_dir), "max_episode_steps": 6, "include_item_ids": True}
+    kw = {"simulator": str(tiny_sim_dir), "max_episode_steps": 6, **SLATE_AGENT_KWARGS}
     v1, v2 = (
         gym.make_vec("LLMUserSim-v0", num_envs=3, vectorization_mode="vector_entry_point", **kw)
         for _ in range(2)
@@ -357,7 +358,7 @@ def test_slateq_learns_online_toward_next_state_value() -> None:
 def test_sb3_model_with_other_spaces_is_refused(tmp_path) -> None:
     from stable_baselines3 import PPO
 
-    big = gym.make("ParametricUserSim-v0")  # the default 500-item world, slate_size 5
+    big = gym.make("ParametricUserSim-v0", **SLATE_AGENT_KWARGS)  # 500 items, slate_size 5
     PPO("MultiInputPolicy", big, n_steps=16, batch_size=16, n_epochs=1).save(tmp_path / "m.zip")
     with pytest.raises(ValueError, match="spaces differ"):
         make_agent(f"ppo:{tmp_path / 'm.zip'}", make_env(), trust_sb3_zip=True)

@@ -14,6 +14,7 @@ from agents.greedy import GreedyAgent
 from agents.random_agent import RandomAgent
 from evaluation.benchmark import METRICS, SlateRecorder, item_novelty, slate_diversity, summarize
 from recsim_env.cli import main
+from recsim_env.config import SLATE_AGENT_KWARGS
 from recsim_env.episodes import make_episode_env, run_episodes
 from tests.conftest import TINY_ENV, TINY_WORLD
 
@@ -108,7 +109,7 @@ def test_unavailable_default_agent_is_skipped_with_a_note(monkeypatch, caplog) -
 def test_sb3_model_in_benchmark(tmp_path, capsys) -> None:
     from stable_baselines3 import PPO
 
-    env = gym.make("ParametricUserSim-v0")
+    env = gym.make("ParametricUserSim-v0", **SLATE_AGENT_KWARGS)  # what the benchmark plays
     from agents.sb3.policy_files import save_policy
 
     model = PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0).learn(16)
@@ -140,7 +141,7 @@ def test_users_are_identical_across_batches_and_rows() -> None:
         slate_size=TINY_ENV.slate_size,
         num_candidates=TINY_ENV.num_candidates,
         max_episode_steps=TINY_ENV.max_episode_steps,
-        include_item_ids=True,  # greedy reads the candidates' catalog ids
+        **SLATE_AGENT_KWARGS,  # greedy gives slates and reads the catalog ids
     )
     agent = GreedyAgent.from_env(env)
     obs, _ = env.reset(seed=5 + 8)

@@ -27,6 +27,7 @@ from agents.sb3.policy import SlateDistribution
 from agents.sb3.policy_files import load_policy, save_policy
 from evaluation.episodes import evaluate_returns
 from recsim_env.cli import main
+from recsim_env.config import SLATE_AGENT_KWARGS
 from recsim_env.env import ParametricUserSimEnv
 from recsim_env.wrappers import (
     DiscreteSlateWrapper,
@@ -35,7 +36,8 @@ from recsim_env.wrappers import (
     weighted_reward,
 )
 
-SMALL = {"slate_size": 3, "num_candidates": 8, "history_length": 4}
+SMALL = {"slate_size": 3, "num_candidates": 8, "history_length": 4, **SLATE_AGENT_KWARGS}
+"""The slate action and full observation with ids that the slate policy reads."""
 WORLD = {"num_items": 50, "num_topics": 5, "population_size": 100}
 PARAM = ("ParametricUserSim-v0", {"world": WORLD, **SMALL})
 
@@ -275,11 +277,13 @@ def test_train_agent_cli_end_to_end(algo, tmp_path, tiny_sim_dir, capsys):
     assert "random_mean_return" in data
     assert "mean return" in capsys.readouterr().out
     policy = load_policy(out)
-    env = gym.make("LLMUserSim-v0", simulator=str(tiny_sim_dir), **SMALL)
+    env = gym.make(
+        "LLMUserSim-v0", simulator=str(tiny_sim_dir), **{**SMALL, "include_item_ids": False}
+    )
     obs, _ = env.reset(seed=0)
     with pytest.raises(ValueError, match="include_item_ids=True"):
         policy.predict(obs)  # SlatePolicy embeds the catalog ids
-    env = gym.make("LLMUserSim-v0", simulator=str(tiny_sim_dir), include_item_ids=True, **SMALL)
+    env = gym.make("LLMUserSim-v0", simulator=str(tiny_sim_dir), **SMALL)
     obs, _ = env.reset(seed=0)
     action, _ = policy.predict(obs)
     env.step(action)
