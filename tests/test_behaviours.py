@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import recsim_env  # noqa: F401
+from recsim_env.config import SLATE_AGENT_KWARGS
 from simulators.behaviours import DEFAULT_BEHAVIOURS, BehaviourSet
 from simulators.gpt2_user import DEFAULT_SIMULATOR_DIR, GPT2UserSimulator
 from simulators.importers.otto import OTTO_BEHAVIOURS, import_otto
@@ -74,7 +75,7 @@ def test_embedded_default_answers_exactly_as_before_the_refactor() -> None:
     ref = np.load(FIXTURES / "default_rollout.npz")
     for env_id, key in (("LLMUserSim-v0", "llm"), ("ParametricUserSim-v0", "world")):
         vec = gym.make_vec(
-            env_id, num_envs=8, vectorization_mode="vector_entry_point", include_item_ids=True
+            env_id, num_envs=8, vectorization_mode="vector_entry_point", **SLATE_AGENT_KWARGS
         )
         obs, _ = vec.reset(seed=123)
         rng = np.random.default_rng(5)
@@ -96,7 +97,13 @@ def test_embedded_default_answers_exactly_as_before_the_refactor() -> None:
 
 def test_a_custom_behaviour_set_on_the_world_is_a_config_change() -> None:
     world = WorldConfig(behaviours=("skip", "click", "cart", "buy"), funnel_bias=(0.5,))
-    env = gym.make("ParametricUserSim-v0", world=world, cart_reward=0.5, buy_reward=3.0)
+    env = gym.make(
+        "ParametricUserSim-v0",
+        world=world,
+        cart_reward=0.5,
+        buy_reward=3.0,
+        **SLATE_AGENT_KWARGS,
+    )
     assert env.observation_space["history_responses"].high.max() == 3
     env.reset(seed=0)
     seen = set()
@@ -124,7 +131,13 @@ def test_otto_carts_train_a_simulator_that_answers_with_carts(tmp_path) -> None:
     sim = GPT2UserSimulator.from_pretrained(tmp_path / "sim")
     assert sim.behaviours.names == ("skip", "click", "cart", "buy")
     assert sim.model.num_behaviours == 4
-    env = gym.make("LLMUserSim-v0", simulator=str(tmp_path / "sim"), slate_size=2, num_candidates=4)
+    env = gym.make(
+        "LLMUserSim-v0",
+        simulator=str(tmp_path / "sim"),
+        slate_size=2,
+        num_candidates=4,
+        **SLATE_AGENT_KWARGS,
+    )
     env.reset(seed=0)
     _, _, _, _, info = env.step(np.array([0, 1]))
     assert info["response_probs"].shape == (2, 4)
