@@ -17,6 +17,7 @@ def _actions(t: int, user: int) -> np.ndarray:
 
 def _rollout(env_id: str, kwargs: dict, num_envs: int) -> tuple[np.ndarray, ...]:
     """Users 0..USERS-1 (seeds 100 + i) in a batch of num_envs rows (spare rows get other users)."""
+    kwargs = {**kwargs, "action_mode": "slate"}  # the same candidate indices in every batch
     vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     vec.reset(seed=[100 + i for i in range(num_envs)])
     probs, resp, leave = [], [], []
@@ -33,7 +34,8 @@ def _rollout(env_id: str, kwargs: dict, num_envs: int) -> tuple[np.ndarray, ...]
 def _one_at_a_time(env_id: str, kwargs: dict) -> tuple[np.ndarray, ...]:
     parts = []
     for i in range(USERS):
-        vec = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", **kwargs)
+        kw = {**kwargs, "action_mode": "slate"}
+        vec = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", **kw)
         vec.reset(seed=[100 + i])
         rows = []
         for t in range(STEPS):
