@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 import recsim_env  # noqa: F401
 
 SMALL = {"slate_size": 3, "num_candidates": 8, "history_length": 4, "max_episode_steps": 12}
+SMALL["action_mode"] = "slate"  # the properties drawn are slates of candidate indices
 WORLD = {"world": {"num_items": 50, "num_topics": 5, "population_size": 100}}
 
 valid_action = st.lists(st.integers(0, 7), min_size=3, max_size=3).map(
