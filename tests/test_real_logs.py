@@ -214,7 +214,12 @@ def test_env_draws_candidates_from_its_own_items(tiny_sim_dir: Path) -> None:
         }
     )
     env = gym.make(
-        "LLMUserSim-v0", simulator=str(tiny_sim_dir), items=items, slate_size=3, num_candidates=8
+        "LLMUserSim-v0",
+        simulator=str(tiny_sim_dir),
+        items=items,
+        slate_size=3,
+        num_candidates=8,
+        include_item_ids=True,  # the candidates' catalog ids are checked
     )
     sim = env.unwrapped.simulator
     allowed = set(sim.add_items(items).tolist())
@@ -234,6 +239,7 @@ def test_env_draws_candidates_from_its_own_items(tiny_sim_dir: Path) -> None:
         items=items,
         slate_size=3,
         num_candidates=8,
+        include_item_ids=True,
     )
     obs, _ = vec.reset(seed=1)
     assert set(obs["candidate_ids"].ravel().tolist()) <= allowed

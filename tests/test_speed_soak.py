@@ -69,6 +69,9 @@ def test_speed_runs_end_to_end_and_writes_the_keys(request, ckpt, tmp_path, caps
         "history_cost_ratio_200_vs_1",
         "peak_fraction",
         "parametric_256",
+        "torchrl_vs_direct_256",  # the client paths at --client-num-envs (default 256)
+        "sb3_vs_direct_256",
+        "torchrl_65536",  # the GPU target, shown unmeasured on CPU
     }
     table = capsys.readouterr().out
     assert "batched_vs_naive_h50" in table and "naive_h50" in table
