@@ -24,9 +24,11 @@ from simulators.atomic import exclusive_output
 from simulators.lm.backbone import check_base_model
 from simulators.lm.gpt2 import MODEL_SIZES
 from simulators.lm.model import SimulatorConfig
+from simulators.lm.pretrained_text import load_base_tokenizer
 from simulators.logs import read_logs
 from simulators.slate_fit import DEFAULT_CONTEXT
 from simulators.training import SimulatorTrainer, TrainConfig
+from simulators.training.lora import parameter_counts, require_peft
 from simulators.training.parallel import launched_rank
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
@@ -45,6 +47,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start from a pretrained causal LM: a local directory (or a hub name such as "
         "'gpt2' where the hub can be reached)",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=positive_int,
+        default=None,
+        help="with --base-model: train LoRA adapters of this rank (and the simulator's own "
+        "embeddings and head) instead of every weight; merged into the saved weights (needs "
+        "pip install 'llm-usersim[lora]')",
+    )
+    p.add_argument(
+        "--lora-alpha",
+        type=positive_int,
+        default=None,
+        help="LoRA alpha: updates scaled by alpha / rank (default: 2 x rank)",
+    )
+    p.add_argument(
+        "--no-pretrained-text",
+        action="store_true",
+        help="with --base-model: do not read titles and profiles with the base's own tokenizer "
+        "and pretrained token embeddings (the closed vocabulary and hashed title words only)",
     )
     p.add_argument(
         "--init-sim",
@@ -160,11 +182,18 @@ def run(args: argparse.Namespace) -> int:
         context_length=args.context_length,
         session_summary=args.session_summary,
         text_encoder=args.text_encoder,
+        pretrained_text=not args.no_pretrained_text,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
     )
     if cfg.base_model and cfg.init_sim:
         raise UsageError("--init-sim and --base-model are exclusive: pick one starting point")
+    if cfg.lora_rank:
+        require_peft()
     if cfg.base_model:
         check_base_model(cfg.base_model)  # before reading the logs: fail in a second, not later
+        if cfg.pretrained_text:
+            load_base_tokenizer(cfg.base_model)
     if args.resume and not (args.out / "training" / "state.safetensors").is_file():
         raise UsageError(f"--resume: {args.out} holds no training state (train without --resume)")
     # a second run into the same --out fails at once; data-parallel ranks > 0 write nothing
@@ -183,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         state = trainer.train(resume=args.resume)
     if not trainer.is_main_process:  # data-parallel: rank 0 reports for all
         return 0
-    n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
+    counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
+    n_params = counts["parameters"]
     summary = {
         "context_length": trainer.sim_config.context_length,
         "text_encoder": trainer.sim_config.text_encoder,
@@ -192,11 +222,16 @@ def run(args: argparse.Namespace) -> int:
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": n_params,
+        "trainable_parameters": counts["trainable"],
+        "lora_rank": cfg.lora_rank,
+        "lora_adapter_parameters": counts["adapters"],
+        "pretrained_text": bool(trainer.sim_config.pretrained_text),
         "processes": trainer.world,
         "history": state["history"],
     }
     print(
-        f"trained {state['step']} steps in {state['train_seconds']:.0f}s ({n_params:,} parameters); "
+        f"trained {state['step']} steps in {state['train_seconds']:.0f}s ({n_params:,} parameters, "
+        f"{counts['trainable']:,} trained); "
         f"best validation loss {state['best_val']:.4f} at step {state.get('best_step')}; saved to {args.out}"
     )
     write_json(args.json, summary)

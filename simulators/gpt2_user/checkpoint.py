@@ -44,7 +44,14 @@ CHECKPOINT_FILES = (
 )
 HASHED_FILES = CHECKPOINT_FILES[:4]
 """Files whose SHA-256 the manifest (simulator_config.json) records."""
-CATALOG_BUFFERS = ("item_features", "item_text", "item_known", "item_category", "item_text_emb")
+CATALOG_BUFFERS = (
+    "item_features",
+    "item_text",
+    "item_known",
+    "item_category",
+    "item_text_emb",
+    "pretrained_text.item_emb",
+)
 """Weights with one row per catalog item."""
 CHECKPOINT_FORMAT_VERSION = 2
 _V1_PREFIX, _V2_PREFIX = "gpt2.", "backbone.lm."
@@ -207,6 +214,8 @@ def load_simulator(
             tokenizer.output_tokens,
             state.get("item_category"),
             state.get("item_text_emb"),
+            state.get("pretrained_text.item_emb"),
+            state.get("pretrained_text.token_emb"),
         )
         model.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:

@@ -21,6 +21,7 @@ from torch import nn
 
 from simulators.lm.attention import FullAttention, recency_slopes, window_bias
 from simulators.lm.backbone import Backbone
+from simulators.lm.pretrained_text import PretrainedTextChannel
 from simulators.text_encoder import TEXT_ENCODERS
 from simulators.tokenization import NUM_ROLES, NUM_SUMMARY_CODES
 
@@ -52,6 +53,10 @@ class SimulatorConfig:
     text_encoder: str = "hashed"
     """How item titles enter: `hashed` (hashed words, learned embeddings) or `minilm` (also
     each title's all-MiniLM-L6-v2 sentence embedding, projected; `simulators.text_encoder`)."""
+    pretrained_text: str = ""
+    """The pretrained base (local directory or hub name) whose tokenizer and input token
+    embeddings read item titles and profile tokens (`simulators.lm.pretrained_text`); '': the
+    channel is off. train-sim sets it with `--base-model` (unless `--no-pretrained-text`)."""
     session_summary: bool = False
     """Add a learned embedding of the session-summary channel (what the user has clicked and
     bought of an item's category earlier in the session, see `simulators.tokenization`) to
@@ -134,6 +139,9 @@ class UserLM(nn.Module):
         item_category: (N,) category index of every item (needed with `session_summary`).
         item_text_emb: (N, E) float sentence embeddings of the titles (needed with
             `text_encoder="minilm"`; zero rows for items without a title).
+        item_base_text: (N, E) pooled pretrained token embeddings of the titles, and
+        token_base_text: (V0, E) of the closed-vocabulary ids below the item tokens (both
+            needed with `pretrained_text`; `simulators.lm.pretrained_text`).
     """
 
     # Buffers (registered in __init__ / add_session_summary).
@@ -154,6 +162,8 @@ class UserLM(nn.Module):
         output_tokens: tuple[int, ...],
         item_category: torch.Tensor | None = None,
         item_text_emb: torch.Tensor | None = None,
+        item_base_text: torch.Tensor | None = None,
+        token_base_text: torch.Tensor | None = None,
     ) -> None:
         """Register the embeddings and the catalog side information (as buffers)."""
         super().__init__()
@@ -187,6 +197,15 @@ class UserLM(nn.Module):
             self.text_proj = nn.Linear(item_text_emb.shape[1], d, bias=False)
             nn.init.normal_(self.text_proj.weight, std=0.02)
             self.register_buffer("item_text_emb", item_text_emb.float())
+        self.pretrained_text: PretrainedTextChannel | None = None
+        if sim_config.pretrained_text:
+            if item_base_text is None or token_base_text is None:
+                raise ValueError("a pretrained_text simulator needs pooled vectors of its text")
+            if len(item_base_text) != len(item_features):
+                raise ValueError(
+                    f"item_base_text has {len(item_base_text)} rows for {len(item_features)} items"
+                )
+            self.pretrained_text = PretrainedTextChannel(item_base_text, token_base_text, d)
         self._side: torch.Tensor | None = None
         self._side_key: tuple | None = None
         self._out_w: torch.Tensor | None = None
@@ -232,6 +251,8 @@ class UserLM(nn.Module):
         x = x + self.role_emb(tokens.roles) + self.slot_emb(slots)
         if self.summary_emb is not None:
             x = x + self.summary_emb(tokens.summary)
+        if self.pretrained_text is not None:
+            x = x + self.pretrained_text.tokens(tokens.input_ids, x.dtype)
         items = tokens.items
         is_item = items >= 0
         if bool(is_item.any()):
@@ -244,6 +265,8 @@ class UserLM(nn.Module):
             )
             if self.text_proj is not None and self.item_text_emb is not None:
                 side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
+            if self.pretrained_text is not None:
+                side = side + self.pretrained_text.items(idx, x.dtype)
             x = x + side * is_item.unsqueeze(-1).to(x.dtype)
         return x
 
@@ -255,6 +278,8 @@ class UserLM(nn.Module):
         x = x + self.item_side()[tokens.items + 1]
         if self.summary_emb is not None:
             x = x + self.summary_emb(tokens.summary).float()
+        if self.pretrained_text is not None:
+            x = x + self.pretrained_text.token_vectors_inference(tokens.input_ids)
         return x.to(self.backbone_dtype)
 
     @property
@@ -270,6 +295,8 @@ class UserLM(nn.Module):
         params = [self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text]
         if self.text_proj is not None and self.item_text_emb is not None:
             params += [self.text_proj.weight, self.item_text_emb]
+        if self.pretrained_text is not None:
+            params += [self.pretrained_text.proj.weight, self.pretrained_text.item_emb]
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._side_key != key or self._side is None:
             with torch.inference_mode():
@@ -281,6 +308,8 @@ class UserLM(nn.Module):
                 )
                 if self.text_proj is not None and self.item_text_emb is not None:
                     side = side + self.text_proj(self.item_text_emb.float())
+                if self.pretrained_text is not None:
+                    side = side + self.pretrained_text.all_items()
                 self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
             self._side_key = key
         return self._side

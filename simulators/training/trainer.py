@@ -34,6 +34,7 @@ from simulators.atomic import atomic_write, exclusive_output
 from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
+from simulators.lm.pretrained_text import base_source
 from simulators.logs import InteractionLogs
 from simulators.progress import progress_bar
 from simulators.slate_fit import check_slates, window_length
@@ -46,6 +47,7 @@ from simulators.training.data import (
     session_windows,
     split_by_user,
 )
+from simulators.training.lora import add_lora, merged, trainable_parameters
 from simulators.training.parallel import (
     backward_on_shard,
     make_accelerator,
@@ -121,6 +123,15 @@ class TrainConfig:
     max_population: int = 50_000
     """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
     seeded sample when there are more."""
+    pretrained_text: bool = True
+    """With `base_model`: also read titles and profile tokens with the base's tokenizer and
+    pretrained token embeddings (`simulators.lm.pretrained_text`; needs the tokenizer saved
+    with the base)."""
+    lora_rank: int | None = None
+    """With `base_model`: train LoRA adapters of this rank instead of every weight
+    (`simulators.training.lora`; needs the `lora` extra). None: full fine-tuning."""
+    lora_alpha: int | None = None
+    """LoRA alpha (updates scaled by alpha / rank); None: 2 * lora_rank."""
 
     def __post_init__(self) -> None:
         """Validate ranges."""
@@ -142,6 +153,7 @@ class TrainConfig:
             )
         if self.context_length is not None and self.context_length < 32:
             raise ValueError(f"context_length must be >= 32, got {self.context_length}")
+        check_lora_settings(self.lora_rank, self.lora_alpha, self.base_model)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -187,6 +199,8 @@ class SimulatorTrainer:
             if start is not None:
                 start.model.sim_config = sim_config
                 start.model.add_session_summary(torch.from_numpy(item_category_index(logs.items)))
+        if cfg.base_model and cfg.pretrained_text and start is None:
+            sim_config = replace(sim_config, pretrained_text=base_source(cfg.base_model))
         self.sim_config = sim_config
         self.row_length = window_length(sim_config, prefix, longest)
         """Tokens of the packed rows: the context (recency attention: at least what the
@@ -239,8 +253,10 @@ class SimulatorTrainer:
                 cfg.base_model,
                 item_known=seen,
             )
+            if cfg.lora_rank:
+                add_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            trainable_parameters(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.rows_per_step = max(1, cfg.batch_size * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
         """Packed rows per optimiser step (`TrainConfig.batch_size` rows of 512 tokens)."""
@@ -417,7 +433,7 @@ class SimulatorTrainer:
             return None
         model = self.accelerator.unwrap_model(self.model)
         sim = GPT2UserSimulator(
-            model,
+            merged(model),  # LoRA: adapters merged into a copy, a plain checkpoint
             self.data.tokenizer,
             self.data.profile_encoder,
             self.population,
@@ -489,7 +505,7 @@ class SimulatorTrainer:
                     g["lr"] = lr_at(step, total, cfg)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = backward_on_shard(self.accelerator, model, batch, full)
-                sum_gradients(self.accelerator, list(model.parameters()))
+                sum_gradients(self.accelerator, trainable_parameters(model))
                 self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 self.optimizer.step()
                 self.state["step"] = step + 1
@@ -585,6 +601,24 @@ class SimulatorTrainer:
             self.state["bad_evals"] += 1
         log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
+
+
+def check_lora_settings(rank: int | None, alpha: int | None, base_model: str | None) -> None:
+    """Refuse LoRA settings that cannot work, naming the flag.
+
+    Raises:
+        ValueError: a rank below 1, a rank without a base model, or an alpha without a rank or
+            not above 0.
+    """
+    if rank is not None and rank < 1:
+        raise ValueError(f"--lora-rank must be >= 1, got {rank}")
+    if rank is not None and not base_model:
+        raise ValueError(
+            "--lora-rank needs --base-model: LoRA adapts a pretrained network's frozen blocks "
+            "(a fresh network trains all its weights)"
+        )
+    if alpha is not None and (rank is None or not alpha > 0):
+        raise ValueError(f"--lora-alpha must be > 0 and comes with --lora-rank, got {alpha}")
 
 
 def _summary_writer(path: Path) -> Any:
