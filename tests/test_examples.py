@@ -12,6 +12,7 @@ EXAMPLES = {
     "custom_agent.py": "more_of_the_same - random",
     "finetune_simulator.py": "step 0:",
     "real_data_movielens.py": "click_auc:",
+    "pretrain_base.py": "saved base to",
 }
 if importlib.util.find_spec("ray") is not None:  # the optional extra [ray]
     EXAMPLES["rllib_ppo.py"] = "env steps/s per env runner"
