@@ -203,6 +203,37 @@ def test_no_pretrained_text_leaves_the_channel_off(tiny_logs_dir, tiny_base, tmp
     assert trainer.model.pretrained_text is None and trainer.sim_config.pretrained_text == ""
 
 
+def test_sentence_encoder_and_base_text_add_up_in_the_title_channel(
+    tiny_logs_dir, tiny_base, tmp_path, monkeypatch
+):
+    import simulators.gpt2_user.build as build
+    import simulators.text_encoder as te
+
+    def fake_minilm(texts: list[str]) -> np.ndarray:  # the encoder's shape, without the extra
+        return np.random.default_rng(0).normal(size=(len(texts), 384)).astype(np.float32)
+
+    monkeypatch.setattr(build, "embed_minilm", fake_minilm)
+    monkeypatch.setattr(te, "minilm_available", lambda: True)
+    cfg = TrainConfig(base_model=str(tiny_base), text_encoder="minilm", **{**TRAIN, "max_steps": 2})
+    trainer = SimulatorTrainer(read_logs(tiny_logs_dir), tmp_path, cfg, progress=False)
+    model = trainer.model.eval()
+    assert model.text_proj is not None and model.item_text_emb is not None
+    assert model.pretrained_text is not None
+    parts = model.item_side_parts()
+    with torch.inference_mode():
+        words = model.item_text
+        hashed = model.word_emb(words).sum(-2) / (words > 0).sum(-1, keepdim=True).clamp(min=1)
+        minilm = model.text_proj(model.item_text_emb)
+        base = model.pretrained_text.all_items()
+    assert bool(minilm.any()) and bool(base.any())
+    torch.testing.assert_close(parts["title"], hashed + minilm + base)
+    # explain's counterfactual without the title removes all three, the attributes stay
+    items = torch.tensor([0, 3])
+    with model.without_item_side(items, "title"):
+        masked = model.item_side()[items + 1]
+    torch.testing.assert_close(masked, parts["attributes"][items], rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- LoRA
 @needs_peft
 def test_lora_trains_adapters_and_the_simulators_own_parts_only(lora_trainer, base_trainer):
