@@ -99,6 +99,8 @@ FLAGS = {
         "--init-sim",
         "--json",
         "--epochs",
+        "--lora-rank",
+        "--lora-alpha",
     ],
     "generate-logs": [
         "--users",
