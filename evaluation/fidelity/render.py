@@ -15,6 +15,7 @@ from evaluation.fidelity.render_sections import (
     behaviour_lines,
     comparison_lines,
     fmt,
+    privacy_lines,
     profile_lines,
     table,
 )
@@ -406,6 +407,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 ],
             )
         )
+    out += ["", "## 6. Privacy", "", *privacy_lines(res.get("privacy"))]
     if res.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     out += [
