@@ -129,7 +129,8 @@ def world_agreement(
     """Spearman correlation of the simulator's attributions with the world's, per user.
 
     For every fresh user the same situation is explained by both; the attribution of each
-    input is its change of p(engaged) summed over the slate. Returns the mean, median and
+    input is its change of p(engaged) summed over the slate. The inputs compared are the
+    profile fields and history steps (the world has no item side-information channels). Returns the mean, median and
     quartiles of the per-user correlations and the share of users with a positive one.
     """
     from scipy.stats import spearmanr
@@ -142,8 +143,13 @@ def world_agreement(
     for u in range(users):
         sit = generated_situation(sim, world, seed + u, history_steps, slate_size)
         assert sit.world_profile is not None
-        a = explain(sim, sit.profile, sit.history, sit.slate).engagement_effects.sum(axis=1)
-        b = explain(world, sit.world_profile, sit.history, sit.slate).engagement_effects.sum(axis=1)
+        ea = explain(sim, sit.profile, sit.history, sit.slate)
+        eb = explain(world, sit.world_profile, sit.history, sit.slate)
+        # the inputs both have (profile fields, history steps; the world reads no item side
+        # channels), in the world's order
+        common = [ea.features.index(f) for f in eb.features]
+        a = ea.engagement_effects[common].sum(axis=1)
+        b = eb.engagement_effects.sum(axis=1)
         if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
             rhos.append(float(spearmanr(a, b).statistic))
     r = np.asarray(rhos)
@@ -169,6 +175,9 @@ def feature_labels(expl: Explanation, situation: Situation, titles: list[str]) -
     out = []
     for name in expl.features:
         kind, _, key = name.partition(":")
+        if kind == "item":
+            out.append(f"item {key} (of the slate's items)")
+            continue
         if kind != "history":
             out.append(f"profile field {key}")
             continue
@@ -178,6 +187,22 @@ def feature_labels(expl: Explanation, situation: Situation, titles: list[str]) -
             f"{expl.behaviours[r]} '{titles[i][:24]}'" for i, r in zip(items, responses) if r > 0
         ]
         out.append(f"step {t + 1}: " + ("; ".join(engaged) if engaged else "nothing engaged"))
+    return out
+
+
+def short_labels(expl: Explanation, situation: Situation) -> list[str]:
+    """Names of the inputs short enough for a plot's axis (e.g. `step 5 (buy)`, `items' title`)."""
+    out = []
+    for name in expl.features:
+        kind, _, key = name.partition(":")
+        if kind == "history":
+            deepest = int(np.max(situation.history[int(key)][1], initial=0))
+            what = expl.behaviours[deepest] if deepest > 0 else "nothing"
+            out.append(f"step {int(key) + 1} ({what})")
+        elif kind == "item":
+            out.append(f"items' {key}")
+        else:
+            out.append(f"profile: {key}")
     return out
 
 

@@ -15,6 +15,7 @@ simulator written against this protocol alone in both envs.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
@@ -73,6 +74,9 @@ class UserSimulator(Protocol):
         profile_encoder: maps users-table rows to profile token indices (and multi-hot).
         population: (P, slots) int64 profile token indices the envs draw users from.
         capacity: rows currently allocated (`ensure_capacity` grows it).
+        item_side_channels: the parts of an item's side information the simulator reads
+            besides the item itself (e.g. attributes, title) that `without_item_side` can take
+            away; () when items are not read through side information (the world).
     """
 
     behaviours: BehaviourSet
@@ -81,6 +85,11 @@ class UserSimulator(Protocol):
     profile_encoder: ProfileEncoder
     population: np.ndarray
     capacity: int
+
+    @property
+    def item_side_channels(self) -> tuple[str, ...]:
+        """See the class docstring."""
+        ...
 
     def items_table(self) -> pd.DataFrame:
         """The catalog: item_id, title, category, price (rows in item-index order)."""
@@ -125,6 +134,16 @@ class UserSimulator(Protocol):
         Returns:
             (n, k, R) float64: p(r_j | state, slate, earlier slots skipped). For a one-item
             slate this is the response distribution of that item shown alone.
+        """
+        ...
+
+    def without_item_side(
+        self, items: np.ndarray, channel: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Within the block, `score_slates` sees `items` without that side-information channel.
+
+        The item counterfactual of `simulators.explanations`; ValueError for a channel not in
+        `item_side_channels`.
         """
         ...
 

@@ -11,7 +11,11 @@ yardstick of the simulator's (`evaluation.explain` reports their rank correlatio
 
 An attribution is `p(slot engaged | everything) - p(slot engaged | without it)`: positive when
 the field or step makes the user more likely to engage with the item, per slot and per
-behaviour (`Explanation.effects`).
+behaviour (`Explanation.effects`). The slate's items are questioned the same way: each channel
+of their side information (`UserSimulator.item_side_channels`: attributes such as category and
+price, the title) is taken away in turn and the slate scored again (`item:<channel>`); the item's
+own learned embedding stays, so a large effect says the simulator reads the item through that
+channel rather than by its identity.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class Explanation:
         slate: (k,) item indices shown.
         probs: (k, R) probabilities of each slot given everything, earlier slots skipped
             (`UserSimulator.score_slates`).
-        features: names of the attributed inputs: `profile:<field>` and `history:<step>`.
+        features: names of the attributed inputs: `profile:<field>`, `history:<step>` and
+            `item:<channel>`.
         masked_probs: (len(features), k, R) the same probabilities without each input.
     """
 
@@ -99,7 +104,9 @@ def explain(
         row_offset: first simulator row to use.
 
     Returns:
-        The Explanation; `features` are the profile fields present, then `history:0..T-1`.
+        The Explanation; `features` are the profile fields present, then `history:0..T-1`,
+        then `item:<channel>` for the simulator's `item_side_channels` (the slate's items
+        without that part of their side information, e.g. their title; the world has none).
     """
     profile = np.asarray(profile, dtype=np.int64)
     slate = np.asarray(slate, dtype=np.int64)
@@ -122,10 +129,16 @@ def explain(
             uniforms=np.zeros((len(live), k + 1)),
         )
     probs = sim.score_slates(rows, np.tile(slate, (n, 1)))
+    features = [v[0] for v in variants[1:]]
+    masked = [probs[1:]]
+    for channel in sim.item_side_channels:  # the full-context row, the slate's items masked
+        with sim.without_item_side(slate, channel):
+            masked.append(sim.score_slates(rows[:1], slate[None]))
+        features.append(f"item:{channel}")
     return Explanation(
         behaviours=sim.behaviours.names,
         slate=slate,
         probs=probs[0],
-        features=[v[0] for v in variants[1:]],
-        masked_probs=probs[1:],
+        features=features,
+        masked_probs=np.concatenate(masked),
     )

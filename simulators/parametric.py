@@ -29,6 +29,7 @@ its code is checked against these formulas.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -395,6 +396,18 @@ class ParametricUserModel:
         """Exact marginal probabilities of every response: (B, k, R), rows sum to 1."""
         choice, deeper = self._slot_params(np.asarray(rows), np.asarray(slates))
         return self._levels(choice, deeper)
+
+    item_side_channels: tuple[str, ...] = ()
+    """The world's items are their attributes: there is no side channel to take away."""
+
+    def without_item_side(
+        self, items: np.ndarray, channel: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Refused: the world reads no item side information (`item_side_channels` is empty)."""
+        raise ValueError(
+            f"the ground-truth world has no item side-information channel {channel!r} "
+            "(its items are their attributes)"
+        )
 
     def score_slates(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
         """p(r_j | state, slate, earlier slots skipped): (n, k, R); nothing advances."""

@@ -14,6 +14,7 @@ import numpy as np
 from evaluation.fidelity.render_sections import (
     behaviour_lines,
     comparison_lines,
+    deeper_label,
     fmt,
     privacy_lines,
     profile_lines,
@@ -160,6 +161,23 @@ def plot_policies(res: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def headline_table(rows: list[list[Any]]) -> list[str]:
+    """The headline rows that have a figure; what does not apply is named once, not shown empty."""
+    shown = [r for r in rows if r[1] is not None or r[2] is not None]
+    absent = [str(r[0]) for r in rows if r[1] is None and r[2] is None]
+    if any(r[2] is not None for r in shown):
+        out = [table(["metric", "simulator", "oracle / floor"], shown)]
+    else:  # no ground truth: no oracle column
+        out = [table(["metric", "simulator"], [r[:2] for r in shown])]
+    if absent:
+        out += [
+            "",
+            "Not shown, as they do not apply here (no ground-truth world, no policy ranking, no "
+            f"events of the kind, or no --sim2real): {', '.join(absent)}.",
+        ]
+    return out
+
+
 def write_report(res: dict[str, Any], path: str | Path) -> list[Path]:
     """Write the Markdown report at path and its PNG plots beside it; returns the files."""
     path = Path(path)
@@ -203,7 +221,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             None,
         ],
         ["cold-item click AUC", res.get("cold_item_click_auc"), None],
-        ["buy AUC", res["buy_auc"], res["oracle_buy_auc"]],
+        [f"{deeper_label(res)} AUC", res["buy_auc"], res["oracle_buy_auc"]],
         ["click log-loss", res["click_logloss"], res["oracle_click_logloss"]],
         ["click ECE (15 bins)", res["ece_click"], res["oracle_ece_click"]],
         ["KL(true || sim) per slot (nats)", res["kl_per_slot"], res["kl_floor"]],
@@ -212,7 +230,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         ["Kendall tau-b (CI ties)", res["kendall_tau"], None],
         ["sim-to-real ratio", res["sim2real_ratio"], None],
     ]
-    out.append(table(["metric", "simulator", "oracle / floor"], rows))
+    out += headline_table(rows)
     out.append("")
     out += ["### Targets", ""]
     out.append(
@@ -252,9 +270,9 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 "click AUC",
                 "click log-loss",
                 "click ECE",
-                "buy AUC",
-                "buy log-loss",
-                "buy|click AUC",
+                f"{deeper_label(res)} AUC",
+                f"{deeper_label(res)} log-loss",
+                f"{deeper_label(res)}|click AUC",
             ],
             rows,
         )

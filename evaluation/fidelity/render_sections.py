@@ -40,6 +40,17 @@ ABSENT_REASONS = {
 """Why a group of events can be empty (said once instead of empty rows)."""
 
 
+def deeper_label(res: dict[str, Any]) -> str:
+    """What the report's "buy" figures are about: engagement past the first level, named.
+
+    `buy` for the default behaviours, else the deeper behaviours joined (e.g. `like+follow`).
+    """
+    levels = list(res.get("per_behaviour") or ["click", "buy"])
+    if levels == ["click", "buy"]:
+        return "buy"
+    return "+".join(levels[1:]) or "deeper"
+
+
 def fmt(v: Any, digits: int = 4) -> str:
     """One value as report text (– for None, fixed decimals for floats)."""
     if v is None:

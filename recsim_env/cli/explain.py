@@ -21,7 +21,10 @@ from recsim_env.cli.args import (
     positive_int,
 )
 
-HELP = "Explain a simulated user's responses: counterfactual effects of profile fields and history."
+HELP = (
+    "Explain a simulated user's responses: counterfactual effects of profile fields, history "
+    "steps and the slate items' side information (attributes, title)."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         generated_situation,
         item_indices,
         plot_explanation,
+        short_labels,
         situation_from_logs,
         world_agreement,
     )
@@ -114,7 +118,11 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.json, out)
     if args.plot:
         plot_explanation(
-            expl, titles, args.plot, f"Why this user would engage ({situation.source})"
+            expl,
+            titles,
+            args.plot,
+            f"Why this user would engage: {situation.source}",
+            short_labels(expl, situation),
         )
         print(f"wrote plot to {args.plot}")
     if args.json:

@@ -222,18 +222,20 @@ def _validate(cfg: Any, ray: Any) -> dict:
 
 def summary(res: dict) -> str:
     """The headline figures as aligned text lines."""
+    from evaluation.fidelity.render_sections import deeper_label
 
     def f(v: object) -> str:
         return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
     s = res["setup"]
+    deeper = deeper_label(res)  # the "buy" figures, named after the logs' behaviours
     lines = [
         f"validate: {s['simulator']} on {s['heldout_users']} held-out users "
         f"({s['heldout_events']} slot events), {s['seconds']['total']:.0f}s",
         f"  click AUC {f(res['click_auc'])} (oracle {f(res['oracle_click_auc'])}, popularity "
         f"{f(res['popularity_click_auc'])}, logreg {f(res['logreg_click_auc'])}, gbdt "
         f"{f(res['gbdt_click_auc'])}); cold items {f(res['cold_item_click_auc'])}",
-        f"  buy AUC {f(res['buy_auc'])}  click log-loss {f(res['click_logloss'])}  "
+        f"  {deeper} AUC {f(res['buy_auc'])}  click log-loss {f(res['click_logloss'])}  "
         f"ECE {f(res['ece_click'])}",
         f"  KL per slot {f(res['kl_per_slot'])} (floor {f(res['kl_floor'])})  "
         f"KL leave {f(res['kl_leave'])}  session-length KS {f(res['session_length_ks'])}",

@@ -24,6 +24,7 @@ speculative decoding, the ring and the refill share the cache state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -548,6 +549,20 @@ class GPT2UserSimulator:
         if uniforms is None and forced_responses is None:
             forced_responses = np.zeros(np.shape(slates), dtype=np.int64)
         return self._decode(rows, slates, uniforms, forced_responses, None, peek=True)
+
+    @property
+    def item_side_channels(self) -> tuple[str, ...]:
+        """Item attributes (category, price) and title text (`UserLM.ITEM_SIDE_CHANNELS`)."""
+        return self.model.ITEM_SIDE_CHANNELS
+
+    def without_item_side(
+        self, items: np.ndarray, channel: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Score without that part of `items`' side information (`UserLM.without_item_side`)."""
+        idx = torch.as_tensor(np.asarray(items, dtype=np.int64).ravel(), device=self.device)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_items):
+            raise ValueError(f"items must be indices in [0, {self.num_items}), got {items}")
+        return self.model.without_item_side(idx, channel)
 
     def score_slates(self, rows: np.ndarray, slates: np.ndarray) -> np.ndarray:
         """p(r_j | state, slate, earlier slots skipped) of hypothetical slates: (n, k, R).

@@ -13,6 +13,8 @@ stepping, refills and candidate scoring all call it, and differ only in the `Att
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -262,6 +264,20 @@ class UserLM(nn.Module):
         """The dtype of the backbone's weights (float32, or bfloat16/float16 for inference)."""
         return self.backbone.head_weight().dtype
 
+    ITEM_SIDE_CHANNELS = ("attributes", "title")
+    """The parts of an item's side information: its features (category, price) and its title
+    (hashed words, plus sentence embeddings when the network has that channel)."""
+
+    def item_side_parts(self) -> dict[str, torch.Tensor]:
+        """(num_items, d) float32 side embedding of every item, per `ITEM_SIDE_CHANNELS` part."""
+        with torch.inference_mode():
+            words = self.item_text  # (N, W)
+            count = (words > 0).sum(-1, keepdim=True).clamp(min=1).float()
+            title = self.word_emb(words).sum(-2) / count
+            if self.text_proj is not None and self.item_text_emb is not None:
+                title = title + self.text_proj(self.item_text_emb.float())
+            return {"attributes": self.feat_proj(self.item_features.float()), "title": title}
+
     def item_side(self) -> torch.Tensor:
         """(num_items + 1, d) float32 side embeddings of every item (row 0: none).
 
@@ -272,18 +288,33 @@ class UserLM(nn.Module):
             params += [self.text_proj.weight, self.item_text_emb]
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._side_key != key or self._side is None:
-            with torch.inference_mode():
-                words = self.item_text  # (N, W)
-                count = (words > 0).sum(-1, keepdim=True).clamp(min=1).float()
-                side = (
-                    self.feat_proj(self.item_features.float())
-                    + self.word_emb(words).sum(-2) / count
-                )
-                if self.text_proj is not None and self.item_text_emb is not None:
-                    side = side + self.text_proj(self.item_text_emb.float())
-                self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
+            side = sum(self.item_side_parts().values())
+            assert isinstance(side, torch.Tensor)
+            self._side = torch.cat([side.new_zeros(1, side.shape[1]), side])
             self._side_key = key
         return self._side
+
+    @contextlib.contextmanager
+    def without_item_side(self, items: torch.Tensor, channel: str) -> Iterator[None]:
+        """Inference inside the block sees `items` without that part of their side information.
+
+        The counterfactual of `simulators.explanations`: the cached per-item sums are swapped
+        for a copy with the part subtracted, so cached stepping and candidate scoring run
+        unchanged; keys and values already in the cache (earlier steps) keep what they saw.
+        """
+        if channel not in self.ITEM_SIDE_CHANNELS:
+            raise ValueError(
+                f"unknown item side channel {channel!r}; allowed: {', '.join(self.ITEM_SIDE_CHANNELS)}"
+            )
+        side = self.item_side()
+        items = torch.unique(items.to(side.device))
+        masked = side.clone()
+        masked[items + 1] -= self.item_side_parts()[channel][items]
+        self._side = masked
+        try:
+            yield
+        finally:
+            self._side = side
 
     def forward(
         self, tokens: TokenBlock, position_ids: torch.Tensor, attend: object
