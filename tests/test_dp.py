@@ -360,3 +360,32 @@ def test_membership_is_not_computed_without_training_users():
     out = privacy_section(run)  # type: ignore[arg-type]
     assert out["membership_attack_auc"] is None and "not known" in out["membership_note"]
     assert out["dp_epsilon"] == 1.0
+
+
+def test_dp_refuses_a_data_parallel_launch_in_one_line(
+    tiny_logs_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch --num_processes 2 sets
+    assert main(_dp_args(tiny_logs_dir, tmp_path / "x")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--dp-epsilon trains in one process, not in 2 data-parallel ones" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_steps_that_sample_no_user_are_noise_only_and_keep_progress_finite(tiny_logs_dir, tmp_path):
+    logs = read_logs(tiny_logs_dir)
+    dp = DPConfig(epsilon=8.0, expected_users=1, noise_seed=3)
+    cfg = TrainConfig(size="tiny", context_length=128, max_steps=6, eval_every=3, dp=dp)
+    trainer = SimulatorTrainer(logs, tmp_path / "sim", cfg, progress=False)
+    assert trainer.dp is not None
+    empty = [s for s in range(6) if len(trainer.dp.sample_users(s)) == 0]
+    assert empty  # at q = 1/N most steps sample nobody
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert math.isnan(trainer.dp.compute_gradients(trainer.model, empty[0]))
+    grads = [p.grad for p in trainer.model.parameters()]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)  # the noise alone
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+    trainer.train()
+    assert "nan" not in trainer.progress_line()
+    assert "loss -" not in trainer.progress_line() or len(empty) == 6

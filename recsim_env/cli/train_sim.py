@@ -145,8 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dp-epsilon",
         type=positive_float,
         default=None,
-        help="train with user-level DP-SGD to this epsilon over the planned steps (--max-steps, "
-        "else --epochs); the spent epsilon goes into the checkpoint and --json",
+        help="train with user-level DP-SGD to this epsilon (finite, > 0; leave it out for no DP) "
+        "over the planned steps (--max-steps, else --epochs); the spent epsilon goes into the "
+        "checkpoint and --json",
     )
     dp.add_argument(
         "--dp-delta",

@@ -51,6 +51,7 @@ from simulators.training.data import (
 from simulators.training.dp import DPConfig, UserLevelDPSGD, synthetic_population
 from simulators.training.parallel import (
     backward_on_shard,
+    launched_world_size,
     make_accelerator,
     shard,
     sum_gradients,
@@ -170,6 +171,12 @@ class SimulatorTrainer:
         progress: bool = True,
     ) -> None:
         """Encode the logs, split by user and build the model (nothing is trained yet)."""
+        if cfg.dp is not None and launched_world_size() > 1:  # before any rank's work
+            raise ValueError(
+                f"--dp-epsilon trains in one process, not in {launched_world_size()} "
+                "data-parallel ones (user-level DP-SGD is not data-parallel): run train-sim "
+                "without accelerate launch"
+            )
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
@@ -280,8 +287,6 @@ class SimulatorTrainer:
 
     def _make_dp(self, dp: DPConfig, is_val: np.ndarray) -> UserLevelDPSGD:
         """The DP-SGD mechanism over the training users' windows, planned for the step budget."""
-        if self.world > 1:
-            raise ValueError("--dp-epsilon trains in one process (no data-parallel launch)")
         by_user: dict[str, list[dict[str, np.ndarray]]] = {}
         for s, u, v in zip(self.data.sessions, self.data.users, is_val):
             if not v:
@@ -536,7 +541,8 @@ class SimulatorTrainer:
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                self._progress.step(step, loss.item())
+                if math.isfinite(loss.item()):  # NaN: a DP step that sampled no user
+                    self._progress.step(step, loss.item())
                 bar.set_postfix_str(self.progress_line(short=True))
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
