@@ -389,3 +389,13 @@ def test_steps_that_sample_no_user_are_noise_only_and_keep_progress_finite(tiny_
     trainer.train()
     assert "nan" not in trainer.progress_line()
     assert "loss -" not in trainer.progress_line() or len(empty) == 6
+
+
+def test_unreachable_epsilon_is_one_line_without_accountant_warnings(
+    tiny_logs_dir, tmp_path, capsys, recwarn
+):
+    assert main(_dp_args(tiny_logs_dir, tmp_path / "x", "0.0001")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no noise level reaches it over 6 steps" in err
+    assert not [w for w in recwarn if "Optimal order" in str(w.message)]
+    assert not (tmp_path / "x").exists()
