@@ -16,6 +16,8 @@ EXAMPLES = {
 }
 if importlib.util.find_spec("ray") is not None:  # the optional extra [ray]
     EXAMPLES["rllib_ppo.py"] = "env steps/s per env runner"
+if importlib.util.find_spec("opacus") is not None:  # the optional extra [dp]
+    EXAMPLES["dp_privacy_utility.py"] = "| inf | - |"
 
 
 @pytest.fixture(scope="module")

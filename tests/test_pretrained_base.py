@@ -421,6 +421,18 @@ def test_bad_input_is_one_line_and_exit_2(tiny_logs_dir, tiny_base, tmp_path, ca
     assert "--lora-rank" in err
     err = _bad(tiny_logs_dir, tmp_path, capsys, "--lora-rank", "2")
     assert "--lora-rank needs --base-model" in err
+    err = _bad(
+        tiny_logs_dir,
+        tmp_path,
+        capsys,
+        "--base-model",
+        str(tiny_base),
+        "--lora-rank",
+        "2",
+        "--dp-epsilon",
+        "8",
+    )
+    assert "--dp-epsilon and --lora-rank cannot be combined" in err
     err = _bad(tiny_logs_dir, tmp_path, capsys, "--size", "tiny", "--lora-alpha", "4")
     assert "--lora-alpha" in err
     no_tok = tmp_path / "no_tokenizer"

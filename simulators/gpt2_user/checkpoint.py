@@ -118,6 +118,19 @@ def save_simulator(sim: GPT2UserSimulator, directory: str | Path) -> Path:
     return out
 
 
+def update_extra(directory: str | Path, extra: dict[str, Any]) -> None:
+    """Merge `extra` into a saved checkpoint's `extra` (its manifest is rewritten atomically).
+
+    The hashed files are untouched, so the manifest's hashes stay valid; used to keep a record
+    about the training run current (the privacy budget spent) after the weights were saved.
+    """
+    commit_pending(directory)  # a save staged but not yet committed comes first
+    path = Path(directory) / "simulator_config.json"
+    meta = _read_json(path)
+    meta["extra"] = {**(meta.get("extra") or {}), **extra}
+    atomic_write_text(path, json.dumps(meta, indent=1) + "\n")
+
+
 NEW = ".new"
 """Suffix of a checkpoint file written but not yet committed."""
 

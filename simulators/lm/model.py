@@ -255,22 +255,22 @@ class UserLM(nn.Module):
             x = x + self.summary_emb(tokens.summary)
         if self.pretrained_text is not None:
             x = x + self.pretrained_text.tokens(tokens.input_ids, x.dtype)
+        # computed at every token and masked, with no data-dependent branch: `torch.func.vmap`
+        # (per-user gradients of DP training, `simulators.training.dp`) cannot batch one
         items = tokens.items
         is_item = items >= 0
-        if bool(is_item.any()):
-            idx = items.clamp(min=0)
-            words = self.item_text[idx]  # (B, T, W)
-            count = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
-            side = (
-                self.feat_proj(self.item_features[idx].to(x.dtype))
-                + self.word_emb(words).sum(-2) / count
-            )
-            if self.text_proj is not None and self.item_text_emb is not None:
-                side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
-            if self.pretrained_text is not None:
-                side = side + self.pretrained_text.items(idx, x.dtype)
-            x = x + side * is_item.unsqueeze(-1).to(x.dtype)
-        return x
+        idx = items.clamp(min=0)
+        words = self.item_text[idx]  # (B, T, W)
+        count = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
+        side = (
+            self.feat_proj(self.item_features[idx].to(x.dtype))
+            + self.word_emb(words).sum(-2) / count
+        )
+        if self.text_proj is not None and self.item_text_emb is not None:
+            side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
+        if self.pretrained_text is not None:
+            side = side + self.pretrained_text.items(idx, x.dtype)
+        return x + side * is_item.unsqueeze(-1).to(x.dtype)
 
     def _embed_inference(self, tokens: TokenBlock) -> torch.Tensor:
         """`embed` without autograd, with the per-item side embeddings precomputed."""
