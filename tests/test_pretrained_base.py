@@ -435,6 +435,8 @@ def test_bad_input_is_one_line_and_exit_2(tiny_logs_dir, tiny_base, tmp_path, ca
     assert "--dp-epsilon and --lora-rank cannot be combined" in err
     err = _bad(tiny_logs_dir, tmp_path, capsys, "--size", "tiny", "--lora-alpha", "4")
     assert "--lora-alpha" in err
+    err = _bad(tiny_logs_dir, tmp_path, capsys, "--size", "tiny", "--no-pretrained-text")
+    assert "--no-pretrained-text applies to a --base-model" in err
     no_tok = tmp_path / "no_tokenizer"
     no_tok.mkdir()
     for name in ("config.json", "model.safetensors"):

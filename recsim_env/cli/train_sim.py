@@ -248,6 +248,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if cfg.base_model and cfg.init_sim:
         raise UsageError("--init-sim and --base-model are exclusive: pick one starting point")
+    if args.no_pretrained_text and not cfg.base_model:
+        raise UsageError(
+            "--no-pretrained-text applies to a --base-model (without one there is no base text)"
+        )
     if cfg.lora_rank:
         require_peft()
     if cfg.base_model:
