@@ -84,6 +84,9 @@ def render(ckpt: Path, rates: dict, command: str) -> str:
         f"Simulator: {json.dumps(meta['simulator'])}. Files: {size / 1e6:.1f} MB (safetensors + JSON).",
         f"Training: {json.dumps(training.get('train_config', {}))}",
         "",
+        "## Privacy",
+        *privacy_lines(meta["extra"].get("privacy"), training.get("train_users")),
+        "",
         "## Validation",
         f"Best validation loss (mean NLL per user token): {training.get('best_val_loss', float('nan')):.4f} "
         f"(responses {training.get('val_response_nll', float('nan')):.4f}, leave "
@@ -102,6 +105,38 @@ def render(ckpt: Path, rates: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def privacy_lines(record: dict | None, train_users: int | None) -> list[str]:
+    """What the card says about privacy: the DP guarantee and what it does not cover, or none.
+
+    Args:
+        record: the checkpoint's `privacy` record (`simulators.training.dp`), None without DP.
+        train_users: users trained on.
+    """
+    if record is None:
+        return [
+            "Trained **without differential privacy**: no formal guarantee. The weights are "
+            f"a summary of the {train_users} training users' sessions, and "
+            "`population.safetensors` holds real training users' profiles (the users episodes "
+            "are drawn from). Measure what leaks with `llm-usersim validate --logs "
+            "TRAINING_LOGS` (section Privacy: membership-inference attack AUC)."
+        ]
+    return [
+        f"Trained with **user-level differential privacy** (DP-SGD, the user with all their "
+        f"sessions is the protected unit): **epsilon = {record['epsilon']:.3f}, delta = "
+        f"{record['delta']:.3g}** over {record['steps']} steps (target epsilon "
+        f"{record['target_epsilon']:g}; {record['accountant']}). Noise multiplier "
+        f"{record['noise_multiplier']:.3f}, each user's gradient clipped to "
+        f"{record['max_grad_norm']:g}, users sampled at rate {record['sample_rate']:.4g} "
+        f"({record['expected_users_per_step']} per step on average of "
+        f"{record['training_users']}). Population: {record['population']}. Every catalog "
+        "item counts as known (no per-item bit from the logs).",
+        "",
+        "Not covered by the guarantee:",
+        "",
+        *[f"- {item}" for item in record["not_covered"]],
+    ]
 
 
 def main() -> None:

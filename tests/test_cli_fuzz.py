@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,8 @@ FLAGS = {
         "--init-sim",
         "--json",
         "--epochs",
+        "--lora-rank",
+        "--lora-alpha",
     ],
     "generate-logs": [
         "--users",
@@ -178,7 +181,13 @@ def test_generated_bad_arguments_exit_0_or_2_in_one_line(sandbox, command, picks
     for index, value in picks:
         argv += [flags[index % len(flags)], _resolve(value, sandbox)]
         bad = True
-    rc, err = _run(argv)
+    # a relative value (e.g. "cpu" picked for --out) must land in the sandbox, not the checkout
+    cwd = os.getcwd()
+    os.chdir(sandbox)
+    try:
+        rc, err = _run(argv)
+    finally:
+        os.chdir(cwd)
     assert rc in (0, 2), (argv, rc, err)
     if rc == 2:
         lines = [line for line in err.splitlines() if line.strip()]

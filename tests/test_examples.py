@@ -15,9 +15,12 @@ EXAMPLES = {
     "cleanrl_ppo.py": "iteration 4/4: 256 user-steps",
     "torchrl_ppo.py": "batch 1: 128 user-steps",
     "generic_rl_benchmark.py": "ppo: mean return",
+    "pretrain_base.py": "saved base to",
 }
 if importlib.util.find_spec("ray") is not None:  # the optional extra [ray]
     EXAMPLES["rllib_ppo.py"] = "env steps/s per env runner"
+if importlib.util.find_spec("opacus") is not None:  # the optional extra [dp]
+    EXAMPLES["dp_privacy_utility.py"] = "| inf | - |"
 WITHOUT_OUT = {"custom_agent.py", "cleanrl_ppo.py", "torchrl_ppo.py", "generic_rl_benchmark.py"}
 """Examples that write nothing (no --out)."""
 

@@ -120,6 +120,8 @@ class PreparedLogs:
         policy: the held-out logs' logging policy, where known.
         seed: seed of the fresh held-out users (the configured seed with `logs`).
         notes: what was decided on the way, for the report.
+        members_known: `train` holds the simulator's own training users (the logs are its
+            training logs), so membership can be measured against the held-out users.
     """
 
     heldout: InteractionLogs
@@ -129,6 +131,7 @@ class PreparedLogs:
     policy: str | None
     seed: int
     notes: list[str]
+    members_known: bool = False
 
 
 def _check_fits(logs: InteractionLogs, sim: Any) -> None:
@@ -232,7 +235,14 @@ def _prepare_logs(
         notes.append(f"held-out users subsampled to {cfg.users}")
     log_policy = logs.meta.get("policy") if logs.meta.get("policy") in POLICIES else None
     return PreparedLogs(
-        select_users(logs, set(held_users)), train, warm, False, log_policy, cfg.seed, notes
+        select_users(logs, set(held_users)),
+        train,
+        warm,
+        False,
+        log_policy,
+        cfg.seed,
+        notes,
+        members_known=meta_equal and bool(train_cfg),
     )
 
 

@@ -16,6 +16,7 @@ from evaluation.fidelity.render_sections import (
     comparison_lines,
     deeper_label,
     fmt,
+    privacy_lines,
     profile_lines,
     table,
 )
@@ -424,6 +425,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
                 ],
             )
         )
+    out += ["", "## 6. Privacy", "", *privacy_lines(res.get("privacy"))]
     if res.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     out += [

@@ -199,3 +199,37 @@ def profile_lines(res: dict[str, Any]) -> list[str]:
         "",
         table(header, rows),
     ]
+
+
+def privacy_lines(priv: dict[str, Any] | None) -> list[str]:
+    """The privacy section: the training's DP record and the membership attack."""
+    if priv is None:
+        return ["Not computed."]
+    rec = priv.get("training_record")
+    out = [
+        (
+            f"Trained with user-level DP-SGD: epsilon {fmt(rec['epsilon'], 3)}, delta "
+            f"{rec['delta']:.3g} ({rec['steps']} steps, noise multiplier "
+            f"{fmt(rec['noise_multiplier'], 3)}, clip {rec['max_grad_norm']:g}, sampling rate "
+            f"{rec['sample_rate']:.4g}; {rec['accountant']})."
+            if rec
+            else "Trained without differential privacy (no formal guarantee)."
+        ),
+        "",
+        f"Membership inference, {priv['membership_attack']}.",
+        "",
+    ]
+    if priv.get("membership_attack_auc") is None:
+        return [*out, str(priv.get("membership_note") or "Not computed.")]
+    ci = priv["membership_attack_auc_ci95"]
+    rows = [
+        ["attack AUC (0.5: no better than chance)", priv["membership_attack_auc"]],
+        ["95% interval", f"[{ci[0]:.3f}, {ci[1]:.3f}]"],
+        [
+            "members / non-members (users)",
+            f"{priv['membership_members']} / {priv['membership_nonmembers']}",
+        ],
+        ["mean NLL per user token: members", priv["member_mean_nll"]],
+        ["mean NLL per user token: non-members", priv["nonmember_mean_nll"]],
+    ]
+    return [*out, table(["figure", "value"], rows)]

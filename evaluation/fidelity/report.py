@@ -35,6 +35,7 @@ from evaluation.fidelity.events import (
     world_replay,
 )
 from evaluation.fidelity.inputs import ValidationRun, setup_run
+from evaluation.fidelity.privacy import privacy_section
 from evaluation.fidelity.sections import (
     ground_truth_metrics,
     leave_metrics,
@@ -270,6 +271,7 @@ def _run_validation(cfg: ValidateConfig, ray: RayConfig | None) -> dict[str, Any
     leave = leave_metrics(run.events, run.sim_leave, run.true_leave)
     run.lap("responses", t0)
     baselines, warm_cold, train_events = baseline_section(run)
+    privacy = privacy_section(run)
     t0 = time.perf_counter()
     profile = profile_effect(run)
     warm_cold["items"]["cold"]["text"] = text_effect(run, ~run.known[run.events.item])
@@ -282,6 +284,8 @@ def _run_validation(cfg: ValidateConfig, ray: RayConfig | None) -> dict[str, Any
     run.timings["total"] = round(time.perf_counter() - t_all, 2)
     res = _assemble(run, responses, leave, baselines, warm_cold, sessions, gt, ranking, sim2real)
     res["profile_effect"] = profile
+    res["membership_attack_auc"] = privacy["membership_attack_auc"]
+    res["privacy"] = privacy
     return res
 
 

@@ -18,15 +18,19 @@ from recsim_env.cli.args import (
     nonnegative_int,
     output_dir,
     output_file,
+    positive_float,
     positive_int,
 )
 from simulators.atomic import exclusive_output
 from simulators.lm.backbone import check_base_model
 from simulators.lm.gpt2 import MODEL_SIZES
 from simulators.lm.model import SimulatorConfig
+from simulators.lm.pretrained_text import load_base_tokenizer
 from simulators.logs import read_logs
 from simulators.slate_fit import DEFAULT_CONTEXT
 from simulators.training import SimulatorTrainer, TrainConfig
+from simulators.training.dp import DPConfig, require_opacus
+from simulators.training.lora import parameter_counts, require_peft
 from simulators.training.parallel import launched_rank
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
@@ -45,6 +49,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="start from a pretrained causal LM: a local directory (or a hub name such as "
         "'gpt2' where the hub can be reached)",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=positive_int,
+        default=None,
+        help="with --base-model: train LoRA adapters of this rank (and the simulator's own "
+        "embeddings and head) instead of every weight; merged into the saved weights (needs "
+        "pip install 'llm-usersim[lora]')",
+    )
+    p.add_argument(
+        "--lora-alpha",
+        type=positive_int,
+        default=None,
+        help="LoRA alpha: updates scaled by alpha / rank (default: 2 x rank)",
+    )
+    p.add_argument(
+        "--no-pretrained-text",
+        action="store_true",
+        help="with --base-model: do not read titles and profiles with the base's own tokenizer "
+        "and pretrained token embeddings (the closed vocabulary and hashed title words only)",
     )
     p.add_argument(
         "--init-sim",
@@ -135,6 +159,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", type=output_file, default=None, help="write the training summary as JSON"
     )
+    dp = p.add_argument_group(
+        "differential privacy (user-level DP-SGD; needs pip install 'llm-usersim[dp]')"
+    )
+    dd = DPConfig(epsilon=1.0)
+    dp.add_argument(
+        "--dp-epsilon",
+        type=positive_float,
+        default=None,
+        help="train with user-level DP-SGD to this epsilon (finite, > 0; leave it out for no DP) "
+        "over the planned steps (--max-steps, else --epochs); the spent epsilon goes into the "
+        "checkpoint and --json",
+    )
+    dp.add_argument(
+        "--dp-delta",
+        type=float_in(0.0, 1.0, low_open=True, high_open=True),
+        default=None,
+        help="delta of --dp-epsilon (default: min(1e-5, 1 / (10 x training users)))",
+    )
+    dp.add_argument(
+        "--dp-users-per-step",
+        type=positive_int,
+        default=dd.expected_users,
+        help="users sampled per step on average (Poisson sampling)",
+    )
+    dp.add_argument(
+        "--dp-max-grad-norm",
+        type=positive_float,
+        default=dd.max_grad_norm,
+        help="each user's gradient (of their mean loss per token) is clipped to this norm",
+    )
+
+
+def _dp_config(args: argparse.Namespace) -> DPConfig | None:
+    """The DP settings of the flags (None without --dp-epsilon), opacus checked first."""
+    if args.dp_epsilon is None:
+        given = [
+            flag
+            for flag, value, default in (
+                ("--dp-delta", args.dp_delta, None),
+                ("--dp-users-per-step", args.dp_users_per_step, DPConfig(epsilon=1).expected_users),
+                ("--dp-max-grad-norm", args.dp_max_grad_norm, DPConfig(epsilon=1).max_grad_norm),
+            )
+            if value != default
+        ]
+        if given:
+            raise UsageError(f"{given[0]} applies only with --dp-epsilon")
+        return None
+    try:
+        require_opacus()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    return DPConfig(
+        epsilon=args.dp_epsilon,
+        delta=args.dp_delta,
+        expected_users=args.dp_users_per_step,
+        max_grad_norm=args.dp_max_grad_norm,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,11 +241,23 @@ def run(args: argparse.Namespace) -> int:
         context_length=args.context_length,
         session_summary=args.session_summary,
         text_encoder=args.text_encoder,
+        pretrained_text=not args.no_pretrained_text,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        dp=_dp_config(args),
     )
     if cfg.base_model and cfg.init_sim:
         raise UsageError("--init-sim and --base-model are exclusive: pick one starting point")
+    if args.no_pretrained_text and not cfg.base_model:
+        raise UsageError(
+            "--no-pretrained-text applies to a --base-model (without one there is no base text)"
+        )
+    if cfg.lora_rank:
+        require_peft()
     if cfg.base_model:
         check_base_model(cfg.base_model)  # before reading the logs: fail in a second, not later
+        if cfg.pretrained_text:
+            load_base_tokenizer(cfg.base_model)
     if args.resume and not (args.out / "training" / "state.safetensors").is_file():
         raise UsageError(f"--resume: {args.out} holds no training state (train without --resume)")
     # a second run into the same --out fails at once; data-parallel ranks > 0 write nothing
@@ -183,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
         state = trainer.train(resume=args.resume)
     if not trainer.is_main_process:  # data-parallel: rank 0 reports for all
         return 0
-    n_params = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
+    counts = parameter_counts(trainer.accelerator.unwrap_model(trainer.model))
+    n_params = counts["parameters"]
     summary = {
         "context_length": trainer.sim_config.context_length,
         "text_encoder": trainer.sim_config.text_encoder,
@@ -192,12 +286,33 @@ def run(args: argparse.Namespace) -> int:
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": n_params,
+        "trainable_parameters": counts["trainable"],
+        "lora_rank": cfg.lora_rank,
+        "lora_adapter_parameters": counts["adapters"],
+        "pretrained_text": bool(trainer.sim_config.pretrained_text),
         "processes": trainer.world,
         "history": state["history"],
+        **_privacy_summary(trainer.privacy()),
     }
     print(
-        f"trained {state['step']} steps in {state['train_seconds']:.0f}s ({n_params:,} parameters); "
+        f"trained {state['step']} steps in {state['train_seconds']:.0f}s ({n_params:,} parameters, "
+        f"{counts['trainable']:,} trained); "
         f"best validation loss {state['best_val']:.4f} at step {state.get('best_step')}; saved to {args.out}"
     )
+    if trainer.dp is not None:
+        priv = summary["privacy"]
+        print(
+            f"differential privacy: epsilon {priv['epsilon']:.3f} (target {priv['target_epsilon']:g}),"
+            f" delta {priv['delta']:.3g}, user-level, {priv['steps']} steps; noise multiplier "
+            f"{priv['noise_multiplier']:.3f}, clip {priv['max_grad_norm']:g}, sampling rate "
+            f"{priv['sample_rate']:.4g}"
+        )
     write_json(args.json, summary)
     return 0
+
+
+def _privacy_summary(record: dict | None) -> dict:
+    """The --json keys of the privacy budget (epsilon None: trained without DP)."""
+    if record is None:
+        return {"dp_epsilon": None, "dp_delta": None, "privacy": None}
+    return {"dp_epsilon": record["epsilon"], "dp_delta": record["delta"], "privacy": record}

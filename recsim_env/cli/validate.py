@@ -250,6 +250,21 @@ def summary(res: dict) -> str:
             f"{f(pe['sim']['click_logloss_difference'])} (oracle "
             f"{f(oracle.get('click_logloss_difference'))})"
         )
+    priv = res.get("privacy") or {}
+    if priv:
+        dp = (
+            f"DP epsilon {f(priv['dp_epsilon'])}, delta {priv['dp_delta']:.3g}"
+            if priv.get("dp")
+            else "no DP"
+        )
+        if priv.get("membership_attack_auc") is None:
+            lines.append(f"  privacy: {dp}; membership attack not computed (no training users)")
+        else:
+            lines.append(
+                f"  privacy: {dp}; membership attack AUC {f(priv['membership_attack_auc'])} "
+                f"({priv['membership_members']} training vs {priv['membership_nonmembers']} "
+                "held-out users)"
+            )
     for name, r in res["policy_returns"].items():
         lines.append(f"    {name:<10} sim {r['sim']:8.2f}  true {r['true']:8.2f}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from simulators.catalog import item_category_index, item_feature_matrix, item_fe
 from simulators.lm.backbone import backbone_from_pretrained
 from simulators.lm.gpt2 import GPT2Backbone
 from simulators.lm.model import SimulatorConfig, UserLM
+from simulators.lm.pretrained_text import new_item_vectors, pretrained_text_vectors
 from simulators.text_encoder import embed_minilm
 from simulators.tokenization import SimTokenizer, text_buckets
 
@@ -41,7 +42,8 @@ def item_side_information(
 
     Returns:
         `features` (n, F) float32 (`simulators.catalog.item_features_like`), `text` (n, W)
-        hashed title words and, with a text encoder, `text_emb` (n, E).
+        hashed title words, with a text encoder `text_emb` (n, E), and with the
+        pretrained-text channel `base_text` (n, E) (`simulators.lm.pretrained_text`).
     """
     cfg = model.sim_config
     out = {
@@ -51,6 +53,10 @@ def item_side_information(
     emb = title_embeddings(items, cfg)
     if emb is not None:
         out["text_emb"] = emb
+    if model.pretrained_text is not None:
+        out["base_text"] = new_item_vectors(
+            model.pretrained_text, cfg.pretrained_text, _titles(reference), _titles(items)
+        )
     return out
 
 
@@ -66,7 +72,8 @@ def build_user_lm(
 
     `base_model` ('gpt2', a hub name, or a local directory) loads the pretrained network through
     its backbone adapter and resizes its embeddings to our vocabulary; the network keeps its
-    pretrained blocks.
+    pretrained blocks. With `sim_config.pretrained_text` (a base's name) titles and profile
+    tokens are also read with that base's tokenizer and pretrained token embeddings.
 
     Raises:
         ValueError: unknown size, unsupported or unreadable base model, or a base model whose
@@ -89,6 +96,9 @@ def build_user_lm(
         else torch.from_numpy(item_known)
     )
     category = torch.from_numpy(item_category_index(items))
+    base_text: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    if sim_config.pretrained_text:
+        base_text = pretrained_text_vectors(sim_config.pretrained_text, _titles(items), tokenizer)
     return UserLM(
         backbone,
         sim_config,
@@ -98,4 +108,5 @@ def build_user_lm(
         tokenizer.output_tokens,
         category,
         title_embeddings(items, sim_config),
+        *base_text,
     )

@@ -44,7 +44,14 @@ CHECKPOINT_FILES = (
 )
 HASHED_FILES = CHECKPOINT_FILES[:4]
 """Files whose SHA-256 the manifest (simulator_config.json) records."""
-CATALOG_BUFFERS = ("item_features", "item_text", "item_known", "item_category", "item_text_emb")
+CATALOG_BUFFERS = (
+    "item_features",
+    "item_text",
+    "item_known",
+    "item_category",
+    "item_text_emb",
+    "pretrained_text.item_emb",
+)
 """Weights with one row per catalog item."""
 CHECKPOINT_FORMAT_VERSION = 2
 _V1_PREFIX, _V2_PREFIX = "gpt2.", "backbone.lm."
@@ -109,6 +116,19 @@ def save_simulator(sim: GPT2UserSimulator, directory: str | Path) -> Path:
     atomic_write_text(staged["simulator_config.json"], json.dumps(meta, indent=1) + "\n")
     commit_pending(out)
     return out
+
+
+def update_extra(directory: str | Path, extra: dict[str, Any]) -> None:
+    """Merge `extra` into a saved checkpoint's `extra` (its manifest is rewritten atomically).
+
+    The hashed files are untouched, so the manifest's hashes stay valid; used to keep a record
+    about the training run current (the privacy budget spent) after the weights were saved.
+    """
+    commit_pending(directory)  # a save staged but not yet committed comes first
+    path = Path(directory) / "simulator_config.json"
+    meta = _read_json(path)
+    meta["extra"] = {**(meta.get("extra") or {}), **extra}
+    atomic_write_text(path, json.dumps(meta, indent=1) + "\n")
 
 
 NEW = ".new"
@@ -207,6 +227,8 @@ def load_simulator(
             tokenizer.output_tokens,
             state.get("item_category"),
             state.get("item_text_emb"),
+            state.get("pretrained_text.item_emb"),
+            state.get("pretrained_text.token_emb"),
         )
         model.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:

@@ -175,8 +175,10 @@ class GPT2UserSimulator:
         no learned token (it reads as <unk_item>, as items dropped out in training do): it
         enters by its side information, computed as for the training catalog
         (`simulators.catalog.item_features_like`: a known category's one-hot, none for a new
-        category; the price standardised as the catalog's; the title's hashed words, and its
-        sentence embedding when the simulator has a text encoder). The session summary counts
+        category; the price standardised as the catalog's; the title's hashed words, its
+        sentence embedding when the simulator has a text encoder, and its pooled pretrained
+        token embeddings with the pretrained-text channel, read from the base again: zeros
+        and a warning where that base is gone or is another model). The session summary counts
         a new category apart from the known ones. Added items are not saved with the
         checkpoint.
 
@@ -203,6 +205,9 @@ class GPT2UserSimulator:
                 model.item_text_emb = torch.cat(
                     [model.item_text_emb, side["text_emb"].to(dev, model.item_text_emb.dtype)]
                 )
+            if model.pretrained_text is not None:
+                channel = model.pretrained_text
+                channel.item_emb = torch.cat([channel.item_emb, side["base_text"].to(dev)])
             model.item_known = torch.cat(
                 [model.item_known, torch.zeros(len(table), dtype=torch.bool, device=dev)]
             )

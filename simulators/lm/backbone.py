@@ -27,6 +27,10 @@ class Backbone(nn.Module):
 
     model_type: ClassVar[str] = ""
     config: PretrainedConfig
+    lora_targets: ClassVar[tuple[str, ...]] = ()
+    """Names of the linear layers LoRA adapts (`simulators.training.lora`); empty: no LoRA."""
+    lora_fan_in_fan_out: ClassVar[bool] = False
+    """Whether those layers store their weight as (in, out) (GPT-2's Conv1D does)."""
 
     @property
     def n_layer(self) -> int:
@@ -68,6 +72,14 @@ class Backbone(nn.Module):
 
     def head_weight(self) -> torch.Tensor:
         """The output head's weight (vocab, d) (untied; the user's outputs are rows of it)."""
+        raise NotImplementedError
+
+    def vocabulary_parameters(self) -> list[nn.Parameter]:
+        """The closed vocabulary's token embeddings and the head.
+
+        Their rows are the simulator's own tokens (a pretrained base's rows for those ids mean
+        other words), so they are trained also when LoRA freezes the rest of the network.
+        """
         raise NotImplementedError
 
     def cast_for_inference(self, dtype: torch.dtype) -> None:

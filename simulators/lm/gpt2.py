@@ -19,6 +19,7 @@ from typing import Any, ClassVar, cast
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+from transformers.pytorch_utils import Conv1D
 
 from simulators.lm.attention import Attention
 from simulators.lm.backbone import Backbone
@@ -63,6 +64,8 @@ class GPT2Backbone(Backbone):
     """
 
     model_type: ClassVar[str] = "gpt2"
+    lora_targets: ClassVar[tuple[str, ...]] = ("c_attn", "c_proj", "c_fc")
+    lora_fan_in_fan_out: ClassVar[bool] = True
 
     def __init__(self, lm: GPT2LMHeadModel) -> None:
         """Wrap a GPT2LMHeadModel."""
@@ -105,6 +108,10 @@ class GPT2Backbone(Backbone):
         """lm_head.weight (untied)."""
         return self.lm.lm_head.weight
 
+    def vocabulary_parameters(self) -> list[torch.nn.Parameter]:
+        """wte.weight and lm_head.weight."""
+        return [self.lm.transformer.wte.weight, self.lm.lm_head.weight]
+
     def forward(
         self, x: torch.Tensor, position_ids: torch.Tensor, attend: Attention
     ) -> torch.Tensor:
@@ -124,13 +131,12 @@ class GPT2Backbone(Backbone):
                 m = fused_linear(block.ln_2(h), w_fc, b_fc, gelu=True)
                 h = h.add_(fused_linear(m, w_out, b_out))
                 continue
-            qkv = torch.addmm(block.attn.c_attn.bias, a, block.attn.c_attn.weight)
-            q, k, v = qkv.view(b, t, 3, nh, -1).unbind(2)
+            # the modules are called (Conv1D: one addmm), so LoRA adapters wrapping them count
+            q, k, v = block.attn.c_attn(a).view(b, t, 3, nh, -1).unbind(2)
             o = attend(layer, q, k, v)
-            h = h + torch.addmm(block.attn.c_proj.bias, o, block.attn.c_proj.weight)
-            m = torch.addmm(block.mlp.c_fc.bias, block.ln_2(h), block.mlp.c_fc.weight)
-            m = gelu_tanh(m)
-            h = h + torch.addmm(block.mlp.c_proj.bias, m, block.mlp.c_proj.weight)
+            h = h + block.attn.c_proj(o)
+            m = gelu_tanh(block.mlp.c_fc(block.ln_2(h)))
+            h = h + block.mlp.c_proj(m)
         return tr.ln_f(h).view(b, t, d)
 
     def _fast_linears(self, h: torch.Tensor) -> list[tuple[torch.Tensor, ...]] | None:
@@ -144,6 +150,8 @@ class GPT2Backbone(Backbone):
         mods = [
             (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj) for blk in self._blocks
         ]
+        if any(type(mod) is not Conv1D for layer in mods for mod in layer):
+            return None  # LoRA-wrapped layers (training): their `.weight` lacks the adapter
         params = [p for layer in mods for mod in layer for p in (mod.weight, mod.bias)]
         key = (h.dtype, *((id(p), p.data_ptr(), p._version) for p in params))
         if self._fast_key != key:

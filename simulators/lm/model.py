@@ -23,6 +23,7 @@ from torch import nn
 
 from simulators.lm.attention import FullAttention, recency_slopes, window_bias
 from simulators.lm.backbone import Backbone
+from simulators.lm.pretrained_text import PretrainedTextChannel
 from simulators.text_encoder import TEXT_ENCODERS
 from simulators.tokenization import NUM_ROLES, NUM_SUMMARY_CODES
 
@@ -54,6 +55,10 @@ class SimulatorConfig:
     text_encoder: str = "hashed"
     """How item titles enter: `hashed` (hashed words, learned embeddings) or `minilm` (also
     each title's all-MiniLM-L6-v2 sentence embedding, projected; `simulators.text_encoder`)."""
+    pretrained_text: str = ""
+    """The pretrained base (local directory or hub name) whose tokenizer and input token
+    embeddings read item titles and profile tokens (`simulators.lm.pretrained_text`); '': the
+    channel is off. train-sim sets it with `--base-model` (unless `--no-pretrained-text`)."""
     session_summary: bool = False
     """Add a learned embedding of the session-summary channel (what the user has clicked and
     bought of an item's category earlier in the session, see `simulators.tokenization`) to
@@ -136,6 +141,9 @@ class UserLM(nn.Module):
         item_category: (N,) category index of every item (needed with `session_summary`).
         item_text_emb: (N, E) float sentence embeddings of the titles (needed with
             `text_encoder="minilm"`; zero rows for items without a title).
+        item_base_text: (N, E) pooled pretrained token embeddings of the titles, and
+        token_base_text: (V0, E) of the closed-vocabulary ids below the item tokens (both
+            needed with `pretrained_text`; `simulators.lm.pretrained_text`).
     """
 
     # Buffers (registered in __init__ / add_session_summary).
@@ -156,6 +164,8 @@ class UserLM(nn.Module):
         output_tokens: tuple[int, ...],
         item_category: torch.Tensor | None = None,
         item_text_emb: torch.Tensor | None = None,
+        item_base_text: torch.Tensor | None = None,
+        token_base_text: torch.Tensor | None = None,
     ) -> None:
         """Register the embeddings and the catalog side information (as buffers)."""
         super().__init__()
@@ -189,6 +199,15 @@ class UserLM(nn.Module):
             self.text_proj = nn.Linear(item_text_emb.shape[1], d, bias=False)
             nn.init.normal_(self.text_proj.weight, std=0.02)
             self.register_buffer("item_text_emb", item_text_emb.float())
+        self.pretrained_text: PretrainedTextChannel | None = None
+        if sim_config.pretrained_text:
+            if item_base_text is None or token_base_text is None:
+                raise ValueError("a pretrained_text simulator needs pooled vectors of its text")
+            if len(item_base_text) != len(item_features):
+                raise ValueError(
+                    f"item_base_text has {len(item_base_text)} rows for {len(item_features)} items"
+                )
+            self.pretrained_text = PretrainedTextChannel(item_base_text, token_base_text, d)
         self._side: torch.Tensor | None = None
         self._side_key: tuple | None = None
         self._out_w: torch.Tensor | None = None
@@ -234,20 +253,24 @@ class UserLM(nn.Module):
         x = x + self.role_emb(tokens.roles) + self.slot_emb(slots)
         if self.summary_emb is not None:
             x = x + self.summary_emb(tokens.summary)
+        if self.pretrained_text is not None:
+            x = x + self.pretrained_text.tokens(tokens.input_ids, x.dtype)
+        # computed at every token and masked, with no data-dependent branch: `torch.func.vmap`
+        # (per-user gradients of DP training, `simulators.training.dp`) cannot batch one
         items = tokens.items
         is_item = items >= 0
-        if bool(is_item.any()):
-            idx = items.clamp(min=0)
-            words = self.item_text[idx]  # (B, T, W)
-            count = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
-            side = (
-                self.feat_proj(self.item_features[idx].to(x.dtype))
-                + self.word_emb(words).sum(-2) / count
-            )
-            if self.text_proj is not None and self.item_text_emb is not None:
-                side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
-            x = x + side * is_item.unsqueeze(-1).to(x.dtype)
-        return x
+        idx = items.clamp(min=0)
+        words = self.item_text[idx]  # (B, T, W)
+        count = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
+        side = (
+            self.feat_proj(self.item_features[idx].to(x.dtype))
+            + self.word_emb(words).sum(-2) / count
+        )
+        if self.text_proj is not None and self.item_text_emb is not None:
+            side = side + self.text_proj(self.item_text_emb[idx].to(x.dtype))
+        if self.pretrained_text is not None:
+            side = side + self.pretrained_text.items(idx, x.dtype)
+        return x + side * is_item.unsqueeze(-1).to(x.dtype)
 
     def _embed_inference(self, tokens: TokenBlock) -> torch.Tensor:
         """`embed` without autograd, with the per-item side embeddings precomputed."""
@@ -257,6 +280,8 @@ class UserLM(nn.Module):
         x = x + self.item_side()[tokens.items + 1]
         if self.summary_emb is not None:
             x = x + self.summary_emb(tokens.summary).float()
+        if self.pretrained_text is not None:
+            x = x + self.pretrained_text.token_vectors_inference(tokens.input_ids)
         return x.to(self.backbone_dtype)
 
     @property
@@ -266,7 +291,8 @@ class UserLM(nn.Module):
 
     ITEM_SIDE_CHANNELS = ("attributes", "title")
     """The parts of an item's side information: its features (category, price) and its title
-    (hashed words, plus sentence embeddings when the network has that channel)."""
+    (hashed words, plus sentence embeddings and the pretrained base's pooled title tokens when
+    the network has those channels)."""
 
     def item_side_parts(self) -> dict[str, torch.Tensor]:
         """(num_items, d) float32 side embedding of every item, per `ITEM_SIDE_CHANNELS` part."""
@@ -276,6 +302,8 @@ class UserLM(nn.Module):
             title = self.word_emb(words).sum(-2) / count
             if self.text_proj is not None and self.item_text_emb is not None:
                 title = title + self.text_proj(self.item_text_emb.float())
+            if self.pretrained_text is not None:
+                title = title + self.pretrained_text.all_items()
             return {"attributes": self.feat_proj(self.item_features.float()), "title": title}
 
     def item_side(self) -> torch.Tensor:
@@ -286,6 +314,8 @@ class UserLM(nn.Module):
         params = [self.feat_proj.weight, self.word_emb.weight, self.item_features, self.item_text]
         if self.text_proj is not None and self.item_text_emb is not None:
             params += [self.text_proj.weight, self.item_text_emb]
+        if self.pretrained_text is not None:
+            params += [self.pretrained_text.proj.weight, self.pretrained_text.item_emb]
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._side_key != key or self._side is None:
             side = sum(self.item_side_parts().values())

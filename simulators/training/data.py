@@ -190,6 +190,18 @@ def pack_rows(
     return rows
 
 
+def drop_items(
+    batch: dict[str, torch.Tensor], p: float, unk_item: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Item dropout: each item token becomes <unk_item> with chance p (teaches cold start)."""
+    drop = (torch.rand(batch["items"].shape, generator=generator) < p) & (batch["items"] >= 0)
+    out = dict(batch)
+    out["input_ids"] = torch.where(
+        drop, torch.full_like(batch["input_ids"], unk_item), batch["input_ids"]
+    )
+    return out
+
+
 def collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Stack packed rows into (B, T) tensors."""
     return {name: torch.from_numpy(np.stack([r[name] for r in rows])) for name in CHANNELS}

@@ -33,7 +33,9 @@ from safetensors.torch import save_file
 from simulators.atomic import atomic_write, exclusive_output
 from simulators.catalog import ProfileEncoder, item_category_index
 from simulators.gpt2_user import GPT2UserSimulator, build_user_lm
+from simulators.gpt2_user.checkpoint import update_extra
 from simulators.lm.model import SimulatorConfig, UserLM, packed_loss
+from simulators.lm.pretrained_text import base_source
 from simulators.logs import InteractionLogs
 from simulators.progress import progress_bar
 from simulators.slate_fit import check_slates, window_length
@@ -41,13 +43,17 @@ from simulators.text_encoder import TEXT_ENCODERS
 from simulators.training.data import (
     SessionData,
     collate,
+    drop_items,
     encode_logs,
     pack_rows,
     session_windows,
     split_by_user,
 )
+from simulators.training.dp import DPConfig, UserLevelDPSGD, synthetic_population
+from simulators.training.lora import add_lora, merged, trainable_parameters
 from simulators.training.parallel import (
     backward_on_shard,
+    launched_world_size,
     make_accelerator,
     shard,
     sum_gradients,
@@ -120,7 +126,19 @@ class TrainConfig:
     extra is installed and some item has a title, else hashed)."""
     max_population: int = 50_000
     """Training users' profiles kept in the checkpoint (the env's episodes draw from them); a
-    seeded sample when there are more."""
+    seeded sample when there are more. With `dp`: this many synthetic profiles instead."""
+    pretrained_text: bool = True
+    """With `base_model`: also read titles and profile tokens with the base's tokenizer and
+    pretrained token embeddings (`simulators.lm.pretrained_text`; needs the tokenizer saved
+    with the base)."""
+    lora_rank: int | None = None
+    """With `base_model`: train LoRA adapters of this rank instead of every weight
+    (`simulators.training.lora`; needs the `lora` extra). None: full fine-tuning."""
+    lora_alpha: int | None = None
+    """LoRA alpha (updates scaled by alpha / rank); None: 2 * lora_rank."""
+    dp: DPConfig | None = None
+    """User-level differential privacy (`simulators.training.dp`; needs the `dp` extra); None:
+    ordinary training. One process only."""
 
     def __post_init__(self) -> None:
         """Validate ranges."""
@@ -142,6 +160,12 @@ class TrainConfig:
             )
         if self.context_length is not None and self.context_length < 32:
             raise ValueError(f"context_length must be >= 32, got {self.context_length}")
+        check_lora_settings(self.lora_rank, self.lora_alpha, self.base_model)
+        if self.dp is not None and self.lora_rank is not None:
+            raise ValueError(
+                "--dp-epsilon and --lora-rank cannot be combined yet: DP's per-user gradients "
+                "cover every weight; use one of them"
+            )
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -164,6 +188,12 @@ class SimulatorTrainer:
         progress: bool = True,
     ) -> None:
         """Encode the logs, split by user and build the model (nothing is trained yet)."""
+        if cfg.dp is not None and launched_world_size() > 1:  # before any rank's work
+            raise ValueError(
+                f"--dp-epsilon trains in one process, not in {launched_world_size()} "
+                "data-parallel ones (user-level DP-SGD is not data-parallel): run train-sim "
+                "without accelerate launch"
+            )
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
@@ -187,6 +217,8 @@ class SimulatorTrainer:
             if start is not None:
                 start.model.sim_config = sim_config
                 start.model.add_session_summary(torch.from_numpy(item_category_index(logs.items)))
+        if cfg.base_model and cfg.pretrained_text and start is None:
+            sim_config = replace(sim_config, pretrained_text=base_source(cfg.base_model))
         self.sim_config = sim_config
         self.row_length = window_length(sim_config, prefix, longest)
         """Tokens of the packed rows: the context (recency attention: at least what the
@@ -216,6 +248,8 @@ class SimulatorTrainer:
         for s, v in zip(data.sessions, is_val):
             if not v:
                 seen[s.items[s.items >= 0]] = True
+        if cfg.dp is not None:  # no per-item bit computed from the private logs
+            seen[:] = True
         self.item_known = seen
         population = data.profiles[~is_val]
         if len(population) > cfg.max_population:  # a seeded sample keeps checkpoints small
@@ -223,6 +257,8 @@ class SimulatorTrainer:
                 len(population), cfg.max_population, replace=False
             )
             population = population[np.sort(pick)]
+        if cfg.dp is not None:  # never the training users' profiles
+            population = synthetic_population(data.profile_encoder, cfg.max_population, cfg.seed)
         self.population = population
         self.train_users = train_users
         torch.manual_seed(cfg.seed)
@@ -239,8 +275,10 @@ class SimulatorTrainer:
                 cfg.base_model,
                 item_known=seen,
             )
+            if cfg.lora_rank:
+                add_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            trainable_parameters(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.rows_per_step = max(1, cfg.batch_size * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
         """Packed rows per optimiser step (`TrainConfig.batch_size` rows of 512 tokens)."""
@@ -258,9 +296,34 @@ class SimulatorTrainer:
             "train_seconds": 0.0,
             "done": False,
         }
-        self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / self.rows_per_step)
+        self.dp: UserLevelDPSGD | None = None
+        """The DP-SGD mechanism (with `cfg.dp`): it computes every step's gradient."""
+        if cfg.dp is None:
+            self.steps_per_epoch = math.ceil(len(self._epoch_rows(0)) / self.rows_per_step)
+        else:
+            self.dp = self._make_dp(cfg.dp, is_val)
+            self.steps_per_epoch = self.dp.steps_per_epoch
         self._progress = Progress(0, cfg.max_minutes)
         """Progress of the running `train` call (smoothed loss, rate; see `progress_line`)."""
+
+    def _make_dp(self, dp: DPConfig, is_val: np.ndarray) -> UserLevelDPSGD:
+        """The DP-SGD mechanism over the training users' windows, planned for the step budget."""
+        by_user: dict[str, list[dict[str, np.ndarray]]] = {}
+        for s, u, v in zip(self.data.sessions, self.data.users, is_val):
+            if not v:
+                by_user.setdefault(u, []).extend(
+                    session_windows(s, self.row_length, self.sim_config.window_steps, self.prefix)
+                )
+        users = [by_user[u] for u in sorted(by_user)]
+        per_epoch = math.ceil(len(users) / dp.expected_users)
+        return UserLevelDPSGD(
+            dp,
+            users,
+            self.row_length,
+            self.cfg.max_steps or self.cfg.epochs * per_epoch,
+            self.sim_config.item_dropout,
+            self.data.tokenizer.unk_item,
+        )
 
     # ------------------------------------------------------------------ data
     def _epoch_rows(self, epoch: int) -> list[dict[str, np.ndarray]]:
@@ -272,14 +335,7 @@ class SimulatorTrainer:
         if p <= 0:
             return batch
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        drop = (torch.rand(batch["items"].shape, generator=gen) < p) & (batch["items"] >= 0)
-        batch = dict(batch)
-        batch["input_ids"] = torch.where(
-            drop,
-            torch.full_like(batch["input_ids"], self.data.tokenizer.unk_item),
-            batch["input_ids"],
-        )
-        return batch
+        return drop_items(batch, p, self.data.tokenizer.unk_item, gen)
 
     @property
     def is_main_process(self) -> bool:
@@ -342,6 +398,7 @@ class SimulatorTrainer:
             "train_config": json.dumps(asdict(self.cfg)),
             "sim_config": json.dumps(self.sim_config.to_dict()),
             "logs_fingerprint": self.logs_fingerprint,
+            **({"dp": json.dumps(self.dp.state_dict())} if self.dp is not None else {}),
             "param_groups": json.dumps(
                 [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
             ),
@@ -379,6 +436,8 @@ class SimulatorTrainer:
         opt["state"] = state
         self.optimizer.load_state_dict(opt)
         self.state = json.loads(meta["state"])
+        if self.dp is not None:
+            self.dp.load_state_dict(json.loads(meta["dp"]))
 
     def _check_resume(self, path: Path, meta: dict[str, str]) -> None:
         """Refuse to continue a run with other settings or other logs, saying what differs.
@@ -394,8 +453,9 @@ class SimulatorTrainer:
         diffs = [
             f"{key.replace('_', '-')}: saved {saved.get(key)!r}, now {value!r}"
             for key, value in now.items()
-            if key not in RESUMABLE_CHANGES and saved.get(key) != value
+            if key not in (*RESUMABLE_CHANGES, "dp") and saved.get(key) != value
         ]
+        diffs += _dp_differences(saved.get("dp"), self.cfg.dp, meta.get("dp"), self.dp)
         if saved_sim is not None and saved_sim != self.sim_config.to_dict():
             keys = sorted(
                 k for k in saved_sim if saved_sim.get(k) != self.sim_config.to_dict().get(k)
@@ -417,7 +477,7 @@ class SimulatorTrainer:
             return None
         model = self.accelerator.unwrap_model(self.model)
         sim = GPT2UserSimulator(
-            model,
+            merged(model),  # LoRA: adapters merged into a copy, a plain checkpoint
             self.data.tokenizer,
             self.data.profile_encoder,
             self.population,
@@ -477,26 +537,33 @@ class SimulatorTrainer:
         stop = False
         self._progress = Progress(total, cfg.max_minutes)
         while self.state["epoch"] < cfg.epochs and not stop:
-            rows = self._epoch_rows(self.state["epoch"])
+            rows = self._epoch_rows(self.state["epoch"]) if self.dp is None else []
             for b in range(self.state["batch_in_epoch"], self.steps_per_epoch):
                 step = self.state["step"]
-                chunk = rows[b * self.rows_per_step : (b + 1) * self.rows_per_step]
-                if not chunk:
-                    break
-                full = self._dropout_items(collate(chunk), step)
-                batch = {k: v.to(dev) for k, v in shard(full, self.rank, self.world).items()}
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr_at(step, total, cfg)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = backward_on_shard(self.accelerator, model, batch, full)
-                sum_gradients(self.accelerator, list(model.parameters()))
-                self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                if self.dp is not None:  # the private gradient of sampled users (`dp`)
+                    net = self.accelerator.unwrap_model(model)
+                    loss = torch.tensor(
+                        self.dp.compute_gradients(net, step, self.accelerator.autocast)
+                    )
+                else:
+                    chunk = rows[b * self.rows_per_step : (b + 1) * self.rows_per_step]
+                    if not chunk:
+                        break
+                    full = self._dropout_items(collate(chunk), step)
+                    batch = {k: v.to(dev) for k, v in shard(full, self.rank, self.world).items()}
+                    loss = backward_on_shard(self.accelerator, model, batch, full)
+                    sum_gradients(self.accelerator, trainable_parameters(model))
+                    self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 self.optimizer.step()
                 self.state["step"] = step + 1
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
                 bar.update(1)
-                self._progress.step(step, loss.item())
+                if math.isfinite(loss.item()):  # NaN: a DP step that sampled no user
+                    self._progress.step(step, loss.item())
                 bar.set_postfix_str(self.progress_line(short=True))
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), step)
@@ -534,6 +601,16 @@ class SimulatorTrainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _privacy_extra(self) -> dict[str, Any]:
+        """The checkpoint's `privacy` record (with DP): epsilon of every step taken so far."""
+        if self.dp is None:
+            return {}
+        return {"privacy": self.dp.record(self.state["step"], self.state.get("best_step"))}
+
+    def privacy(self) -> dict[str, Any] | None:
+        """Where the privacy budget stands (None without DP)."""
+        return self._privacy_extra().get("privacy")
 
     def _last_eval_seconds(self) -> float:
         """Training time at the last validation (0 before any)."""
@@ -578,13 +655,57 @@ class SimulatorTrainer:
                         "log_meta": self.logs.meta,
                         "train_users": len(self.train_users),
                         "train_windows": len(self.train_windows),
-                    }
+                    },
+                    **self._privacy_extra(),
                 },
             )
         else:
             self.state["bad_evals"] += 1
+            if self.dp is not None and self.is_main_process:  # the kept one depends on this step
+                update_extra(self.out, self._privacy_extra())
         log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
+
+
+def check_lora_settings(rank: int | None, alpha: int | None, base_model: str | None) -> None:
+    """Refuse LoRA settings that cannot work, naming the flag.
+
+    Raises:
+        ValueError: a rank below 1, a rank without a base model, or an alpha without a rank or
+            not above 0.
+    """
+    if rank is not None and rank < 1:
+        raise ValueError(f"--lora-rank must be >= 1, got {rank}")
+    if rank is not None and not base_model:
+        raise ValueError(
+            "--lora-rank needs --base-model: LoRA adapts a pretrained network's frozen blocks "
+            "(a fresh network trains all its weights)"
+        )
+    if alpha is not None and (rank is None or not alpha > 0):
+        raise ValueError(f"--lora-alpha must be > 0 and comes with --lora-rank, got {alpha}")
+
+
+def _dp_differences(
+    saved_cfg: dict | None,
+    now_cfg: DPConfig | None,
+    saved_state: str | None,
+    mechanism: UserLevelDPSGD | None,
+) -> list[str]:
+    """Why `--resume` cannot continue with these DP settings (empty: it can)."""
+    now = None if now_cfg is None else now_cfg.to_dict()
+    if saved_cfg is None and now is None:
+        return []
+    if saved_cfg is None or now is None:
+        was = "with" if saved_cfg is not None else "without"
+        return [f"the run was trained {was} --dp-epsilon"]
+    diffs = [
+        f"dp-{k.replace('_', '-')}: saved {saved_cfg.get(k)!r}, now {v!r}"
+        for k, v in now.items()
+        if saved_cfg.get(k) != v
+    ]
+    if mechanism is not None and saved_state is not None:
+        diffs += mechanism.resume_differences(json.loads(saved_state))
+    return diffs
 
 
 def _summary_writer(path: Path) -> Any:
