@@ -190,6 +190,7 @@ def test_a_planted_payload_is_never_unpickled_without_the_flag(tmp_path, capsys)
         val = ["validate", "--quiet", "--users", "5", "--world", "none"]
         assert main([*val, "--ppo", f"ppo:{tmp_path / 'thompsn.zip'}"]) == 2
         assert main([*val, "--policies", "random,thompsn"]) == 2
+        assert main([*val, "--no-ranking", "--policies", "thompsn"]) == 2  # not silently ignored
     finally:
         os.chdir(cwd)
     assert not marker.exists()

@@ -173,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
             check_device_here(args.device)
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"argument --device: {exc}") from None
-    for spec in ([args.ppo] if args.ppo else []) + ([] if args.no_ranking else list(args.policies)):
-        check_agent_spec(spec, args.trust_sb3_zip)  # fails now, not after the held-out users
+    # fails now, not after the held-out users; a typo is refused even with --no-ranking
+    for spec in ([args.ppo] if args.ppo else []) + list(args.policies):
+        check_agent_spec(spec, args.trust_sb3_zip)
     cfg = ValidateConfig(
         trust_sb3_zip=args.trust_sb3_zip,
         sim=None if args.sim is None else str(args.sim),
