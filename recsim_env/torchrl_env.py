@@ -48,6 +48,7 @@ from recsim_env.env import make_llm_simulator, make_parametric_simulator, split_
 from recsim_env.spaces import FEATURE_BOUND, SCORE_BOUND
 from recsim_env.tensor_sessions import TensorSessionBatch, next_episode_keys
 from simulators.base import TensorUserSimulator
+from simulators.gpt2_user.simulator import check_device
 from simulators.rng import torch_splitmix64
 
 
@@ -243,6 +244,7 @@ def make_torchrl_env(
     cfg, rest = split_env_kwargs(env_kwargs)
     own = ("env_id", "num_envs", "device", "dtype", "simulator", "world", "seed")
     reject_unknown("make_torchrl_env", rest, own)
+    check_device(device)
     sim: Any
     if env_id.split(":")[-1] == "LLMUserSim-v0":
         if world is not None:

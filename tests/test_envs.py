@@ -3,6 +3,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env, data_equivalence
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -182,3 +183,15 @@ def test_default_llm_env_works_offline_with_no_arguments(monkeypatch):
     obs, _ = env.reset(seed=3)
     obs, reward, term, trunc, info = env.step(env.action_space.sample())
     assert info["response_probs"].shape == (5, 3)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_a_device_this_machine_lacks_is_one_clear_error() -> None:
+    from recsim_env.torchrl_env import make_torchrl_env
+
+    with pytest.raises(ValueError, match="this machine has no CUDA device; use cpu"):
+        gym.make("LLMUserSim-v0", device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'bogus'; allowed: cpu, cuda, cuda:N"):
+        make_torchrl_env("ParametricUserSim-v0", num_envs=2, device="bogus")

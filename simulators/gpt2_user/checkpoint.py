@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from simulators.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from simulators.catalog import ProfileEncoder
-from simulators.gpt2_user.simulator import GPT2UserSimulator
+from simulators.gpt2_user.simulator import GPT2UserSimulator, check_device
 from simulators.lm.backbone import backbone_class
 from simulators.lm.model import SimulatorConfig, UserLM
 from simulators.tokenization import SimTokenizer
@@ -291,6 +291,7 @@ def load_batched_simulator(
     `simulator` is the embedded default (None or 'default'), a checkpoint directory, or an
     existing simulator object (any `simulators.base.UserSimulator`; its capacity is grown).
     """
+    check_device(device)
     if simulator is None or (isinstance(simulator, str) and simulator == "default"):
         simulator = DEFAULT_SIMULATOR_DIR
     if isinstance(simulator, (str, Path)):

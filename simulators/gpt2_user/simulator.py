@@ -67,6 +67,32 @@ MEMORY_HEADROOM = 0.8
 """Share of the available memory a cache may take (the rest is for the forwards)."""
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device this machine has, else one line saying what it has.
+
+    torch's own errors here are an AssertionError ("Torch not compiled with CUDA enabled") or a
+    list of every device type torch knows, raised deep inside the first allocation.
+
+    Raises:
+        ValueError: an unknown device name, or a CUDA device this machine lacks.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r} is not supported; allowed: cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device; use cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    return dev
+
+
 def check_memory(needed: int, device: torch.device, what: str) -> None:
     """Refuse an allocation that cannot fit, before trying it.
 
