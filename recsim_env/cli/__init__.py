@@ -37,8 +37,8 @@ SUBCOMMANDS: dict[str, str] = {
 
 DEFAULT_THREADS = 1
 """CPU threads of every command unless `--threads` says otherwise (see the README's table: on the
-shared 2-core machine the main job took 169 s with one thread and 934 s with two; beside one busy
-process one thread took 77 s, as on a quiet machine)."""
+2-core machine the main job took 92 s with one thread and 170 s with two beside one busy process,
+169 s and 934 s beside other sessions' jobs; two threads gained 15% only with both cores free)."""
 
 
 class UsageError(Exception):
