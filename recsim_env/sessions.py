@@ -31,6 +31,19 @@ def top_k_slates(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")[:, :k]
 
 
+def numeric_action(action: object, allowed: str) -> np.ndarray:
+    """`action` as an integer or float (not bool) array, else ValueError ending in `allowed`."""
+    try:
+        arr = np.asarray(action)
+    except Exception as exc:
+        raise ValueError(f"action could not be read as an array ({exc}); {allowed}") from None
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ValueError(f"action has dtype {arr.dtype}; {allowed}")
+    return arr
+
+
 def validate_scores(
     action: object,
     batch: int | None,
@@ -56,14 +69,7 @@ def validate_scores(
         width, what = cfg.num_candidates, "one score per candidate"
     expected = (width,) if batch is None else (batch, width)
     allowed = f"allowed: finite floats with shape {expected} ({what})"
-    try:
-        arr = np.asarray(action)
-    except Exception as exc:
-        raise ValueError(f"action could not be read as an array ({exc}); {allowed}") from None
-    if arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise ValueError(f"action has dtype {arr.dtype}; {allowed}")
+    arr = numeric_action(action, allowed)
     if arr.shape != expected:
         hint = (
             " (a slate of candidate indices needs action_mode='slate')"
@@ -110,14 +116,7 @@ def validate_actions(
     allowed = (
         f"allowed: integer candidate indices in [0, {cfg.num_candidates}) with shape {expected}"
     )
-    try:
-        arr = np.asarray(action)
-    except Exception as exc:
-        raise ValueError(f"action could not be read as an array ({exc}); {allowed}") from None
-    if arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise ValueError(f"action has dtype {arr.dtype}; {allowed}")
+    arr = numeric_action(action, allowed)
     if arr.shape != expected:
         raise ValueError(f"action has shape {arr.shape}; {allowed}")
     if np.issubdtype(arr.dtype, np.floating):
