@@ -1,8 +1,10 @@
 """Generic RL on the env as it comes: SB3's PPO and SAC with default hyperparameters vs random.
 
 The obvious first try, `PPO("MultiInputPolicy", env)` on `gym.make("ParametricUserSim-v0")`,
-with SB3's default hyperparameters and nothing tuned, over several seeds; SAC likewise on the
-`scores` action mode (a Box of one score per candidate, the top k shown). Each trained policy
+with SB3's default hyperparameters and nothing tuned, over several seeds; SAC likewise, on the
+env's default `weights` action (a Box of one weight per item feature; each candidate scores
+features . weights, the top k shown) or, with `--sac-action-mode scores`, on a Box of one score
+per candidate. Each trained policy
 and a uniformly random one then meet the same held-out users (user i seeded 10**6 + i, one
 episode each, deterministic actions), and the script prints the mean returns, their ratio to
 random's and whether the target (at least 2x random's return) is met.
@@ -10,6 +12,7 @@ random's and whether the target (at least 2x random's return) is met.
 Run:
     python examples/generic_rl_benchmark.py --json generic.json     # 3 seeds x 100k steps each
     python examples/generic_rl_benchmark.py --algos ppo --seeds 1
+    python examples/generic_rl_benchmark.py --algos sac --sac-action-mode scores
     python examples/generic_rl_benchmark.py --smoke                 # seconds
 """
 
@@ -41,7 +44,9 @@ class Args:
 
     env_id: str = "ParametricUserSim-v0"
     algos: str = "ppo,sac"
-    """ppo: PPO on the env's default action mode; sac: SAC on the scores mode."""
+    """ppo: PPO on the env's default action mode; sac: SAC on `sac_action_mode`."""
+    sac_action_mode: str = "weights"
+    """SAC's action: 'weights' (the env's default) or 'scores' (one score per candidate)."""
     steps: int = 100_000
     """Env steps per training run."""
     seeds: int = 3
@@ -52,7 +57,9 @@ class Args:
     smoke: bool = False
 
 
-def train(algo: str, env_id: str, steps: int, seed: int, smoke: bool) -> tuple[Any, str]:
+def train(
+    algo: str, env_id: str, steps: int, seed: int, smoke: bool, sac_action_mode: str = "weights"
+) -> tuple[Any, str]:
     """SB3's algorithm with its defaults on one single env (the model, its action mode)."""
     from stable_baselines3 import PPO, SAC
 
@@ -61,7 +68,9 @@ def train(algo: str, env_id: str, steps: int, seed: int, smoke: bool) -> tuple[A
         small = {"n_steps": 64, "batch_size": 32} if smoke else {}
         model = PPO("MultiInputPolicy", env, seed=seed, **small)
     elif algo == "sac":
-        env = gym.make(env_id, action_mode="scores")
+        if sac_action_mode not in ("weights", "scores"):
+            raise SystemExit(f"--sac-action-mode: {sac_action_mode!r}; allowed: weights, scores")
+        env = gym.make(env_id, action_mode=sac_action_mode)
         small = {"learning_starts": 16, "batch_size": 16, "buffer_size": 1000} if smoke else {}
         model = SAC("MultiInputPolicy", env, seed=seed, **small)
     else:
@@ -106,7 +115,9 @@ def main() -> None:
         per_seed = []
         for seed in range(args.seeds):
             start = time.time()
-            model, mode = train(algo, args.env_id, args.steps, seed, args.smoke)
+            model, mode = train(
+                algo, args.env_id, args.steps, seed, args.smoke, args.sac_action_mode
+            )
             seconds = time.time() - start
             returns = evaluate_returns(
                 Deterministic(model), args.env_id, include_item_ids=False, action_mode=mode, **users

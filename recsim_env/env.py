@@ -106,20 +106,22 @@ class SlateUserEnv(gym.Env):
     or leaves.
 
     ## Action Space
-    `action_mode='slate'` (default): `MultiDiscrete([num_candidates] * slate_size)`, candidate
-    indices in display order. A slate that repeats a candidate shows, in each repeated slot,
-    the lowest-index candidate not yet in the slate (`duplicate_policy='dedupe'`, default; a
-    policy sampling slots independently repeats often, 42-47% of slates for SB3's plain PPO) or
-    raises ValueError (`'error'`). `action_mode='scores'`: `Box(-1, 1, (num_candidates,))`, one
-    score per candidate; the slate_size best are shown, best first, so no slate repeats a
-    candidate (PPO, SAC and TD3 act on it unmodified). Either way `info["slate"]` holds the
-    candidate indices actually shown. Wrong shape, dtype, NaN or out-of-range values raise
-    ValueError.
+    `action_mode='weights'` (default): `Box(-5, 5, (F,))`, one weight per item feature; each
+    candidate scores features . weights and the slate_size best are shown, best first.
+    `action_mode='scores'`: `Box(-5, 5, (num_candidates,))`, one score per candidate, the best
+    shown the same way. In both no slate repeats a candidate (PPO, SAC and TD3 act on them
+    unmodified). `action_mode='slate'`: `MultiDiscrete([num_candidates] * slate_size)`,
+    candidate indices in display order; a slate that repeats a candidate shows, in each repeated
+    slot, the lowest-index candidate not yet in the slate (`duplicate_policy='dedupe'`, default;
+    a policy sampling slots independently repeats often, 42-47% of slates for SB3's plain PPO)
+    or raises ValueError (`'error'`). Either way `info["slate"]` holds the candidate indices
+    actually shown. Wrong shape, dtype, NaN or out-of-range values raise ValueError.
 
     ## Observation Space
-    See `recsim_env.spaces.make_observation_space`: profile multi-hot, candidate features, the
-    responses to the last `history_length` slates, clicked-item feature mean and session
-    features; catalog ids (`candidate_ids`, `history_items`) only with `include_item_ids=True`.
+    See `recsim_env.spaces.make_observation_space`. `observation='context'` (default): profile
+    multi-hot, clicked-item feature mean and session features, plus the candidates' features
+    in the scores and slate modes. `'full'`: also the responses to the last `history_length`
+    slates. Catalog ids (`candidate_ids`, `history_items`) only with `include_item_ids=True`.
 
     ## Rewards
     A reward per behaviour, adding up along the levels (`EnvConfig.rewards`): by default 1.0 per
@@ -142,7 +144,8 @@ class SlateUserEnv(gym.Env):
     ## Version History
     - v0: initial release. Later in v0: `candidate_ids` / `history_items` left the default
       observation (`include_item_ids=True` keeps them), `session_features[0]` is scaled by a
-      fixed 50 steps, `action_mode='scores'`, `info["slate"]`, `render_mode`.
+      fixed 50 steps, `action_mode='scores'` and `'weights'` (now the default, with the
+      `context` observation), `info["slate"]`, `render_mode`.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}  # noqa: RUF012

@@ -92,6 +92,9 @@ FLAGS = {
     "train-sim": [
         "--max-steps",
         "--lr",
+        "--weight-decay",
+        "--dropout",
+        "--item-dropout",
         "--batch-size",
         "--val-fraction",
         "--context-length",

@@ -35,6 +35,29 @@ def test_functional_forward_matches_hugging_face():
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_dropout_acts_in_training_only_and_is_saved_with_the_config(tmp_path):
+    torch.manual_seed(0)
+    backbone = GPT2Backbone(GPT2LMHeadModel(make_gpt2_config("tiny", 40, 64))).train()
+    x = torch.randn(2, 10, 32)
+    pos = torch.arange(10).expand(2, -1)
+    attend = FullAttention(torch.ones(10, 10, dtype=torch.bool).tril().expand(2, 1, 10, 10))
+    plain = backbone(x, pos, attend)  # dropout 0 by default, training mode or not
+    backbone.set_dropout(0.3)
+    assert not torch.allclose(backbone(x, pos, attend), plain)
+    backbone.eval()
+    torch.testing.assert_close(backbone(x, pos, attend), plain)
+    with torch.no_grad():  # the fused inference path: never dropped out
+        torch.testing.assert_close(backbone(x, pos, attend), plain)
+    saved = GPT2Backbone.from_config_dict(json.loads(backbone.config_json()))
+    assert saved.dropout == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        backbone.set_dropout(1.0)
+    # a pretrained base's own pdrop fields never switch it on
+    base = make_gpt2_config("tiny", 40, 64)
+    base.resid_pdrop = 0.1
+    assert GPT2Backbone(GPT2LMHeadModel(base)).dropout == 0.0
+
+
 def test_kv_cache_stepping_matches_full_reencode(tiny_sim_dir):
     sim = GPT2UserSimulator.from_pretrained(tiny_sim_dir, capacity=3)
     rng = np.random.default_rng(0)

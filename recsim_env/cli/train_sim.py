@@ -101,6 +101,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--lr", type=float_in(0.0, 1.0, low_open=True), default=d.lr, help="peak learning rate"
     )
     p.add_argument(
+        "--weight-decay",
+        type=float_in(0.0, 10.0),
+        default=d.weight_decay,
+        help=f"AdamW weight decay (default {d.weight_decay:g})",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float_in(0.0, 1.0, high_open=True),
+        default=d.dropout,
+        help=f"training dropout in the network (default {d.dropout:g}; small logs: 0.1-0.3)",
+    )
+    p.add_argument(
+        "--item-dropout",
+        type=float_in(0.0, 1.0, high_open=True),
+        default=None,
+        help="chance an item token is hidden in training (teaches cold items; default: the "
+        "simulator's, 0.1)",
+    )
+    p.add_argument(
         "--eval-every",
         type=positive_int,
         default=d.eval_every,
@@ -233,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        item_dropout=args.item_dropout,
         eval_every=args.eval_every,
         patience=args.patience,
         val_fraction=args.val_fraction,

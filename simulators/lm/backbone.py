@@ -18,6 +18,9 @@ from transformers import PretrainedConfig
 
 from simulators.lm.attention import Attention
 
+DROPOUT_KEY = "usersim_dropout"
+"""Config key of the backbone's training dropout (`Backbone.dropout`)."""
+
 
 class Backbone(nn.Module):
     """A causal LM run functionally over input embeddings, attention delegated per layer.
@@ -81,6 +84,21 @@ class Backbone(nn.Module):
         other words), so they are trained also when LoRA freezes the rest of the network.
         """
         raise NotImplementedError
+
+    @property
+    def dropout(self) -> float:
+        """Training dropout on the block inputs and residual branches (0.0: none).
+
+        Kept in the config under `DROPOUT_KEY` (saved with the checkpoint), not in the
+        `transformers` pdrop fields: a pretrained base's own pdrop values never switch it on.
+        """
+        return float(getattr(self.config, DROPOUT_KEY, 0.0))
+
+    def set_dropout(self, p: float) -> None:
+        """Set the training dropout (see `dropout`); p in [0, 1)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        setattr(self.config, DROPOUT_KEY, float(p))
 
     def cast_for_inference(self, dtype: torch.dtype) -> None:
         """Cast the network's weights for inference in dtype."""

@@ -36,7 +36,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 
 def make_gpt2_config(size: str, vocab_size: int, context_length: int) -> GPT2Config:
-    """A GPT2Config of a named size for our vocabulary, untied head, no dropout."""
+    """A GPT2Config of a named size for our vocabulary, untied head (dropout: `Backbone.dropout`)."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown --size {size!r}; allowed: {sorted(MODEL_SIZES)}")
     shape = MODEL_SIZES[size]
@@ -120,6 +120,9 @@ class GPT2Backbone(Backbone):
         b, t, d = x.shape
         nh = self.n_head
         h = (x + tr.wpe(position_ids)).reshape(b * t, d)
+        p = self.dropout if self.training else 0.0
+        if p > 0.0:  # training only (the fast path below never runs with autograd on)
+            h = torch.nn.functional.dropout(h, p, training=True)
         fast = self._fast_linears(h)
         for layer, block in enumerate(self._blocks):
             a = block.ln_1(h)
@@ -134,10 +137,15 @@ class GPT2Backbone(Backbone):
             # the modules are called (Conv1D: one addmm), so LoRA adapters wrapping them count
             q, k, v = block.attn.c_attn(a).view(b, t, 3, nh, -1).unbind(2)
             o = attend(layer, q, k, v)
-            h = h + block.attn.c_proj(o)
+            h = h + self._drop(block.attn.c_proj(o), p)
             m = gelu_tanh(block.mlp.c_fc(block.ln_2(h)))
-            h = h + block.mlp.c_proj(m)
+            h = h + self._drop(block.mlp.c_proj(m), p)
         return tr.ln_f(h).view(b, t, d)
+
+    @staticmethod
+    def _drop(x: torch.Tensor, p: float) -> torch.Tensor:
+        """Residual-branch dropout (identity at p 0)."""
+        return torch.nn.functional.dropout(x, p, training=True) if p > 0.0 else x
 
     def _fast_linears(self, h: torch.Tensor) -> list[tuple[torch.Tensor, ...]] | None:
         """Per-layer (out, in) weights for oneDNN's fused linear, or None where it does not apply.

@@ -96,6 +96,12 @@ class TrainConfig:
     """Peak learning rate (linear warm-up, cosine decay)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    dropout: float = 0.0
+    """Training dropout on the backbone's block inputs and residual branches
+    (`Backbone.dropout`); small real logs overfit within an epoch without it."""
+    item_dropout: float | None = None
+    """Chance an item token becomes <unk_item> in training (teaches cold start); None: the
+    simulator config's (`SimulatorConfig.item_dropout`, 0.1 for a fresh network)."""
     warmup_steps: int = 100
     """Warm-up steps."""
     val_fraction: float = 0.1
@@ -145,6 +151,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "patience", "warmup_steps"):
             if getattr(self, name) < (0 if name == "warmup_steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.item_dropout is not None and not 0.0 <= self.item_dropout < 1.0:
+            raise ValueError(f"item_dropout must be in [0, 1), got {self.item_dropout}")
+        if self.weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.max_population < 1:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -212,6 +224,10 @@ class SimulatorTrainer:
         sim_config = sized_config(
             sim_config, cfg.context_length, cfg.text_encoder, logs, longest, prefix, start
         )
+        if cfg.item_dropout is not None:
+            sim_config = replace(sim_config, item_dropout=cfg.item_dropout)
+            if start is not None:
+                start.model.sim_config = sim_config
         if cfg.session_summary and not sim_config.session_summary:
             sim_config = replace(sim_config, session_summary=True)
             if start is not None:
@@ -277,6 +293,7 @@ class SimulatorTrainer:
             )
             if cfg.lora_rank:
                 add_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
+        self.model.backbone.set_dropout(cfg.dropout)
         self.optimizer = torch.optim.AdamW(
             trainable_parameters(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
