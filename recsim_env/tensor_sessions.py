@@ -93,6 +93,7 @@ class TensorSessionBatch:
         cfg: EnvConfig,
         num_rows: int,
         device: torch.device | str,
+        candidate_items: np.ndarray | None = None,
     ) -> None:
         """Allocate the per-row state on the device."""
         self.sim = simulator
@@ -100,9 +101,17 @@ class TensorSessionBatch:
         self.n = num_rows
         dev = self.device = torch.device(device)
         self.num_items = int(simulator.num_items)
-        if cfg.num_candidates > self.num_items:
+        self.candidate_pool: torch.Tensor | None = (
+            None
+            if candidate_items is None
+            else torch.as_tensor(np.unique(np.asarray(candidate_items, np.int64)), device=dev)
+        )
+        """Catalog indices candidates are drawn from (None: the whole catalog), as
+        `SlateSessionBatch.candidate_items`."""
+        pool = self.num_items if self.candidate_pool is None else len(self.candidate_pool)
+        if cfg.num_candidates > pool:
             raise ValueError(
-                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({self.num_items} items)"
+                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({pool} items)"
             )
         simulator.ensure_capacity(num_rows)
         self.reward_per_code = torch.as_tensor(
@@ -150,9 +159,7 @@ class TensorSessionBatch:
         self.steps[rows] = 0
         self.since_click[rows] = 0
         ctr = self.counters[rows]
-        self.candidates[rows] = torch_distinct_choices(
-            keys, ctr, self.num_items, self.cfg.num_candidates
-        )
+        self.candidates[rows] = self._draw_candidates(keys, ctr)
         self.counters[rows] = ctr
 
     def keys_for_seeds(self, seeds: list[int]) -> torch.Tensor:
@@ -200,10 +207,15 @@ class TensorSessionBatch:
         self.clicked_count += clicked.sum(dim=1)
         self.steps += 1
         self.since_click = torch.where(clicked.any(dim=1), 0, self.since_click + 1)
-        self.candidates = torch_distinct_choices(
-            self.keys, self.counters, self.num_items, cfg.num_candidates
-        )
+        self.candidates = self._draw_candidates(self.keys, self.counters)
         return out, rewards, shown, items
+
+    def _draw_candidates(self, keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+        """Distinct candidates per row from the pool (advances `counters` in place)."""
+        pool = self.candidate_pool
+        size = self.num_items if pool is None else len(pool)
+        drawn = torch_distinct_choices(keys, counters, size, self.cfg.num_candidates)
+        return drawn if pool is None else pool[drawn]
 
     # ----------------------------------------------------------------------------- observation
     def observations(self) -> dict[str, torch.Tensor]:

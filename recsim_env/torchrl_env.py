@@ -44,7 +44,12 @@ from torchrl.data import Binary, Bounded, Categorical, Composite, MultiCategoric
 from torchrl.envs import EnvBase
 
 from recsim_env.config import EnvConfig
-from recsim_env.env import make_llm_simulator, make_parametric_simulator, split_env_kwargs
+from recsim_env.env import (
+    env_catalog,
+    make_llm_simulator,
+    make_parametric_simulator,
+    split_env_kwargs,
+)
 from recsim_env.spaces import FEATURE_BOUND, SCORE_BOUND
 from recsim_env.tensor_sessions import TensorSessionBatch, next_episode_keys
 from simulators.base import TensorUserSimulator
@@ -60,6 +65,7 @@ class SlateTorchRLEnv(EnvBase):
         num_envs: N.
         config: env settings (action_mode, include_item_ids, max_episode_steps, ...).
         device: where tensors live (default: the simulator's device).
+        candidate_items: catalog indices candidates are drawn from (None: the whole catalog).
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class SlateTorchRLEnv(EnvBase):
         num_envs: int,
         config: EnvConfig | None = None,
         device: torch.device | str | None = None,
+        candidate_items: np.ndarray | None = None,
     ) -> None:
         """Allocate the sessions and declare the specs."""
         if num_envs < 1:
@@ -77,7 +84,7 @@ class SlateTorchRLEnv(EnvBase):
         self.config = cfg = config or EnvConfig()
         self.simulator = simulator
         self.num_envs = num_envs
-        self._batch = TensorSessionBatch(simulator, cfg, num_envs, dev)
+        self._batch = TensorSessionBatch(simulator, cfg, num_envs, dev, candidate_items)
         self._pending_keys: torch.Tensor | None = None
         self._started = False
         self._make_specs()
@@ -218,6 +225,7 @@ def make_torchrl_env(
     simulator: Any = None,
     world: Any = None,
     seed: int | None = None,
+    items: Any = None,
     **env_kwargs: Any,
 ) -> SlateTorchRLEnv:
     """A TorchRL env of one of the registered ids, N users batched on `device`.
@@ -233,6 +241,9 @@ def make_torchrl_env(
         simulator: see env_id.
         world: see env_id.
         seed: `set_seed(seed)` before the first reset (row i meets the user of seed + i).
+        items: LLMUserSim-v0 only, as `gym.make(..., items=)`: the env's catalog (a DataFrame,
+            a CSV/Parquet items file or a log directory); candidates are drawn from it and
+            items the simulator never saw enter by their side information.
         **env_kwargs: EnvConfig fields and `<behaviour>_reward=`.
 
     Raises:
@@ -242,7 +253,7 @@ def make_torchrl_env(
     from recsim_env.env import reject_unknown
 
     cfg, rest = split_env_kwargs(env_kwargs)
-    own = ("env_id", "num_envs", "device", "dtype", "simulator", "world", "seed")
+    own = ("env_id", "num_envs", "device", "dtype", "simulator", "world", "seed", "items")
     reject_unknown("make_torchrl_env", rest, own)
     check_device(device)
     sim: Any
@@ -250,15 +261,19 @@ def make_torchrl_env(
         if world is not None:
             raise ValueError("world= is for ParametricUserSim-v0; LLMUserSim-v0 takes simulator=")
         sim = make_llm_simulator(simulator, device=str(device), dtype=dtype, capacity=num_envs)
+        pool = env_catalog(sim, items)
     elif env_id.split(":")[-1] == "ParametricUserSim-v0":
         if simulator is not None:
             raise ValueError("simulator= is for LLMUserSim-v0; ParametricUserSim-v0 takes world=")
+        if items is not None:
+            raise ValueError("items= is for LLMUserSim-v0 (a GPT-2 user reads new items)")
         sim = make_parametric_simulator(world, capacity=num_envs)
+        pool = None
     else:
         raise ValueError(
             f"unknown env id {env_id!r}; one of 'LLMUserSim-v0', 'ParametricUserSim-v0'"
         )
-    env = SlateTorchRLEnv(sim, num_envs, cfg, device=device)
+    env = SlateTorchRLEnv(sim, num_envs, cfg, device=device, candidate_items=pool)
     if seed is not None:
         env.set_seed(seed)
     return env

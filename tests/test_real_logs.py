@@ -245,6 +245,32 @@ def test_env_draws_candidates_from_its_own_items(tiny_sim_dir: Path) -> None:
     assert set(obs["candidate_ids"].ravel().tolist()) <= allowed
 
 
+def test_torchrl_env_draws_candidates_from_its_own_items(tiny_sim_dir: Path) -> None:
+    pytest.importorskip("torchrl")
+    from recsim_env.torchrl_env import make_torchrl_env
+
+    items = pd.DataFrame({"item_id": [f"fresh{i}" for i in range(10)], "title": ["a b"] * 10})
+    env = make_torchrl_env(
+        simulator=str(tiny_sim_dir),
+        num_envs=3,
+        items=items,
+        slate_size=3,
+        num_candidates=8,
+        include_item_ids=True,
+        seed=0,
+    )
+    allowed = set(env.simulator.add_items(items).tolist())
+    td = env.reset()
+    for _ in range(4):
+        assert set(td["candidate_ids"].ravel().tolist()) <= allowed
+        td = env.step(env.rand_action(td))["next"]
+        td = env.reset(td) if td["done"].any() else td
+    with pytest.raises(ValueError, match="items= is for LLMUserSim-v0"):
+        make_torchrl_env("ParametricUserSim-v0", num_envs=2, items=items)
+    with pytest.raises(ValueError, match=r"num_candidates \(8\) exceeds the catalog \(2 items\)"):
+        make_torchrl_env(simulator=str(tiny_sim_dir), num_envs=2, items=items[:2], num_candidates=8)
+
+
 def test_env_items_need_a_gpt2_simulator(tiny_world) -> None:
     from recsim_env.env import env_catalog
 
