@@ -8,6 +8,7 @@ arguments (TorchRL's `GymEnv` passes `frameskip=`) recognise and drop.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -264,9 +265,15 @@ def read_catalog(items: Any) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: a path that does not exist.
+        TypeError: anything else than a DataFrame or a path.
     """
     if isinstance(items, pd.DataFrame):
         return items
+    if not isinstance(items, (str, os.PathLike)):
+        raise TypeError(
+            f"items= must be a DataFrame (item_id and optionally title, category, price), a "
+            f"CSV/Parquet items file or a log directory, got {type(items).__name__}"
+        )
     path = Path(items)
     if path.is_dir():
         from simulators.logs import read_logs

@@ -265,6 +265,8 @@ def test_torchrl_env_draws_candidates_from_its_own_items(tiny_sim_dir: Path) -> 
         assert set(td["candidate_ids"].ravel().tolist()) <= allowed
         td = env.step(env.rand_action(td))["next"]
         td = env.reset(td) if td["done"].any() else td
+    with pytest.raises(TypeError, match=r"items= must be a DataFrame .* got int"):
+        make_torchrl_env(simulator=str(tiny_sim_dir), num_envs=2, items=42)
     with pytest.raises(ValueError, match="items= is for LLMUserSim-v0"):
         make_torchrl_env("ParametricUserSim-v0", num_envs=2, items=items)
     with pytest.raises(ValueError, match=r"num_candidates \(8\) exceeds the catalog \(2 items\)"):
