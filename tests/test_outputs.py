@@ -159,7 +159,21 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, tiny_logs_dir, c
     assert "lr: saved 0.002, now 0.01" in capsys.readouterr().err
     assert main([*base, "--max-steps", "2", "--resume", "--size", "small"]) == 2
     assert "size: saved 'tiny', now 'small'" in capsys.readouterr().err
+    assert main([*base, "--max-steps", "2", "--resume", "--dropout", "0.1"]) == 2
+    assert "dropout: saved 0.0, now 0.1" in capsys.readouterr().err
     assert main([*base, "--max-steps", "2", "--resume"]) == 0  # only the budget changed
+    # a run saved before a setting existed resumes: the missing setting counts as its default
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    state = out / "training" / "state.safetensors"
+    with safe_open(str(state), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta["train_config"])
+    del cfg["dropout"], cfg["item_dropout"]
+    save_file(tensors, str(state), metadata={**meta, "train_config": json.dumps(cfg)})
+    assert main([*base, "--max-steps", "3", "--resume"]) == 0
 
 
 def _payload_zip(path: Path, marker: Path) -> None:

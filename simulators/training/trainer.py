@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +467,13 @@ class SimulatorTrainer:
         except (KeyError, json.JSONDecodeError):
             raise ValueError(f"{path}: the training state has no readable settings") from None
         now = asdict(self.cfg)
+        # a setting added after the run started counts as its default (the run trained with it)
+        added = {
+            f.name: f.default
+            for f in fields(TrainConfig)
+            if f.name not in saved and f.default is not MISSING
+        }
+        saved = {**added, **saved}
         diffs = [
             f"{key.replace('_', '-')}: saved {saved.get(key)!r}, now {value!r}"
             for key, value in now.items()
