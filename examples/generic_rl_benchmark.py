@@ -68,8 +68,6 @@ def train(
         small = {"n_steps": 64, "batch_size": 32} if smoke else {}
         model = PPO("MultiInputPolicy", env, seed=seed, **small)
     elif algo == "sac":
-        if sac_action_mode not in ("weights", "scores"):
-            raise SystemExit(f"--sac-action-mode: {sac_action_mode!r}; allowed: weights, scores")
         env = gym.make(env_id, action_mode=sac_action_mode)
         small = {"learning_starts": 16, "batch_size": 16, "buffer_size": 1000} if smoke else {}
         model = SAC("MultiInputPolicy", env, seed=seed, **small)
@@ -95,6 +93,8 @@ def main() -> None:
     args = parse_dataclass(Args, __doc__)
     if args.smoke:
         args = dataclasses.replace(args, steps=64, seeds=1, eval_users=16)
+    if args.sac_action_mode not in ("weights", "scores"):
+        raise SystemExit(f"--sac-action-mode: {args.sac_action_mode!r}; allowed: weights, scores")
     torch.set_num_threads(args.threads)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     users = {"users": args.eval_users, "seed": 10**6}

@@ -58,31 +58,10 @@ def run(args: Args) -> dict:
     out = Path(args.out)
     logs, ckpt, report = out / "logs", out / "sim", out / "validate.json"
     assert cli(["import", "movielens", args.data, "--out", str(logs), "--genres-in-title"]) == 0
-    train = [
-        "train-sim",
-        "--logs",
-        str(logs),
-        "--out",
-        str(ckpt),
-        "--size",
-        args.size,
-        "--max-minutes",
-        str(args.max_minutes),
-        "--dropout",
-        str(args.dropout),
-        "--weight-decay",
-        str(args.weight_decay),
-        "--item-dropout",
-        str(args.item_dropout),
-        "--lr",
-        str(args.lr),
-        "--eval-every",
-        str(args.eval_every),
-        "--patience",
-        str(args.patience),
-        "--seed",
-        str(args.seed),
-    ]
+    train = ["train-sim", "--logs", str(logs), "--out", str(ckpt)]
+    flags = ("size", "max_minutes", "dropout", "weight_decay", "item_dropout", "lr")
+    for name in (*flags, "eval_every", "patience", "seed"):
+        train += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.smoke:
         train = [
             "train-sim",

@@ -151,6 +151,21 @@ def validate_actions(
     return arr
 
 
+def candidate_pool(
+    candidate_items: np.ndarray | None, num_items: int, num_candidates: int
+) -> np.ndarray | None:
+    """The distinct catalog indices candidates are drawn from (None: the whole catalog).
+
+    Raises:
+        ValueError: fewer items in the pool than `num_candidates`.
+    """
+    pool = None if candidate_items is None else np.unique(np.asarray(candidate_items, np.int64))
+    size = num_items if pool is None else len(pool)
+    if num_candidates > size:
+        raise ValueError(f"num_candidates ({num_candidates}) exceeds the catalog ({size} items)")
+    return pool
+
+
 class SlateSessionBatch:
     """N independent user sessions against one batched simulator."""
 
@@ -180,15 +195,8 @@ class SlateSessionBatch:
         self.reward_per_code = cfg.reward_per_code(simulator.behaviours)
         """Reward of a slot answered with each behaviour code (R,)."""
         self.num_items = int(simulator.num_items)
-        self.candidate_items = (
-            None if candidate_items is None else np.unique(np.asarray(candidate_items, np.int64))
-        )
+        self.candidate_items = candidate_pool(candidate_items, self.num_items, cfg.num_candidates)
         """Catalog indices candidates are drawn from (None: all)."""
-        pool = self.num_items if self.candidate_items is None else len(self.candidate_items)
-        if cfg.num_candidates > pool:
-            raise ValueError(
-                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({pool} items)"
-            )
         self.item_features = np.clip(
             np.asarray(simulator.item_features, dtype=np.float32), -FEATURE_BOUND, FEATURE_BOUND
         )

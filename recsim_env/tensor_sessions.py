@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recsim_env.config import SESSION_STEPS_SCALE, EnvConfig
-from recsim_env.sessions import seed_to_key
+from recsim_env.sessions import candidate_pool, seed_to_key
 from recsim_env.spaces import FEATURE_BOUND
 from simulators.base import TensorStepOutcome, TensorUserSimulator
 from simulators.behaviours import CLICK
@@ -101,18 +101,9 @@ class TensorSessionBatch:
         self.n = num_rows
         dev = self.device = torch.device(device)
         self.num_items = int(simulator.num_items)
-        self.candidate_pool: torch.Tensor | None = (
-            None
-            if candidate_items is None
-            else torch.as_tensor(np.unique(np.asarray(candidate_items, np.int64)), device=dev)
-        )
-        """Catalog indices candidates are drawn from (None: the whole catalog), as
-        `SlateSessionBatch.candidate_items`."""
-        pool = self.num_items if self.candidate_pool is None else len(self.candidate_pool)
-        if cfg.num_candidates > pool:
-            raise ValueError(
-                f"num_candidates ({cfg.num_candidates}) exceeds the catalog ({pool} items)"
-            )
+        pool = candidate_pool(candidate_items, self.num_items, cfg.num_candidates)
+        self.candidate_pool = None if pool is None else torch.as_tensor(pool, device=dev)
+        """Catalog indices candidates are drawn from (None: the whole catalog)."""
         simulator.ensure_capacity(num_rows)
         self.reward_per_code = torch.as_tensor(
             cfg.reward_per_code(simulator.behaviours), dtype=torch.float32, device=dev

@@ -48,6 +48,7 @@ from recsim_env.env import (
     env_catalog,
     make_llm_simulator,
     make_parametric_simulator,
+    reject_unknown,
     split_env_kwargs,
 )
 from recsim_env.spaces import FEATURE_BOUND, SCORE_BOUND
@@ -250,8 +251,6 @@ def make_torchrl_env(
         ValueError: an unknown id or bad EnvConfig value.
         TypeError: an unknown keyword (Python's phrasing, with the valid ones).
     """
-    from recsim_env.env import reject_unknown
-
     cfg, rest = split_env_kwargs(env_kwargs)
     own = ("env_id", "num_envs", "device", "dtype", "simulator", "world", "seed", "items")
     reject_unknown("make_torchrl_env", rest, own)
@@ -261,18 +260,17 @@ def make_torchrl_env(
         if world is not None:
             raise ValueError("world= is for ParametricUserSim-v0; LLMUserSim-v0 takes simulator=")
         sim = make_llm_simulator(simulator, device=str(device), dtype=dtype, capacity=num_envs)
-        pool = env_catalog(sim, items)
     elif env_id.split(":")[-1] == "ParametricUserSim-v0":
         if simulator is not None:
             raise ValueError("simulator= is for LLMUserSim-v0; ParametricUserSim-v0 takes world=")
         if items is not None:
             raise ValueError("items= is for LLMUserSim-v0 (a GPT-2 user reads new items)")
         sim = make_parametric_simulator(world, capacity=num_envs)
-        pool = None
     else:
         raise ValueError(
             f"unknown env id {env_id!r}; one of 'LLMUserSim-v0', 'ParametricUserSim-v0'"
         )
+    pool = env_catalog(sim, items)
     env = SlateTorchRLEnv(sim, num_envs, cfg, device=device, candidate_items=pool)
     if seed is not None:
         env.set_seed(seed)
