@@ -95,6 +95,7 @@ FLAGS = {
         "--weight-decay",
         "--dropout",
         "--item-dropout",
+        "--ema-decay",
         "--batch-size",
         "--val-fraction",
         "--context-length",

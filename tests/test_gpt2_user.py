@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,16 +178,13 @@ def test_corrupt_missing_or_mismatched_checkpoints_name_the_file(tiny_sim_dir, t
         GPT2UserSimulator.from_pretrained(tmp_path / "nowhere")
 
 
+def _tiny_config(**settings: Any) -> TrainConfig:
+    """A tiny network on 128-token rows, 4 a step (`settings` set the budget and the rest)."""
+    return TrainConfig(size="tiny", batch_size=4, context_length=128, lr=3e-3, **settings)
+
+
 def test_training_lowers_validation_loss(tiny_logs_dir, tmp_path):
-    cfg = TrainConfig(
-        size="tiny",
-        max_steps=40,
-        eval_every=40,
-        batch_size=4,
-        context_length=128,
-        lr=3e-3,
-        warmup_steps=5,
-    )
+    cfg = _tiny_config(max_steps=40, eval_every=40, warmup_steps=5)
     trainer = SimulatorTrainer(
         read_logs(tiny_logs_dir), tmp_path, cfg, SimulatorConfig(context_length=128), progress=False
     )
@@ -210,3 +208,37 @@ def test_loss_ignores_the_recommenders_tokens(tiny_sim_dir):
     targets = nxt[kinds[:-1] > 0]
     assert set(targets.tolist()) <= set(sim.tokenizer.output_tokens)
     assert int((kinds == 1).sum()) == 6 and int((kinds == 2).sum()) == 1
+
+
+def test_weight_average_is_validated_saved_and_resumed(tiny_logs_dir, tmp_path):
+    cfg = _tiny_config(max_steps=12, eval_every=4, warmup_steps=2, ema_decay=0.8)
+    logs, sim_cfg = read_logs(tiny_logs_dir), SimulatorConfig(context_length=128)
+    full = SimulatorTrainer(logs, tmp_path / "full", cfg, sim_cfg, progress=False)
+    state = full.train()
+    # the saved simulator is the average at the best step, not the trained weights
+    averaged = full.average
+    assert averaged is not None
+    trained = [p.detach().clone() for p in averaged.params]
+    assert not all(torch.equal(a, t) for a, t in zip(averaged.averages, trained))
+    with averaged.swapped():
+        assert full.validate()["val_loss"] == pytest.approx(state["history"][-1]["val_loss"])
+    assert full.validate()["val_loss"] != pytest.approx(state["history"][-1]["val_loss"])
+    assert state["best_step"] == state["step"]  # still improving: the last one is saved
+    saved = GPT2UserSimulator.from_pretrained(tmp_path / "full").model.state_dict()
+    named = dict(full.model.named_parameters())
+    for name, avg in zip(named, averaged.averages, strict=True):
+        torch.testing.assert_close(saved[name], avg)
+    # validation after the average is swapped back sees the trained weights again
+    for p, t in zip(averaged.params, trained):
+        assert torch.equal(p, t)
+    # an interrupted run resumes with its average: the same validation losses
+    cut = SimulatorTrainer(logs, tmp_path / "cut", cfg, sim_cfg, progress=False)
+    cut.train(stop_after_steps=6)
+    resumed = SimulatorTrainer(logs, tmp_path / "cut", cfg, sim_cfg, progress=False).train(
+        resume=True
+    )
+    assert [h["val_loss"] for h in resumed["history"]] == pytest.approx(
+        [h["val_loss"] for h in state["history"]], abs=1e-6
+    )
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\)"):
+        TrainConfig(ema_decay=1.0)

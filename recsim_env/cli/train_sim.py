@@ -120,6 +120,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "simulator's, 0.1)",
     )
     p.add_argument(
+        "--ema-decay",
+        type=float_in(0.0, 1.0, low_open=True, high_open=True),
+        default=None,
+        help="validate and save a moving average of the weights with this decay per step "
+        "(e.g. 0.9; default: off)",
+    )
+    p.add_argument(
         "--eval-every",
         type=positive_int,
         default=d.eval_every,
@@ -255,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         dropout=args.dropout,
         item_dropout=args.item_dropout,
+        ema_decay=args.ema_decay,
         eval_every=args.eval_every,
         patience=args.patience,
         val_fraction=args.val_fraction,

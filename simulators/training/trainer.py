@@ -102,6 +102,11 @@ class TrainConfig:
     item_dropout: float | None = None
     """Chance an item token becomes <unk_item> in training (teaches cold start); None: the
     simulator config's (`SimulatorConfig.item_dropout`, 0.1 for a fresh network)."""
+    ema_decay: float | None = None
+    """Validate and save an exponential moving average of the weights with this decay per
+    step (e.g. 0.9: about the last 10 steps) instead of the weights themselves; None: off.
+    Small real logs overfit within a few hundred steps and their validation loss is noisy
+    from step to step: the average smooths both (`WeightAverage`)."""
     warmup_steps: int = 100
     """Warm-up steps."""
     val_fraction: float = 0.1
@@ -157,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"item_dropout must be in [0, 1), got {self.item_dropout}")
         if self.weight_decay < 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (or None: off), got {self.ema_decay}")
         if self.max_population < 1:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -303,6 +310,12 @@ class SimulatorTrainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.average = (
+            WeightAverage(trainable_parameters(self.model), cfg.ema_decay)
+            if cfg.ema_decay is not None
+            else None
+        )
+        """The moving average of the weights that is validated and saved (`ema_decay`)."""
         self.state: dict[str, Any] = {
             "step": 0,
             "epoch": 0,
@@ -410,6 +423,9 @@ class SimulatorTrainer:
         for pid, st in opt["state"].items():
             for key, val in st.items():
                 tensors[f"optim.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
+        if self.average is not None:
+            for i, avg in enumerate(self.average.averages):
+                tensors[f"ema.{i}"] = avg.detach().cpu().contiguous()
         meta = {
             "state": json.dumps(self.state),
             "train_config": json.dumps(asdict(self.cfg)),
@@ -452,6 +468,8 @@ class SimulatorTrainer:
             g.update(saved)
         opt["state"] = state
         self.optimizer.load_state_dict(opt)
+        if self.average is not None:
+            self.average.load([tensors[f"ema.{i}"] for i in range(len(self.average.averages))])
         self.state = json.loads(meta["state"])
         if self.dp is not None:
             self.dp.load_state_dict(json.loads(meta["dp"]))
@@ -582,6 +600,8 @@ class SimulatorTrainer:
                     sum_gradients(self.accelerator, trainable_parameters(model))
                     self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update(step)
                 self.state["step"] = step + 1
                 self.state["batch_in_epoch"] = b + 1
                 self.state["train_seconds"] = time.time() - t_start
@@ -654,7 +674,16 @@ class SimulatorTrainer:
         )
 
     def _evaluate(self, writer: Any) -> bool:
-        """Validate, keep the best model; True when patience is exhausted."""
+        """Validate, keep the best model; True when patience is exhausted.
+
+        With `ema_decay` the averaged weights are validated and saved; training goes on from
+        the weights themselves.
+        """
+        swap = self.average.swapped() if self.average is not None else contextlib.nullcontext()
+        with swap:
+            return self._evaluate_current(writer)
+
+    def _evaluate_current(self, writer: Any) -> bool:
         metrics = self.validate()
         step = self.state["step"]
         self.state["history"].append(
@@ -689,6 +718,46 @@ class SimulatorTrainer:
                 update_extra(self.out, self._privacy_extra())
         log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
+
+
+class WeightAverage:
+    """An exponential moving average of parameters (Polyak averaging), kept on their device.
+
+    The decay at step t is min(decay, (1 + t) / (10 + t)), so the first steps' weights (a
+    random start) fade fast. The average is float32 whatever the parameters' autocast.
+    """
+
+    def __init__(self, params: Any, decay: float) -> None:
+        """Start the average at the parameters' current values."""
+        self.params = [p for p in params]
+        self.decay = decay
+        self.averages = [p.detach().clone().float() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold the parameters after optimiser step `step` (0-based) into the average."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        for avg, p in zip(self.averages, self.params):
+            avg.lerp_(p.detach().float(), 1.0 - d)
+
+    def load(self, averages: list[torch.Tensor]) -> None:
+        """Restore a saved average (`--resume`)."""
+        for avg, saved in zip(self.averages, averages, strict=True):
+            avg.copy_(saved)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Any:
+        """The average in the parameters for the duration (to validate and save it)."""
+        kept = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, avg in zip(self.params, self.averages):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, k in zip(self.params, kept):
+                    p.copy_(k)
 
 
 def check_lora_settings(rank: int | None, alpha: int | None, base_model: str | None) -> None:
