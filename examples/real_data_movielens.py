@@ -4,7 +4,8 @@
     python examples/real_data_movielens.py --smoke      # a few seconds, on the bundled fixture
 
 A log this small (610 users) overfits within one epoch, so the simulator trains with dropout,
-weight decay and item dropout and is validated every 25 steps (the flags below; README, "Real
+weight decay and item dropout, keeps a moving average of its weights and is validated every 25
+steps (the flags below; README, "Real
 logs at real sizes", has the figures with and without them).
 
 MovieLens has ratings, not impressions, so the import is a proxy (see docs/importers.md): each
@@ -40,6 +41,8 @@ class Args:
     weight_decay: float = 0.1
     item_dropout: float = 0.3
     lr: float = 1e-3
+    ema_decay: float = 0.9
+    """Validate and keep a moving average of the weights (smooths the noisy validation loss)."""
     eval_every: int = 25
     """Validate often: the best checkpoint comes within a few hundred steps."""
     patience: int = 4
@@ -59,7 +62,7 @@ def run(args: Args) -> dict:
     logs, ckpt, report = out / "logs", out / "sim", out / "validate.json"
     assert cli(["import", "movielens", args.data, "--out", str(logs), "--genres-in-title"]) == 0
     train = ["train-sim", "--logs", str(logs), "--out", str(ckpt)]
-    flags = ("size", "max_minutes", "dropout", "weight_decay", "item_dropout", "lr")
+    flags = ("size", "max_minutes", "dropout", "weight_decay", "item_dropout", "lr", "ema_decay")
     for name in (*flags, "eval_every", "patience", "seed"):
         train += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.smoke:
@@ -79,6 +82,8 @@ def run(args: Args) -> dict:
             "2",
             "--context-length",
             "256",
+            "--ema-decay",
+            str(args.ema_decay),
         ]
     assert cli(train) == 0
     assert (
