@@ -37,6 +37,17 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_a_misspelt_flag_is_refused_with_the_closest_one(tmp_path, capsys):
+    where = ["--logs", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["train-sim", *where, "--ema-decy", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-usersim train-sim: error: unrecognized arguments: --ema-decy 0.9")
+    assert "did you mean --ema-decay?" in err and err.count("\n") == 1
+    assert main(["benchmark", "--usres=3", "surplus"]) == 2
+    err = capsys.readouterr().err
+    assert "--usres=3 surplus (--usres: did you mean --users?)" in err
+
+
 def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path):
     out = tmp_path / "ck"
     assert (

@@ -14,6 +14,7 @@ progress reports; progress is a bar on a terminal and one line every 15 s on std
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -91,15 +92,30 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         )
         common.add_argument("--quiet", action="store_true", help="no progress reports")
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def unknown_arguments(unknown: list[str], options: list[str]) -> str:
+    """The error for arguments no flag takes, with the closest flag for each misspelt one."""
+    hints = []
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, n=1) if flag.startswith("--") else []
+        hints += [f"{flag}: did you mean {close[0]}?"] if close else []
+    text = f"unrecognized arguments: {' '.join(unknown)}"
+    return text + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            chosen = getattr(args, "_parser", parser)
+            chosen.error(unknown_arguments(unknown, list(chosen._option_string_actions)))
     except SystemExit as exc:  # --help (0), or a bad argument already reported in one line (2)
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
