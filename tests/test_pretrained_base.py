@@ -329,7 +329,8 @@ def test_lora_checkpoint_is_plain_and_loads_without_peft(lora_trainer, base_trai
 @needs_peft
 def test_lora_resume_reproduces_the_uninterrupted_run(tiny_logs_dir, tiny_base, tmp_path):
     logs = read_logs(tiny_logs_dir)
-    cfg = TrainConfig(base_model=str(tiny_base), lora_rank=2, **TRAIN)
+    # with a weight average of the adapters, merged into the saved checkpoint
+    cfg = TrainConfig(base_model=str(tiny_base), lora_rank=2, ema_decay=0.8, **TRAIN)
     whole = SimulatorTrainer(logs, tmp_path / "whole", cfg, progress=False)
     whole.train()
     part = SimulatorTrainer(logs, tmp_path / "part", cfg, progress=False)
@@ -340,6 +341,9 @@ def test_lora_resume_reproduces_the_uninterrupted_run(tiny_logs_dir, tiny_base, 
     for (n, a), b in zip(whole.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=n)
     assert resumed.state["best_val"] == pytest.approx(whole.state["best_val"], rel=1e-6)
+    assert whole.average is not None and resumed.average is not None
+    for a, b in zip(whole.average.averages, resumed.average.averages, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 @needs_peft
