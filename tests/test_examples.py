@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,28 @@ def test_tianshou_example_runs_with_smoke(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mean return" in out.stdout
+
+
+def test_sac_on_weights_and_popularity_runs_with_smoke(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "examples" / "generic_rl_benchmark.py")
+    args = ["--smoke", "--algos", "sac", "--sac-action-mode", "weights+popularity"]
+    out = subprocess.run(
+        [sys.executable, script, *args, "--json", str(tmp_path / "f.json")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads((tmp_path / "f.json").read_text())["algos"]["sac"]
+    assert figures["action_mode"] == "weights+popularity" and figures["mean_return"] > 0
+    typo = subprocess.run(
+        [sys.executable, script, "--smoke", "--sac-action-mode", "popularity"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert typo.returncode != 0 and "allowed: weights, scores, weights+popularity" in typo.stderr
