@@ -67,39 +67,28 @@ def test_example_runs_with_smoke(script, smoke_runs):
     reason="tianshou is an optional extra (pip install '.[tianshou]'; it pins pandas < 3)",
 )
 def test_tianshou_example_runs_with_smoke(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "tianshou_ppo.py"), "--smoke"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run_example("tianshou_ppo.py", tmp_path, "--smoke")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mean return" in out.stdout
 
 
 def test_sac_on_weights_and_popularity_runs_with_smoke(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = str(ROOT / "examples" / "generic_rl_benchmark.py")
     args = ["--smoke", "--algos", "sac", "--sac-action-mode", "weights+popularity"]
-    out = subprocess.run(
-        [sys.executable, script, *args, "--json", str(tmp_path / "f.json")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run_example("generic_rl_benchmark.py", tmp_path, *args, "--json", "f.json")
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads((tmp_path / "f.json").read_text())["algos"]["sac"]
     assert figures["action_mode"] == "weights+popularity" and figures["mean_return"] > 0
-    typo = subprocess.run(
-        [sys.executable, script, "--smoke", "--sac-action-mode", "popularity"],
-        env=env,
+    typo = _run_example("generic_rl_benchmark.py", tmp_path, "--sac-action-mode", "popularity")
+    assert typo.returncode != 0 and "allowed: weights, scores, weights+popularity" in typo.stderr
+
+
+def _run_example(script: str, cwd, *args: str) -> subprocess.CompletedProcess:
+    """Run examples/SCRIPT ARGS in cwd, one thread, with the repository importable."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert typo.returncode != 0 and "allowed: weights, scores, weights+popularity" in typo.stderr
