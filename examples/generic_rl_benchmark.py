@@ -112,20 +112,6 @@ class PopularityWeights(gym.Wrapper):
         return self._observe(obs), float(reward), terminated, truncated, info
 
 
-class PopularityDeterministic:
-    """A model trained on `PopularityWeights`, scoring the candidates of a batched env."""
-
-    def __init__(self, model: Any, popularity: np.ndarray) -> None:
-        self.model = model
-        self.popularity = popularity
-
-    def predict(self, obs: dict, deterministic: bool = True, **_: Any) -> tuple[np.ndarray, None]:
-        keys = self.model.observation_space.spaces
-        weights, _ = self.model.predict({k: obs[k] for k in keys}, deterministic=True)
-        features, ids = obs["candidate_features"], obs["candidate_ids"]
-        return popularity_scores(weights, features, ids, self.popularity), None
-
-
 @dataclass
 class Args:
     """Settings; defaults do the measured run, --smoke a tiny one."""
@@ -176,9 +162,7 @@ def train(
     else:
         raise SystemExit(f"--algos: unknown algorithm {algo!r}; ppo or sac")
     model.learn(steps)
-    if isinstance(env, PopularityWeights):
-        return model, "weights+popularity"
-    return model, env.unwrapped.config.action_mode
+    return model, sac_action_mode if algo == "sac" else env.unwrapped.config.action_mode
 
 
 class Deterministic:
@@ -191,6 +175,19 @@ class Deterministic:
         keys = self.model.observation_space.spaces
         action, _ = self.model.predict({k: obs[k] for k in keys}, deterministic=True)
         return action, None
+
+
+class PopularityDeterministic(Deterministic):
+    """A model trained on `PopularityWeights`, scoring the candidates of a batched env."""
+
+    def __init__(self, model: Any, popularity: np.ndarray) -> None:
+        super().__init__(model)
+        self.popularity = popularity
+
+    def predict(self, obs: dict, deterministic: bool = True, **_: Any) -> tuple[np.ndarray, None]:
+        weights, _ = super().predict(obs)
+        features, ids = obs["candidate_features"], obs["candidate_ids"]
+        return popularity_scores(weights, features, ids, self.popularity), None
 
 
 def main() -> None:
