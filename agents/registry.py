@@ -222,7 +222,8 @@ def _check_spaces(model: Any, env: Any, path: Path) -> None:
         and int(act.n) == int(cast(spaces.MultiDiscrete, act_space).nvec[0])
     )
     # a model of a score action mode acts through its top slate_size candidates
-    num_features = int(np.asarray(view.simulator.item_features).shape[1])
+    clicked = cast(spaces.Box, cast(spaces.Dict, obs_space)["clicked_features_mean"])
+    num_features = int(clicked.shape[0])
     act_ok = act_ok or (
         isinstance(act, spaces.Box) and act.shape in ((num_candidates,), (num_features,))
     )
@@ -235,8 +236,25 @@ def _check_spaces(model: Any, env: Any, path: Path) -> None:
     if not obs_ok or not act_ok:
         raise ValueError(
             f"{path}: the model's observation/action spaces differ from the env's "
-            "(trained on another catalog or EnvConfig?)"
+            f"({_trained_with(path)})"
         )
+
+
+def _trained_with(path: Path) -> str:
+    """What a policy directory says it was trained on, to put in a mismatch error."""
+    import json
+
+    try:
+        trained = json.loads((path / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return "trained on another catalog or EnvConfig?"
+    kwargs = {k: v for k, v in (trained.get("env_kwargs") or {}).items() if k != "simulator"}
+    if not kwargs:
+        return f"trained on {trained.get('env', 'another env')} with its default EnvConfig"
+    return (
+        f"trained on {trained.get('env', 'another env')} with env kwargs {json.dumps(kwargs)}: "
+        f"benchmark it with --env-kwargs '{json.dumps(kwargs)}'"
+    )
 
 
 __all__ = [

@@ -4,10 +4,11 @@ The obvious first try, `PPO("MultiInputPolicy", env)` on `gym.make("ParametricUs
 with SB3's default hyperparameters and nothing tuned, over several seeds; SAC likewise, on the
 env's default `weights` action (a Box of one weight per item feature; each candidate scores
 features . weights, the top k shown) or, with `--sac-action-mode scores`, on a Box of one score
-per candidate, or with `--sac-action-mode weights+popularity` on the weights plus one weight on
-the items' popularity (log click counts of a random-policy run on other users: what a
-recommender learns from its own logs; the env's features carry category and price, not the
-hidden item quality that popularity reflects). Each trained policy
+per candidate. `--item-popularity` builds every env with `item_popularity=True`: one more item
+feature, the items' popularity (log click counts of a random-policy run on other users, what a
+recommender counts in its own logs; the default features carry category and price, not the
+hidden item quality that popularity reflects), so the weights action has one more weight.
+Each trained policy
 and a uniformly random one then meet the same held-out users (user i seeded 10**6 + i, one
 episode each, deterministic actions), and the script prints the mean returns, their ratio to
 random's and whether the target (at least 2x random's return) is met.
@@ -16,7 +17,7 @@ Run:
     python examples/generic_rl_benchmark.py --json generic.json     # 3 seeds x 100k steps each
     python examples/generic_rl_benchmark.py --algos ppo --seeds 1
     python examples/generic_rl_benchmark.py --algos sac --sac-action-mode scores
-    python examples/generic_rl_benchmark.py --algos sac --sac-action-mode weights+popularity
+    python examples/generic_rl_benchmark.py --algos sac --item-popularity
     python examples/generic_rl_benchmark.py --smoke                 # seconds
 """
 
@@ -37,79 +38,10 @@ import recsim_env  # noqa: F401  (registers the ids)
 from agents.random_agent import RandomAgent
 from evaluation.episodes import evaluate_returns
 from evaluation.stats import mean_ci95
-from recsim_env.spaces import SCORE_BOUND
 
 TARGET = 2.0
 """A trained policy should reach at least this multiple of random's mean return."""
-SAC_ACTION_MODES = ("weights", "scores", "weights+popularity")
-POPULARITY_SEED = 10**9
-"""Seed of the first random-policy user whose clicks count as popularity (apart from the
-evaluation users, seeded from 10**6)."""
-
-
-def popularity_feature(env_id: str, users: int = 1000) -> np.ndarray:
-    """Standardised log(1 + clicks) per catalog item, from a random policy on `users` users."""
-    from agents.popularity import collect_click_counts
-    from recsim_env.config import SLATE_AGENT_KWARGS
-    from recsim_env.episodes import make_episode_env
-
-    vec = make_episode_env(env_id, 256, **SLATE_AGENT_KWARGS)
-    try:
-        counts = np.log1p(collect_click_counts(vec, users, POPULARITY_SEED))
-    finally:
-        vec.close()
-    return ((counts - counts.mean()) / max(counts.std(), 1e-9)).astype(np.float32)
-
-
-def popularity_scores(
-    weights: np.ndarray, features: np.ndarray, ids: np.ndarray, popularity: np.ndarray
-) -> np.ndarray:
-    """Candidate scores (..., C) of weights (..., F + 1) on features (..., C * F) and popularity.
-
-    Scaled into the score action's bounds (the order, which is all that counts, is kept).
-    """
-    f = weights.shape[-1] - 1
-    feats = features.reshape(*features.shape[:-1], -1, f)
-    scores = (feats @ weights[..., :f, None])[..., 0] + popularity[ids] * weights[..., f:]
-    peak = np.abs(scores).max(axis=-1, keepdims=True) / SCORE_BOUND
-    return (scores / np.maximum(peak, 1.0)).astype(np.float32)
-
-
-class PopularityWeights(gym.Wrapper):
-    """The weights action plus one weight on item popularity, over the env's `scores` mode.
-
-    The policy sees the context observation (profile, clicked features, session); the wrapper
-    keeps the candidates' features and ids to score them.
-    """
-
-    KEYS = ("profile", "clicked_features_mean", "session_features")
-
-    def __init__(self, env: gym.Env, popularity: np.ndarray) -> None:
-        super().__init__(env)
-        self.popularity = popularity
-        self.observation_space = gym.spaces.Dict({k: env.observation_space[k] for k in self.KEYS})
-        f = env.observation_space["clicked_features_mean"].shape[0]
-        self.action_space = gym.spaces.Box(-SCORE_BOUND, SCORE_BOUND, (f + 1,), np.float32)
-        self._last: dict = {}
-
-    def _observe(self, obs: dict) -> dict:
-        self._last = obs
-        return {k: obs[k] for k in self.KEYS}
-
-    def reset(self, **kwargs: Any) -> tuple[dict, dict]:
-        obs, info = self.env.reset(**kwargs)
-        return self._observe(obs), info
-
-    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
-        last = self._last
-        scores = popularity_scores(
-            np.asarray(action, np.float32),
-            last["candidate_features"],
-            last["candidate_ids"],
-            self.popularity,
-        )
-        obs, reward, terminated, truncated, info = self.env.step(scores)
-        return self._observe(obs), float(reward), terminated, truncated, info
+SAC_ACTION_MODES = ("weights", "scores")
 
 
 @dataclass
@@ -120,8 +52,9 @@ class Args:
     algos: str = "ppo,sac"
     """ppo: PPO on the env's default action mode; sac: SAC on `sac_action_mode`."""
     sac_action_mode: str = "weights"
-    """SAC's action: 'weights' (the env's default), 'scores' (one score per candidate) or
-    'weights+popularity' (the weights and one more for the items' popularity)."""
+    """SAC's action: 'weights' (the env's default) or 'scores' (one score per candidate)."""
+    item_popularity: bool = False
+    """Build every env with `item_popularity=True` (the items' popularity as one more feature)."""
     steps: int = 100_000
     """Env steps per training run."""
     seeds: int = 3
@@ -141,28 +74,24 @@ def train(
     seed: int,
     smoke: bool,
     sac_action_mode: str = "weights",
-    popularity: np.ndarray | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, str]:
     """SB3's algorithm with its defaults on one single env (the model, its action mode)."""
     from stable_baselines3 import PPO, SAC
 
+    kwargs = env_kwargs or {}
     if algo == "ppo":
-        env = gym.make(env_id)  # the env as it comes
+        env = gym.make(env_id, **kwargs)  # the env as it comes
         small = {"n_steps": 64, "batch_size": 32} if smoke else {}
         model = PPO("MultiInputPolicy", env, seed=seed, **small)
     elif algo == "sac":
-        if sac_action_mode == "weights+popularity":
-            assert popularity is not None
-            scored = gym.make(env_id, action_mode="scores", include_item_ids=True)
-            env = PopularityWeights(scored, popularity)
-        else:
-            env = gym.make(env_id, action_mode=sac_action_mode)
+        env = gym.make(env_id, action_mode=sac_action_mode, **kwargs)
         small = {"learning_starts": 16, "batch_size": 16, "buffer_size": 1000} if smoke else {}
         model = SAC("MultiInputPolicy", env, seed=seed, **small)
     else:
         raise SystemExit(f"--algos: unknown algorithm {algo!r}; ppo or sac")
     model.learn(steps)
-    return model, sac_action_mode if algo == "sac" else env.unwrapped.config.action_mode
+    return model, env.unwrapped.config.action_mode
 
 
 class Deterministic:
@@ -175,19 +104,6 @@ class Deterministic:
         keys = self.model.observation_space.spaces
         action, _ = self.model.predict({k: obs[k] for k in keys}, deterministic=True)
         return action, None
-
-
-class PopularityDeterministic(Deterministic):
-    """A model trained on `PopularityWeights`, scoring the candidates of a batched env."""
-
-    def __init__(self, model: Any, popularity: np.ndarray) -> None:
-        super().__init__(model)
-        self.popularity = popularity
-
-    def predict(self, obs: dict, deterministic: bool = True, **_: Any) -> tuple[np.ndarray, None]:
-        weights, _ = super().predict(obs)
-        features, ids = obs["candidate_features"], obs["candidate_ids"]
-        return popularity_scores(weights, features, ids, self.popularity), None
 
 
 def main() -> None:
@@ -214,23 +130,18 @@ def main() -> None:
         "algos": {},
     }
     print(f"{args.env_id}: random {random_mean:.2f} over {args.eval_users} users")
-    popular = "sac" in algos and args.sac_action_mode == "weights+popularity"
-    popularity = popularity_feature(args.env_id) if popular else None
+    env_kwargs = {"item_popularity": True} if args.item_popularity else {}
+    out["item_popularity"] = args.item_popularity
     for algo in algos:
         per_seed = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             start = time.time()
             model, mode = train(
-                algo, args.env_id, args.steps, seed, args.smoke, args.sac_action_mode, popularity
+                algo, args.env_id, args.steps, seed, args.smoke, args.sac_action_mode, env_kwargs
             )
             seconds = time.time() - start
-            if mode == "weights+popularity":
-                assert popularity is not None
-                agent: Any = PopularityDeterministic(model, popularity)
-                view = {"include_item_ids": True, "action_mode": "scores"}
-            else:
-                agent, view = Deterministic(model), {"include_item_ids": False, "action_mode": mode}
-            returns = evaluate_returns(agent, args.env_id, **view, **users)
+            view = {"include_item_ids": False, "action_mode": mode, **env_kwargs}
+            returns = evaluate_returns(Deterministic(model), args.env_id, **view, **users)
             per_seed.append(
                 {
                     "seed": seed,

@@ -8,14 +8,22 @@ own seed and actions.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from gymnasium import spaces
 
-from recsim_env.config import SESSION_STEPS_SCALE, EnvConfig
+from recsim_env.config import DEFAULT_MAX_EPISODE_STEPS, SESSION_STEPS_SCALE, EnvConfig
 from recsim_env.spaces import FEATURE_BOUND, make_observation_space
 from simulators.base import StepOutcome, UserSimulator
 from simulators.behaviours import engaged
 from simulators.rng import distinct_choices, uniforms
+
+POPULARITY_SEED = 10**9
+"""Seed of the first user of the random-policy run behind `EnvConfig.item_popularity` (the
+benchmarks evaluate on users seeded from 10**6)."""
+POPULARITY_ROWS = 64
+"""Sessions run side by side in that run (bounds the simulator rows it needs)."""
 
 
 def seed_to_key(seed: int) -> np.uint64:
@@ -197,9 +205,7 @@ class SlateSessionBatch:
         self.num_items = int(simulator.num_items)
         self.candidate_items = candidate_pool(candidate_items, self.num_items, cfg.num_candidates)
         """Catalog indices candidates are drawn from (None: all)."""
-        self.item_features = np.clip(
-            np.asarray(simulator.item_features, dtype=np.float32), -FEATURE_BOUND, FEATURE_BOUND
-        )
+        self.item_features = env_item_features(simulator, cfg, candidate_items)
         self.num_features = self.item_features.shape[1]
         self.num_profile_tokens = len(simulator.profile_encoder.vocab)
         hk = cfg.history_length * cfg.slate_size
@@ -315,3 +321,67 @@ class SlateSessionBatch:
             obs["candidate_ids"] = cand.copy()
             obs["history_items"] = self.history_items[rows].copy()
         return obs
+
+
+def logged_click_counts(
+    simulator: UserSimulator,
+    cfg: EnvConfig,
+    users: int,
+    seed: int,
+    candidate_items: np.ndarray | None = None,
+) -> np.ndarray:
+    """Clicks (a buy is a click) per catalog item of a uniformly random slate policy.
+
+    `users` fresh sessions (user i seeded seed + i), each run until the user leaves or after
+    DEFAULT_MAX_EPISODE_STEPS slates (not `cfg.max_episode_steps`: a `gym.make` build applies
+    that outside the env, and the counts must not depend on the build), with cfg's slate size
+    and candidates. The run uses simulator rows
+    0..POPULARITY_ROWS-1: call it before sessions of your own start on the simulator.
+
+    Returns:
+        (num_items,) float64 counts.
+    """
+    plain = replace(cfg, action_mode="slate", item_popularity=False)
+    n = min(int(users), POPULARITY_ROWS)
+    simulator.ensure_capacity(n)
+    batch = SlateSessionBatch(simulator, plain, n, candidate_items)
+    counts = np.zeros(batch.num_items)
+    rng = np.random.default_rng(seed)
+    for start in range(0, int(users), n):
+        live = np.arange(min(n, int(users) - start))
+        batch.reset_rows(live, [seed + start + int(r) for r in live])
+        for _ in range(DEFAULT_MAX_EPISODE_STEPS):
+            if len(live) == 0:
+                break
+            order = np.argsort(rng.random((len(live), cfg.num_candidates)), axis=1)
+            out, _, slates = batch.step(live, order[:, : cfg.slate_size])
+            np.add.at(counts, slates[engaged(out.responses)], 1.0)
+            live = live[~np.asarray(out.leave, dtype=bool)]
+    return counts
+
+
+def popularity_feature(counts: np.ndarray) -> np.ndarray:
+    """(num_items,) float32 standardised log(1 + counts), within the feature bounds."""
+    logs = np.log1p(np.asarray(counts, dtype=np.float64))
+    z = (logs - logs.mean()) / max(float(logs.std()), 1e-9)
+    return np.clip(z, -FEATURE_BOUND, FEATURE_BOUND).astype(np.float32)
+
+
+def env_item_features(
+    simulator: UserSimulator, cfg: EnvConfig, candidate_items: np.ndarray | None = None
+) -> np.ndarray:
+    """(num_items, F) float32 item features an env observes and the `weights` action weighs.
+
+    The simulator's own features (category one-hot, log price), clipped to the feature bounds,
+    then the item's popularity when `cfg.item_popularity` (`logged_click_counts` of
+    `cfg.popularity_users` users from POPULARITY_SEED).
+    """
+    feats = np.clip(
+        np.asarray(simulator.item_features, dtype=np.float32), -FEATURE_BOUND, FEATURE_BOUND
+    )
+    if not cfg.item_popularity:
+        return feats
+    counts = logged_click_counts(
+        simulator, cfg, cfg.popularity_users, POPULARITY_SEED, candidate_items
+    )
+    return np.concatenate([feats, popularity_feature(counts)[:, None]], axis=1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recsim_env.config import SESSION_STEPS_SCALE, EnvConfig
-from recsim_env.sessions import candidate_pool, seed_to_key
+from recsim_env.sessions import candidate_pool, env_item_features, seed_to_key
 from recsim_env.spaces import FEATURE_BOUND
 from simulators.base import TensorStepOutcome, TensorUserSimulator
 from simulators.behaviours import CLICK
@@ -108,9 +108,7 @@ class TensorSessionBatch:
         self.reward_per_code = torch.as_tensor(
             cfg.reward_per_code(simulator.behaviours), dtype=torch.float32, device=dev
         )
-        feats = np.clip(
-            np.asarray(simulator.item_features, np.float32), -FEATURE_BOUND, FEATURE_BOUND
-        )
+        feats = env_item_features(simulator, cfg, pool)
         self.item_features = torch.as_tensor(feats, device=dev)  # (num_items, F)
         self.num_features = int(feats.shape[1])
         self.num_profile_tokens = len(simulator.profile_encoder.vocab)

@@ -72,14 +72,16 @@ def test_tianshou_example_runs_with_smoke(tmp_path):
     assert "mean return" in out.stdout
 
 
-def test_sac_on_weights_and_popularity_runs_with_smoke(tmp_path):
-    args = ["--smoke", "--algos", "sac", "--sac-action-mode", "weights+popularity"]
+def test_sac_with_item_popularity_runs_with_smoke(tmp_path):
+    args = ["--smoke", "--algos", "sac", "--item-popularity"]
     out = _run_example("generic_rl_benchmark.py", tmp_path, *args, "--json", "f.json")
     assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads((tmp_path / "f.json").read_text())["algos"]["sac"]
-    assert figures["action_mode"] == "weights+popularity" and figures["mean_return"] > 0
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["item_popularity"] is True
+    assert figures["algos"]["sac"]["action_mode"] == "weights"
+    assert figures["algos"]["sac"]["mean_return"] > 0
     typo = _run_example("generic_rl_benchmark.py", tmp_path, "--sac-action-mode", "popularity")
-    assert typo.returncode != 0 and "allowed: weights, scores, weights+popularity" in typo.stderr
+    assert typo.returncode != 0 and "allowed: weights, scores" in typo.stderr
 
 
 def _run_example(script: str, cwd, *args: str) -> subprocess.CompletedProcess:

@@ -289,6 +289,24 @@ def test_train_agent_cli_end_to_end(algo, tmp_path, tiny_sim_dir, capsys):
     env.step(action)
 
 
+def test_benchmark_takes_the_env_kwargs_a_policy_was_trained_with(tmp_path, capsys):
+    world = {"num_items": 50, "num_topics": 5, "population_size": 100}
+    trained_with = {**SMALL, "item_popularity": True, "popularity_users": 40}
+    train = ["train-agent", "--env", "ParametricUserSim-v0", "--steps", "32", "--num-envs", "2"]
+    train += ["--n-steps", "16", "--batch-size", "16", "--eval-users", "0", "--no-random"]
+    kwargs = json.dumps({**trained_with, "world": world})
+    assert main([*train, "--out", str(tmp_path / "p"), "--env-kwargs", kwargs, "--quiet"]) == 0
+    bench = ["benchmark", "--env", "ParametricUserSim-v0", "--agents", f"ppo:{tmp_path / 'p'}"]
+    bench += ["--users", "4", "--quiet"]
+    assert main([*bench, "--env-kwargs", json.dumps({**SMALL, "world": world})]) == 2
+    err = capsys.readouterr().err
+    assert "spaces differ" in err and '"item_popularity": true' in err and "--env-kwargs" in err
+    assert main([*bench, "--env-kwargs", kwargs, "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())
+    assert main([*bench, "--env-kwargs", '{"item_popularty": true}']) == 2
+    assert "did you mean item_popularity?" in capsys.readouterr().err
+
+
 def test_train_agent_cli_reports_bad_input(tmp_path, capsys):
     base = ["train-agent", "--out", str(tmp_path / "x"), "--steps", "8"]
     assert main([*base, "--env", "NoSuchEnv-v0"]) == 2

@@ -225,3 +225,31 @@ def name_list(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated names, got nothing")
     return names
+
+
+def env_kwargs_json(text: str) -> dict[str, Any]:
+    """A JSON object of env arguments, checked against EnvConfig now (unknown fields refused)."""
+    from recsim_env.config import EnvConfig
+
+    value = json_object(text)
+    try:
+        _, rest = EnvConfig.from_kwargs(value)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    extras = ("simulator", "world", "device", "dtype")
+    unknown = sorted(set(rest) - set(extras))
+    if unknown:
+        import difflib
+
+        known = [*EnvConfig.field_names(), *extras]
+        hints = [
+            f"{name}: did you mean {close[0]}?"
+            for name in unknown
+            if (close := difflib.get_close_matches(name, known, n=1))
+        ]
+        raise argparse.ArgumentTypeError(
+            f"unknown env arguments {unknown}"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + "; EnvConfig fields, <behaviour>_reward, simulator, world, device or dtype"
+        )
+    return value

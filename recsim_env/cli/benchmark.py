@@ -14,6 +14,7 @@ from recsim_env.cli.args import (
     check_device_here,
     device_name,
     env_id,
+    env_kwargs_json,
     existing_dir,
     int_at_least,
     name_list,
@@ -80,6 +81,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--device", type=device_name, default=None, help="LLMUserSim-v0 device (cpu, cuda, cuda:N)"
     )
     p.add_argument(
+        "--env-kwargs",
+        type=env_kwargs_json,
+        default=None,
+        help="env arguments as JSON for every agent, e.g. '{\"item_popularity\": true}' for a "
+        "policy trained with them (train-agent --env-kwargs)",
+    )
+    p.add_argument(
         "--trust-sb3-zip",
         action="store_true",
         help="allow agents given as KIND:FILE.zip (third-party SB3 models): loading one "
@@ -117,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(llm_only)} applies to LLMUserSim-v0, not {args.env}")
     for name in args.agents or ():
         check_agent_spec(name, args.trust_sb3_zip)  # fails now, not after the popularity run
-    env_kwargs: dict[str, object] = {}
+    env_kwargs: dict[str, object] = dict(args.env_kwargs or {})
     if args.simulator is not None:
         env_kwargs["simulator"] = str(args.simulator)
     if args.device is not None:

@@ -34,6 +34,7 @@ from recsim_env.cli._common import progress_enabled, write_json
 from recsim_env.cli.args import (
     device,
     env_id,
+    env_kwargs_json,
     existing_dir,
     float_in,
     int_at_least,
@@ -139,24 +140,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="progress bar (default: unless --quiet)",
     )
     p.add_argument("--json", type=output_file, default=None, help="write the summary as JSON")
-
-
-def env_kwargs_json(text: str) -> dict[str, Any]:
-    """A JSON object of env arguments, checked against EnvConfig now (unknown fields refused)."""
-    from recsim_env.config import EnvConfig
-
-    value = json_object(text)
-    try:
-        _, rest = EnvConfig.from_kwargs(value)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    unknown = sorted(set(rest) - {"simulator", "world", "device", "dtype"})
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown env arguments {unknown}; EnvConfig fields, <behaviour>_reward, simulator, "
-            "world, device or dtype"
-        )
-    return value
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
