@@ -248,13 +248,19 @@ def _trained_with(path: Path) -> str:
         trained = json.loads((path / "train_config.json").read_text())
     except (OSError, ValueError):
         return "trained on another catalog or EnvConfig?"
-    kwargs = {k: v for k, v in (trained.get("env_kwargs") or {}).items() if k != "simulator"}
-    if not kwargs:
-        return f"trained on {trained.get('env', 'another env')} with its default EnvConfig"
-    return (
-        f"trained on {trained.get('env', 'another env')} with env kwargs {json.dumps(kwargs)}: "
-        f"benchmark it with --env-kwargs '{json.dumps(kwargs)}'"
-    )
+    from recsim_env.config import SLATE_AGENT_KWARGS
+
+    given = dict(trained.get("env_kwargs") or {})
+    # what the benchmark fixes (action mode, observation) or takes by its own flags stays out
+    left_out = {*SLATE_AGENT_KWARGS, "simulator", "device", "dtype"}
+    kwargs = {k: v for k, v in given.items() if k not in left_out}
+    hints = [f"--env-kwargs '{json.dumps(kwargs)}'"] if kwargs else []
+    if "simulator" in given:
+        hints.append(f"--simulator {given['simulator']}")
+    env = trained.get("env", "another env")
+    if not hints:
+        return f"trained on {env} with its default EnvConfig"
+    return f"trained on {env}; benchmark it with {' '.join(hints)}"
 
 
 __all__ = [

@@ -332,11 +332,13 @@ def logged_click_counts(
 ) -> np.ndarray:
     """Clicks (a buy is a click) per catalog item of a uniformly random slate policy.
 
-    `users` fresh sessions (user i seeded seed + i), each run until the user leaves or after
-    DEFAULT_MAX_EPISODE_STEPS slates (not `cfg.max_episode_steps`: a `gym.make` build applies
-    that outside the env, and the counts must not depend on the build), with cfg's slate size
-    and candidates. The run uses simulator rows
-    0..POPULARITY_ROWS-1: call it before sessions of your own start on the simulator.
+    `users` fresh sessions (`reset_rows` seeds i-th with seed + i), each run until the user
+    leaves or after DEFAULT_MAX_EPISODE_STEPS slates (not `cfg.max_episode_steps`: a
+    `gym.make` build applies that outside the env, and the counts must not depend on the
+    build), with cfg's slate size and candidates, POPULARITY_ROWS sessions side by side
+    whatever the simulator's capacity (the random slates are drawn in that order, so the counts
+    depend on nothing else). The run restarts simulator rows 0..POPULARITY_ROWS-1 and grows
+    its capacity to that: on a simulator object shared with a live env, it ends those sessions.
 
     Returns:
         (num_items,) float64 counts.
@@ -374,7 +376,9 @@ def env_item_features(
 
     The simulator's own features (category one-hot, log price), clipped to the feature bounds,
     then the item's popularity when `cfg.item_popularity` (`logged_click_counts` of
-    `cfg.popularity_users` users from POPULARITY_SEED).
+    `cfg.popularity_users` users from POPULARITY_SEED, standardised over the candidate pool;
+    0 for items outside it). The values follow the simulator's numerics: a bfloat16 GPT-2
+    user counts other clicks than a float32 one.
     """
     feats = np.clip(
         np.asarray(simulator.item_features, dtype=np.float32), -FEATURE_BOUND, FEATURE_BOUND
@@ -384,4 +388,11 @@ def env_item_features(
     counts = logged_click_counts(
         simulator, cfg, cfg.popularity_users, POPULARITY_SEED, candidate_items
     )
-    return np.concatenate([feats, popularity_feature(counts)[:, None]], axis=1)
+    # standardised over the items that can be candidates (the others are never observed)
+    pool = candidate_pool(candidate_items, len(counts), cfg.num_candidates)
+    popularity = np.zeros(len(counts), dtype=np.float32)
+    if pool is None:
+        popularity = popularity_feature(counts)
+    else:
+        popularity[pool] = popularity_feature(counts[pool])
+    return np.concatenate([feats, popularity[:, None]], axis=1)

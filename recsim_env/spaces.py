@@ -45,8 +45,8 @@ def make_observation_space(
         session_features: [min(steps / 50, 1), min(slates since last click / 10, 1)] (fixed
             scales: the step limit does not change an observation).
         candidate_features (observation 'full', or an action that picks candidates): the
-            candidates' item features (category one-hot, standardised log price), flattened
-            (num_candidates * F,).
+            candidates' item features (category one-hot, standardised log price, and
+            popularity with `item_popularity`), flattened (num_candidates * F,).
         history_responses (observation 'full'): the responses to the last history_length
             slates (behaviour codes 0..num_behaviours-1), oldest first, -1 where the session is
             younger.

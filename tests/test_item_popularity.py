@@ -8,7 +8,12 @@ import pytest
 
 import recsim_env  # noqa: F401
 from recsim_env.config import EnvConfig
-from recsim_env.sessions import POPULARITY_SEED, logged_click_counts, popularity_feature
+from recsim_env.sessions import (
+    POPULARITY_SEED,
+    env_item_features,
+    logged_click_counts,
+    popularity_feature,
+)
 from simulators.parametric import ParametricUserModel, WorldConfig
 from tests.conftest import TINY_WORLD
 
@@ -63,6 +68,17 @@ def test_every_build_sees_the_same_popularity(tiny_sim_dir) -> None:
     obs, _ = llm.reset(seed=0)
     obs, reward, *_ = llm.step(llm.action_space.sample())
     assert np.isfinite(reward)
+
+
+def test_popularity_is_standardised_over_the_candidate_pool() -> None:
+    world = ParametricUserModel(WorldConfig(**WORLD))
+    cfg = EnvConfig(**SMALL, **POPULAR)
+    pool = np.arange(10, 30)
+    feats = env_item_features(world, cfg, pool)
+    popularity = feats[:, -1]
+    assert (popularity[:10] == 0).all() and (popularity[30:] == 0).all()
+    assert abs(popularity[pool].mean()) < 1e-5
+    assert popularity[pool].std() == pytest.approx(1.0, abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -305,6 +305,10 @@ def test_benchmark_takes_the_env_kwargs_a_policy_was_trained_with(tmp_path, caps
     assert json.loads((tmp_path / "b.json").read_text())
     assert main([*bench, "--env-kwargs", '{"item_popularty": true}']) == 2
     assert "did you mean item_popularity?" in capsys.readouterr().err
+    assert main([*bench, "--env-kwargs", '{"action_mode": "weights"}']) == 2
+    assert "action_mode cannot be changed" in capsys.readouterr().err
+    assert main([*bench, "--env-kwargs", '{"device": "cpu"}']) == 2
+    assert "give device as --device" in capsys.readouterr().err
 
 
 def test_train_agent_cli_reports_bad_input(tmp_path, capsys):

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(llm_only)} applies to LLMUserSim-v0, not {args.env}")
     for name in args.agents or ():
         check_agent_spec(name, args.trust_sb3_zip)  # fails now, not after the popularity run
-    env_kwargs: dict[str, object] = dict(args.env_kwargs or {})
+    env_kwargs: dict[str, object] = _checked_env_kwargs(args.env_kwargs or {}, args.env)
     if args.simulator is not None:
         env_kwargs["simulator"] = str(args.simulator)
     if args.device is not None:
@@ -172,3 +172,26 @@ def run(args: argparse.Namespace) -> int:
         if path:
             print(f"wrote {label} to {path}")
     return 0
+
+
+def _checked_env_kwargs(kwargs: dict[str, object], env_id: str) -> dict[str, object]:
+    """`--env-kwargs` minus what the benchmark fixes or takes by its own flags (UsageError)."""
+    from recsim_env.config import SLATE_AGENT_KWARGS
+
+    fixed = sorted(
+        k for k, v in kwargs.items() if k in SLATE_AGENT_KWARGS and v != SLATE_AGENT_KWARGS[k]
+    )
+    if fixed:
+        raise UsageError(
+            f"--env-kwargs: {', '.join(fixed)} cannot be changed: every agent acts on slates and "
+            "reads the full observation with catalog ids (a policy trained on another action "
+            "mode or observation acts through them)"
+        )
+    for key, flag in (("simulator", "--simulator"), ("device", "--device")):
+        if key in kwargs:
+            raise UsageError(f"--env-kwargs: give {key} as {flag}")
+    llm = env_id == "LLMUserSim-v0"
+    for key, needs_llm in (("dtype", True), ("world", False)):
+        if key in kwargs and needs_llm != llm:
+            raise UsageError(f"--env-kwargs: {key} does not apply to {env_id}")
+    return dict(kwargs)
