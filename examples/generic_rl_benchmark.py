@@ -7,11 +7,11 @@ features . weights, the top k shown) or, with `--sac-action-mode scores`, on a B
 per candidate. `--item-popularity` builds every env with `item_popularity=True`: one more item
 feature, the items' popularity (log click counts of a random-policy run on other users, what a
 recommender counts in its own logs; the default features carry category and price, not the
-hidden item quality that popularity reflects), so the weights action has one more weight.
-Each trained policy
-and a uniformly random one then meet the same held-out users (user i seeded 10**6 + i, one
-episode each, deterministic actions), and the script prints the mean returns, their ratio to
-random's and whether the target (at least 2x random's return) is met.
+hidden item quality that popularity reflects), so the weights action has one more weight
+(measured: SAC 2.08x random over 3 seeds with it, 1.89x without; README "Every RL stack"). Each
+trained policy and a uniformly random one then meet the same held-out users (user i seeded
+10**6 + i, one episode each, deterministic actions), and the script prints the mean returns,
+their ratio to random's and whether the target (at least 2x random's return) is met.
 
 Run:
     python examples/generic_rl_benchmark.py --json generic.json     # 3 seeds x 100k steps each

@@ -71,9 +71,10 @@ class EnvConfig:
     'error' raises ValueError. (Only the `slate` action mode can repeat a candidate.)"""
     action_mode: str = "weights"
     """'weights' (default): `Box(-5, 5, (F,))`, one weight per item feature (category one-hot,
-    log price, and popularity with `item_popularity`); each candidate's score is its features . weights, and the env shows the
-    slate_size best, best first (ties: the lower candidate index). 'scores':
-    `Box(-5, 5, (num_candidates,))`, one score per candidate, the best shown the same way.
+    log price, and popularity with `item_popularity`); each candidate's score is its
+    features . weights, and the env shows the slate_size best, best first (ties: the lower
+    candidate index). 'scores': `Box(-5, 5, (num_candidates,))`, one score per candidate, the
+    best shown the same way.
     'slate': `MultiDiscrete([num_candidates] * slate_size)`, candidate indices in display
     order (repeats handled by duplicate_policy). The two score modes never repeat a candidate
     and any continuous-action algorithm (PPO, SAC, TD3) acts on them unmodified; 'weights' is
