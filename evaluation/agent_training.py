@@ -197,7 +197,10 @@ def train_and_evaluate(cfg: AgentTrainingConfig, progress: bool = False) -> dict
     }
     if cfg.eval_users > 0:
         t1 = time.perf_counter()
-        kw = {"users": cfg.eval_users, "seed": cfg.eval_seed, **cfg.env_kwargs}
+        # evaluated like the benchmark evaluates it: through slates, on the full observation
+        # (a weights or scores model acts through its top candidates)
+        env_settings = {k: v for k, v in cfg.env_kwargs.items() if k not in SLATE_AGENT_KWARGS}
+        kw = {"users": cfg.eval_users, "seed": cfg.eval_seed, **env_settings}
         returns = evaluate_returns(model, cfg.env, **kw)
         summary["mean_return"], summary["return_ci95"] = mean_ci95(returns)
         if cfg.random_reference:

@@ -103,12 +103,26 @@ def item_novelty(counts: np.ndarray) -> np.ndarray:
     return -np.log2((counts + 1.0) / (counts.sum() + len(counts)))
 
 
+def simulator_feature_count(vector_env: Any) -> int:
+    """The item features of a vector env's simulator itself (without env-added columns)."""
+    from agents.base import env_view
+
+    return int(np.asarray(env_view(vector_env).simulator.item_features).shape[1])
+
+
 class SlateRecorder:
     """Collects what every user was shown: diversity and novelty sums, and the items seen."""
 
-    def __init__(self, users: int, novelty: np.ndarray) -> None:
-        """Per-user accumulators for `users` users."""
+    def __init__(self, users: int, novelty: np.ndarray, num_features: int | None = None) -> None:
+        """Per-user accumulators for `users` users.
+
+        `num_features`: the leading item-feature columns diversity is computed on, the
+        simulator's own (category, price; `simulator_feature_count`): an env built with
+        `item_popularity` observes one more, which would change diversity for the same slates.
+        None: all observed columns.
+        """
         self.novelty = novelty
+        self.num_features = num_features
         self.diversity_sum = np.zeros(users)
         self.novelty_sum = np.zeros(users)
         self._rows: list[np.ndarray] = []
@@ -127,7 +141,7 @@ class SlateRecorder:
         cand = np.asarray(obs["candidate_ids"])
         pos = np.argmax(cand[:, None, :] == items[:, :, None], axis=2)
         feats = np.asarray(obs["candidate_features"], dtype=np.float64)
-        feats = feats.reshape(len(users), cand.shape[1], -1)
+        feats = feats.reshape(len(users), cand.shape[1], -1)[..., : self.num_features]
         self.diversity_sum[users] += slate_diversity(
             np.take_along_axis(feats, pos[..., None], axis=1)
         )
@@ -294,7 +308,7 @@ def run_benchmark(
         for _name, label, agent in agents:
             if on_agent is not None:
                 on_agent(label)
-            recorder = SlateRecorder(cfg.users, novelty)
+            recorder = SlateRecorder(cfg.users, novelty, simulator_feature_count(vec))
             stats = run_episodes(
                 agent, vec, cfg.users, cfg.seed, observer=recorder, on_done=on_done
             )

@@ -21,6 +21,7 @@ from evaluation.benchmark import (
     item_novelty,
     make_benchmark_agent,
     popularity_counts,
+    simulator_feature_count,
     summarize,
 )
 from evaluation.distributed import (
@@ -69,7 +70,7 @@ def _users_unit(
     """On an actor: users first .. first + users - 1 of one agent (seeded seed + i)."""
     vec = _unit_env(state, cfg, rows)
     agent = make_benchmark_agent(name, vec, cfg, counts)
-    recorder = SlateRecorder(users, item_novelty(counts))
+    recorder = SlateRecorder(users, item_novelty(counts), simulator_feature_count(vec))
     stats = run_episodes(agent, vec, users, cfg.seed + first, observer=recorder)
     return {"first": first, "stats": stats, "recorder": recorder.state()}
 

@@ -35,15 +35,16 @@ def evaluate_returns(
     Returns:
         float64 (users,) episode returns.
     """
+    from agents.base import env_view
     from agents.sb3 import as_slate_policy
 
-    agent = as_slate_policy(policy)
     vec = (
         make_episode_env(env, max(1, min(users, num_envs)), **env_kwargs)
         if isinstance(env, str)
         else env
     )
     try:
+        agent = as_slate_policy(policy, env_view(vec).slate_size)
         return run_episodes(agent, vec, users, seed, deterministic=deterministic).returns
     finally:
         if isinstance(env, str):

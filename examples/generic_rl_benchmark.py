@@ -114,8 +114,14 @@ def main() -> None:
         raise SystemExit(
             f"--sac-action-mode: {args.sac_action_mode!r}; allowed: {', '.join(SAC_ACTION_MODES)}"
         )
-    torch.set_num_threads(args.threads)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    unknown = [a for a in algos if a not in ("ppo", "sac")] or ([] if algos else ["(none)"])
+    if unknown:
+        raise SystemExit(f"--algos: {', '.join(unknown)}; allowed: ppo, sac (comma-separated)")
+    for name in ("steps", "seeds", "eval_users", "threads"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
     users = {"users": args.eval_users, "seed": 10**6}
     t0 = time.time()
     random_returns = evaluate_returns(RandomAgent(5, seed=0), args.env_id, **users)
@@ -129,7 +135,8 @@ def main() -> None:
         "target_ratio": TARGET,
         "algos": {},
     }
-    print(f"{args.env_id}: random {random_mean:.2f} over {args.eval_users} users")
+    features = ", item_popularity=True" if args.item_popularity else ""
+    print(f"{args.env_id}{features}: random {random_mean:.2f} over {args.eval_users} users")
     env_kwargs = {"item_popularity": True} if args.item_popularity else {}
     out["item_popularity"] = args.item_popularity
     for algo in algos:

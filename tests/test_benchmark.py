@@ -63,7 +63,7 @@ def test_cli_writes_json_csv_and_plot(tmp_path, capsys) -> None:
     )
     assert rc == 0
     data = json.loads(out_json.read_text())
-    assert set(data) == {"agents", "env", "users", "seed"}
+    assert set(data) == {"agents", "env", "users", "seed", "env_kwargs"}
     assert (data["env"], data["users"], data["seed"]) == ("ParametricUserSim-v0", 20, 3)
     names = ["random", "popular", "greedy", "linucb", "thompson", "slateq", "text_sim"]
     assert list(data["agents"]) == names

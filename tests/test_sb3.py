@@ -302,13 +302,39 @@ def test_benchmark_takes_the_env_kwargs_a_policy_was_trained_with(tmp_path, caps
     err = capsys.readouterr().err
     assert "spaces differ" in err and '"item_popularity": true' in err and "--env-kwargs" in err
     assert main([*bench, "--env-kwargs", kwargs, "--json", str(tmp_path / "b.json")]) == 0
-    assert json.loads((tmp_path / "b.json").read_text())
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["env_kwargs"]["item_popularity"] is True  # the run says what it ran on
+    assert "env kwargs" in capsys.readouterr().out
     assert main([*bench, "--env-kwargs", '{"item_popularty": true}']) == 2
     assert "did you mean item_popularity?" in capsys.readouterr().err
     assert main([*bench, "--env-kwargs", '{"action_mode": "weights"}']) == 2
     assert "action_mode cannot be changed" in capsys.readouterr().err
     assert main([*bench, "--env-kwargs", '{"device": "cpu"}']) == 2
     assert "give device as --device" in capsys.readouterr().err
+    assert main([*bench, "--env-kwargs", '{"dtype": "bfloat16"}']) == 2
+    assert "dtype applies to LLMUserSim-v0" in capsys.readouterr().err
+    assert main([*train, "--out", str(tmp_path / "q"), "--env-kwargs", '{"dtype": "x"}']) == 2
+    assert "dtype applies to LLMUserSim-v0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action_mode", ["weights", "scores"])
+def test_train_agent_evaluates_an_mlp_on_a_score_action(action_mode, tmp_path, capsys):
+    env_kwargs = json.dumps({**SMALL, "world": WORLD, "action_mode": action_mode})
+    args = ["train-agent", "--env", "ParametricUserSim-v0", "--steps", "32", "--num-envs", "2"]
+    args += ["--n-steps", "16", "--batch-size", "16", "--policy", "mlp", "--eval-users", "4"]
+    summary = tmp_path / "s.json"
+    args += ["--env-kwargs", env_kwargs, "--out", str(tmp_path / "p"), "--json", str(summary)]
+    assert main([*args, "--quiet"]) == 0, capsys.readouterr().err
+    assert np.isfinite(json.loads(summary.read_text())["mean_return"])
+
+
+def test_the_slate_policy_refuses_an_env_without_its_observation(tmp_path, capsys):
+    args = ["train-agent", "--env", "ParametricUserSim-v0", "--steps", "8", "--quiet"]
+    kwargs = json.dumps({"world": WORLD, "observation": "context"})
+    assert main([*args, "--out", str(tmp_path / "p"), "--env-kwargs", kwargs]) == 2
+    assert "the slate policy gives slates and reads the whole observation" in (
+        capsys.readouterr().err
+    )
 
 
 def test_train_agent_cli_reports_bad_input(tmp_path, capsys):

@@ -55,7 +55,7 @@ class SB3SlatePolicy:
         self.scores = isinstance(model.action_space, spaces.Box)
         self.slate_size: int | None = slate_size or meta.get("slate_size")
         if (self.discrete or self.scores) and not self.slate_size:
-            kind = "Discrete" if self.discrete else "scores (Box)"
+            kind = "Discrete" if self.discrete else "scores or weights (Box)"
             raise ValueError(
                 f"a {kind}-action model needs slate_size= (it was not saved by llm-usersim)"
             )
@@ -78,6 +78,14 @@ class SB3SlatePolicy:
                 else f"the model was trained on observations with {missing}, which these lack"
             )
         own = {k: v for k, v in observation.items() if k in self.keys} if self.keys else observation
+        for key in self.keys:
+            want = tuple(self.model.observation_space[key].shape or ())
+            got = tuple(np.shape(own[key]))
+            if want and got[-len(want) :] != want:
+                raise ValueError(
+                    f"observation {key!r} has shape {got}, the model was trained on {want}: "
+                    "another catalog or EnvConfig (item_popularity, num_candidates ...)"
+                )
         action, state = self.model.predict(own, state, episode_start, deterministic)
         if self.discrete:
             c = int(self.model.action_space.n)
@@ -103,11 +111,17 @@ class SB3SlatePolicy:
         """Saved models do not learn during evaluation."""
 
 
-def as_slate_policy(policy: Any) -> Any:
-    """An SB3 model wrapped as SB3SlatePolicy; anything else (an agent) unchanged."""
+def as_slate_policy(policy: Any, slate_size: int | None = None) -> Any:
+    """An SB3 model wrapped as SB3SlatePolicy; anything else (an agent) unchanged.
+
+    slate_size: the env's, for models of Discrete, scores or weights actions not saved by
+    llm-usersim.
+    """
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-    return SB3SlatePolicy(policy) if isinstance(policy, BaseAlgorithm) else policy
+    if isinstance(policy, BaseAlgorithm):
+        return SB3SlatePolicy(policy, slate_size=slate_size)
+    return policy
 
 
 def detect_sb3_algo(path: str | Path) -> str | None:

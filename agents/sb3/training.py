@@ -86,15 +86,16 @@ def make_model(
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; one of {', '.join(POLICIES)}")
     discrete = isinstance(venv.action_space, spaces.Discrete)
-    if (
-        policy == "slate"
-        and not discrete
-        and not isinstance(venv.action_space, spaces.MultiDiscrete)
+    observed = getattr(venv.observation_space, "spaces", {})
+    if policy == "slate" and (
+        not (discrete or isinstance(venv.action_space, spaces.MultiDiscrete))
+        or not {"history_responses", "candidate_ids"} <= set(observed)
     ):
         raise ValueError(
             "the slate policy gives slates and reads the whole observation: build the env with "
             "make_sb3_vec_env(id, n, **recsim_env.config.SLATE_AGENT_KWARGS); on the default env "
-            f"({venv.action_space} actions) use policy='mlp' or SB3's own PPO('MultiInputPolicy', venv)"
+            f"({venv.action_space} actions, observing {sorted(observed)}) use policy='mlp' or "
+            "SB3's own PPO('MultiInputPolicy', venv)"
         )
     if (algo == "dqn") != discrete:
         raise ValueError(

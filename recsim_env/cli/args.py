@@ -253,3 +253,16 @@ def env_kwargs_json(text: str) -> dict[str, Any]:
             + "; EnvConfig fields, <behaviour>_reward, simulator, world, device or dtype"
         )
     return value
+
+
+def misplaced_env_kwarg(kwargs: dict[str, Any], env: str) -> str | None:
+    """Why an env argument does not apply to `env` (None when all apply).
+
+    `simulator`, `device` and `dtype` are LLMUserSim-v0's, `world` is ParametricUserSim-v0's.
+    """
+    llm, world = "LLMUserSim-v0", "ParametricUserSim-v0"
+    owners = {"simulator": llm, "device": llm, "dtype": llm, "world": world}
+    for key, owner in owners.items():
+        if key in kwargs and env != owner:
+            return f"--env-kwargs: {key} applies to {owner}, not {env}"
+    return None

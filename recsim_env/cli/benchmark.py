@@ -7,6 +7,7 @@ and writes the table, JSON, CSV and plot.
 from __future__ import annotations
 
 import argparse
+import json
 
 from recsim_env.cli import UsageError
 from recsim_env.cli._common import progress_enabled, write_json
@@ -17,6 +18,7 @@ from recsim_env.cli.args import (
     env_kwargs_json,
     existing_dir,
     int_at_least,
+    misplaced_env_kwarg,
     name_list,
     nonnegative_int,
     output_file,
@@ -159,11 +161,11 @@ def run(args: argparse.Namespace) -> int:
         except DistributedError as exc:  # the cluster's fault, told as one line
             raise UsageError(str(exc)) from exc
     bar.close()  # not on an error: its one line is the last thing on stderr
-    print(f"{args.env}: {args.users} users, seed {args.seed} (mean ± 95% CI half-width)")
+    settings = f", env kwargs {json.dumps(args.env_kwargs)}" if args.env_kwargs else ""
+    print(f"{args.env}: {args.users} users, seed {args.seed}{settings} (mean ± 95% CI half-width)")
     print(format_table(results))
-    write_json(
-        args.json, {"agents": results, "env": args.env, "users": args.users, "seed": args.seed}
-    )
+    figures = {"agents": results, "env": args.env, "users": args.users, "seed": args.seed}
+    write_json(args.json, {**figures, "env_kwargs": dict(args.env_kwargs or {})})
     if args.csv:
         write_csv(args.csv, results)
     if args.plot:
@@ -190,8 +192,7 @@ def _checked_env_kwargs(kwargs: dict[str, object], env_id: str) -> dict[str, obj
     for key, flag in (("simulator", "--simulator"), ("device", "--device")):
         if key in kwargs:
             raise UsageError(f"--env-kwargs: give {key} as {flag}")
-    llm = env_id == "LLMUserSim-v0"
-    for key, needs_llm in (("dtype", True), ("world", False)):
-        if key in kwargs and needs_llm != llm:
-            raise UsageError(f"--env-kwargs: {key} does not apply to {env_id}")
+    misplaced = misplaced_env_kwarg(kwargs, env_id)
+    if misplaced:
+        raise UsageError(misplaced)
     return dict(kwargs)

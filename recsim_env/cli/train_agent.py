@@ -39,6 +39,7 @@ from recsim_env.cli.args import (
     float_in,
     int_at_least,
     json_object,
+    misplaced_env_kwarg,
     nonnegative_int,
     output_dir,
     output_file,
@@ -144,6 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = dict(args.env_kwargs or {})
+    misplaced = misplaced_env_kwarg(kwargs, args.env)
+    if misplaced:
+        raise UsageError(misplaced)
     llm = args.env == "LLMUserSim-v0"
     if args.sim is not None:
         if not llm:
