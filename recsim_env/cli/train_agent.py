@@ -61,7 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default=d.algo, choices=ALGOS, help="SB3 algorithm")
     p.add_argument("--env", type=env_id, default=DEFAULT_ENV, help="env id")
     p.add_argument(
-        "--steps", type=int_at_least(1, 10**10), default=d.steps, help="environment steps to train"
+        "--steps",
+        type=int_at_least(1, 10**10),
+        default=d.steps,
+        help="environment steps to train (PPO/A2C round up to whole rollouts of "
+        "n-steps x num-envs)",
     )
     p.add_argument(
         "--out",
