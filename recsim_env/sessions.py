@@ -205,7 +205,7 @@ class SlateSessionBatch:
         self.num_items = int(simulator.num_items)
         self.candidate_items = candidate_pool(candidate_items, self.num_items, cfg.num_candidates)
         """Catalog indices candidates are drawn from (None: all)."""
-        self.item_features = env_item_features(simulator, cfg, candidate_items)
+        self.item_features = env_item_features(simulator, cfg, self.candidate_items)
         self.num_features = self.item_features.shape[1]
         self.num_profile_tokens = len(simulator.profile_encoder.vocab)
         hk = cfg.history_length * cfg.slate_size
@@ -370,14 +370,14 @@ def popularity_feature(counts: np.ndarray) -> np.ndarray:
 
 
 def env_item_features(
-    simulator: UserSimulator, cfg: EnvConfig, candidate_items: np.ndarray | None = None
+    simulator: UserSimulator, cfg: EnvConfig, pool: np.ndarray | None = None
 ) -> np.ndarray:
     """(num_items, F) float32 item features an env observes and the `weights` action weighs.
 
     The simulator's own features (category one-hot, log price), clipped to the feature bounds,
     then the item's popularity when `cfg.item_popularity` (`logged_click_counts` of
-    `cfg.popularity_users` users from POPULARITY_SEED, standardised over the candidate pool;
-    0 for items outside it). The values follow the simulator's numerics: a bfloat16 GPT-2
+    `cfg.popularity_users` users from POPULARITY_SEED, standardised over the candidate pool
+    (`candidate_pool`'s; None: the whole catalog); 0 for items outside it). The values follow the simulator's numerics: a bfloat16 GPT-2
     user counts other clicks than a float32 one.
     """
     feats = np.clip(
@@ -385,11 +385,8 @@ def env_item_features(
     )
     if not cfg.item_popularity:
         return feats
-    counts = logged_click_counts(
-        simulator, cfg, cfg.popularity_users, POPULARITY_SEED, candidate_items
-    )
+    counts = logged_click_counts(simulator, cfg, cfg.popularity_users, POPULARITY_SEED, pool)
     # standardised over the items that can be candidates (the others are never observed)
-    pool = candidate_pool(candidate_items, len(counts), cfg.num_candidates)
     popularity = np.zeros(len(counts), dtype=np.float32)
     if pool is None:
         popularity = popularity_feature(counts)

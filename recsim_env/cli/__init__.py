@@ -14,7 +14,6 @@ progress reports; progress is a bar on a terminal and one line every 15 s on std
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import os
@@ -98,11 +97,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def unknown_arguments(unknown: list[str], options: list[str]) -> str:
     """The error for arguments no flag takes, with the closest flag for each misspelt one."""
+    from recsim_env.cli.args import closest
+
     hints = []
     for arg in unknown:
         flag = arg.split("=", 1)[0]
-        close = difflib.get_close_matches(flag, options, n=1) if flag.startswith("--") else []
-        hints += [f"{flag}: did you mean {close[0]}?"] if close else []
+        close = closest(flag, options) if flag.startswith("--") else None
+        hints += [f"{flag}: did you mean {close}?"] if close else []
     text = f"unrecognized arguments: {' '.join(unknown)}"
     return text + (f" ({'; '.join(hints)})" if hints else "")
 

@@ -9,10 +9,11 @@ than after 83 seconds of measuring.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -187,13 +188,17 @@ def device(text: str) -> str:
 ENV_IDS = ("LLMUserSim-v0", "ParametricUserSim-v0")
 
 
+def closest(name: str, choices: Sequence[str]) -> str | None:
+    """The choice a misspelt `name` most likely meant (None when none is close)."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return close[0] if close else None
+
+
 def env_id(text: str) -> str:
     """One of the project's env ids (the ones with a native vector env)."""
     if text not in ENV_IDS:
-        import difflib
-
-        close = difflib.get_close_matches(text, ENV_IDS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        close = closest(text, ENV_IDS)
+        hint = f"; did you mean {close}?" if close else ""
         raise argparse.ArgumentTypeError(
             f"unknown env {text!r}; allowed: {', '.join(ENV_IDS)}{hint}"
         )
@@ -239,13 +244,9 @@ def env_kwargs_json(text: str) -> dict[str, Any]:
     extras = ("simulator", "world", "device", "dtype")
     unknown = sorted(set(rest) - set(extras))
     if unknown:
-        import difflib
-
         known = [*EnvConfig.field_names(), *extras]
         hints = [
-            f"{name}: did you mean {close[0]}?"
-            for name in unknown
-            if (close := difflib.get_close_matches(name, known, n=1))
+            f"{name}: did you mean {close}?" for name in unknown if (close := closest(name, known))
         ]
         raise argparse.ArgumentTypeError(
             f"unknown env arguments {unknown}"
