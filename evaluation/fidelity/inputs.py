@@ -122,6 +122,8 @@ class PreparedLogs:
         notes: what was decided on the way, for the report.
         members_known: `train` holds the simulator's own training users (the logs are its
             training logs), so membership can be measured against the held-out users.
+        not_members: users of `train` the simulator was not trained on (its calibration
+            users, `TrainConfig.calibration_fraction`).
     """
 
     heldout: InteractionLogs
@@ -132,6 +134,7 @@ class PreparedLogs:
     seed: int
     notes: list[str]
     members_known: bool = False
+    not_members: frozenset[str] = frozenset()
 
 
 def _check_fits(logs: InteractionLogs, sim: Any) -> None:
@@ -165,6 +168,7 @@ def _prepare_logs(
     """Held-out logs, the training part (baselines) and warm users (see the module docstring)."""
     from recsim_env.log_generation import POLICIES, generate
     from simulators.logs import read_logs
+    from simulators.training.calibration import calibration_mask
     from simulators.training.data import split_by_user
 
     notes: list[str] = []
@@ -202,23 +206,36 @@ def _prepare_logs(
     users_all = sorted(set(logs.steps["user_id"].astype(str)))
     rng = np.random.default_rng(cfg.seed)
     train = warm = None
+    calibration_users: set[str] = set()
     if meta_equal and train_cfg:
         session_users = _session_users(logs)
         is_val = split_by_user(
             session_users, float(train_cfg.get("val_fraction", 0.1)), int(train_cfg.get("seed", 0))
         )
+        is_cal = calibration_mask(
+            session_users,
+            is_val,
+            float(train_cfg.get("calibration_fraction", 0.0)),
+            int(train_cfg.get("seed", 0)),
+        )
         held_users = sorted({u for u, v in zip(session_users, is_val) if v})
+        calibration_users = {u for u, c in zip(session_users, is_cal) if c}
         train_users = sorted(set(users_all) - set(held_users))
         notes.append(
             f"the logs are the simulator's training logs: the {len(held_users)} users train-sim "
             "held out for validation are the held-out (cold) users"
         )
-        train = select_users(logs, set(train_users))
-        if cfg.warm_users and train_users:
-            pick = rng.choice(
-                len(train_users), min(cfg.warm_users, len(train_users)), replace=False
+        if calibration_users:
+            notes.append(
+                f"{len(calibration_users)} calibration user"
+                f"{'' if len(calibration_users) == 1 else 's'} (not trained on) in the "
+                "baselines' training part, not among the warm users"
             )
-            warm = select_users(logs, {train_users[i] for i in pick})
+        train = select_users(logs, set(train_users))
+        members = [u for u in train_users if u not in calibration_users]
+        if cfg.warm_users and members:
+            pick = rng.choice(len(members), min(cfg.warm_users, len(members)), replace=False)
+            warm = select_users(logs, {members[i] for i in pick})
     else:
         held_users = users_all
         if world is not None and cfg.baseline_users:
@@ -243,6 +260,7 @@ def _prepare_logs(
         cfg.seed,
         notes,
         members_known=meta_equal and bool(train_cfg),
+        not_members=frozenset(calibration_users),
     )
 
 

@@ -110,7 +110,7 @@ def privacy_section(run: ValidationRun) -> dict[str, Any]:
         return out
     assert run.sim_leave is not None  # teacher-forced with sim_probs
     _, held = user_nll(run.events, run.sim_probs, run.sim_leave)
-    candidates = sorted(set(data.train.steps["user_id"].astype(str)))
+    candidates = sorted(set(data.train.steps["user_id"].astype(str)) - data.not_members)
     rng = np.random.default_rng([run.cfg.seed, 7])
     pick = rng.choice(len(candidates), min(len(held), len(candidates)), replace=False)
     members = select_users(data.train, {candidates[i] for i in pick})

@@ -211,6 +211,14 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         + (f", logging policy `{setup['logging_policy']}`" if setup.get("logging_policy") else "")
         + f". Run time {setup['seconds']['total']:.0f} s."
     )
+    cal = (setup.get("simulator_training") or {}).get("calibration")
+    if cal:
+        out.append("")
+        out.append(
+            f"Its click odds are calibrated (slope {cal['slope']:.3f}, intercept "
+            f"{cal['intercept']:.3f}) on {cal['users']} calibration user"
+            f"{'' if cal['users'] == 1 else 's'} that train-sim did not train on (`--calibration-fraction`): a monotone map, so no AUC changes."
+        )
     out.append("")
     out += ["## Headline figures", ""]
     rows = [

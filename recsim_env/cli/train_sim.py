@@ -146,6 +146,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="share of users held out for validation",
     )
     p.add_argument(
+        "--calibration-fraction",
+        type=float_in(0.0, 1.0, high_open=True),
+        default=d.calibration_fraction,
+        help="share of users held out of training to calibrate the saved model's click odds on "
+        "(a Platt scaling; small real logs: 0.1; default 0: off)",
+    )
+    p.add_argument(
         "--context-length",
         type=int_at_least(32, 8192),
         default=None,
@@ -266,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         patience=args.patience,
         val_fraction=args.val_fraction,
+        calibration_fraction=args.calibration_fraction,
         seed=args.seed,
         bf16=args.bf16,
         context_length=args.context_length,

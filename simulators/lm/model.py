@@ -14,6 +14,7 @@ stepping, refills and candidate scoring all call it, and differ only in the `Att
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -64,6 +65,12 @@ class SimulatorConfig:
     bought of an item's category earlier in the session, see `simulators.tokenization`) to
     every item token: with recency attention, consumption older than the window still
     reaches the prediction."""
+    response_calibration: tuple[float, float] | None = None
+    """(slope, intercept) of a Platt scaling of the engagement log-odds, log p(engage) -
+    log p(skip), that train-sim fits on calibration users it does not train on
+    (`TrainConfig.calibration_fraction`); every prediction (sampling, scoring, validate) reads
+    the calibrated distribution: p(skip) becomes sigmoid(-(slope * z + intercept)) and the
+    engagements keep their shares of the rest. None: the network's own distribution."""
     format_version: int = 2
     """Checkpoint format version (2: weights under `backbone.`, behaviours in vocab.json and a
     content hash; version-1 checkpoints load unchanged)."""
@@ -89,6 +96,14 @@ class SimulatorConfig:
             raise ValueError(
                 f"text_encoder must be one of {list(TEXT_ENCODERS)}, got {self.text_encoder!r}"
             )
+        if self.response_calibration is not None:
+            cal = tuple(float(v) for v in self.response_calibration)  # JSON gives a list
+            if len(cal) != 2 or not all(math.isfinite(v) for v in cal) or cal[0] <= 0:
+                raise ValueError(
+                    "response_calibration must be (slope > 0, intercept), finite, got "
+                    f"{self.response_calibration!r}"
+                )
+            object.__setattr__(self, "response_calibration", cal)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -368,13 +383,46 @@ class UserLM(nn.Module):
         """
         head = self.backbone.head_weight()  # (vocab, d)
         if torch.is_grad_enabled():
-            return hidden @ head[self.output_ids].t().to(hidden.dtype)  # (R + 2, d)
-        key = (head.data_ptr(), head._version, head.dtype)
-        if self._out_key != key or self._out_w is None:
-            with torch.inference_mode():
-                self._out_w = head[self.output_ids].float()
-            self._out_key = key
-        return hidden.float() @ self._out_w.t()
+            logits = hidden @ head[self.output_ids].t().to(hidden.dtype)  # (R + 2, d)
+        else:
+            key = (head.data_ptr(), head._version, head.dtype)
+            if self._out_key != key or self._out_w is None:
+                with torch.inference_mode():
+                    self._out_w = head[self.output_ids].float()
+                self._out_key = key
+            logits = hidden.float() @ self._out_w.t()
+        cal = self.sim_config.response_calibration
+        if cal is None:
+            return logits
+        return calibrated_logits(logits, self.num_behaviours, *cal)
+
+
+def engagement_log_odds(logits: torch.Tensor, num_behaviours: int) -> torch.Tensor:
+    """Log p(any engagement) - log p(skip) of response logits (..., >= R).
+
+    What calibration rescales (behaviour 0 is skip, `simulators.behaviours`).
+    """
+    return torch.logsumexp(logits[..., 1:num_behaviours], -1) - logits[..., 0]
+
+
+def calibrated_logits(
+    logits: torch.Tensor, num_behaviours: int, slope: float, intercept: float
+) -> torch.Tensor:
+    """Logits (..., R + 2) whose response softmax is Platt-scaled on the engagement log-odds.
+
+    With z the engagement log-odds, the new p(skip) is sigmoid(-(slope * z + intercept)) and
+    every engagement keeps its share of p(engage); continue/leave are untouched. Slope 1 and
+    intercept 0 give the same distribution back.
+    """
+    r = num_behaviours
+    if r < 2:
+        return logits
+    engaged = logits[..., 1:r]
+    norm = torch.logsumexp(engaged, -1, keepdim=True)
+    z = norm[..., 0] - logits[..., 0]
+    # softmax over (-z', log p(b | engaged)...) = (1 - sigmoid(z'), sigmoid(z') p(b | engaged))
+    skip = -(slope * z + intercept)
+    return torch.cat([skip[..., None], engaged - norm, logits[..., r:]], -1)
 
 
 def packed_inputs(

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ from simulators.logs import InteractionLogs
 from simulators.progress import progress_bar
 from simulators.slate_fit import check_slates, window_length
 from simulators.text_encoder import TEXT_ENCODERS
+from simulators.training.calibration import (
+    calibration_mask,
+    engagement_evidence,
+    engagement_log_loss,
+    fit_platt,
+)
 from simulators.training.data import (
     SessionData,
     collate,
@@ -111,6 +118,11 @@ class TrainConfig:
     """Warm-up steps."""
     val_fraction: float = 0.1
     """Share of users held out for validation."""
+    calibration_fraction: float = 0.0
+    """Share of users held out of training to calibrate the saved model's engagement odds on
+    (`simulators.training.calibration`: a Platt scaling saved as
+    `SimulatorConfig.response_calibration`); drawn from the users not in validation, so the
+    validation users stay the same. 0: no calibration."""
     eval_every: int = 200
     """Optimiser steps between validations (and checkpoints)."""
     eval_minutes: float | None = 5.0
@@ -168,6 +180,16 @@ class TrainConfig:
             raise ValueError(f"max_population must be >= 1, got {self.max_population}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.calibration_fraction < 1.0 - self.val_fraction:
+            raise ValueError(
+                f"calibration_fraction must be in [0, {1.0 - self.val_fraction:g}) (below 1 - "
+                f"val_fraction), got {self.calibration_fraction}"
+            )
+        if self.dp is not None and self.calibration_fraction > 0:
+            raise ValueError(
+                "--calibration-fraction cannot be combined with --dp-epsilon: the calibration "
+                "is fitted on the calibration users' logs without noise"
+            )
         if self.eval_minutes is not None and not self.eval_minutes > 0:
             raise ValueError(f"eval_minutes must be > 0 (or None), got {self.eval_minutes}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -226,7 +248,10 @@ class SimulatorTrainer:
         start = _load_init_sim(cfg, data, logs) if cfg.init_sim else None
         if start is not None:  # its settings; a given sim_config may only change the window
             window = (sim_config or start.sim_config).attention_window_steps
-            sim_config = replace(start.sim_config, attention_window_steps=window)
+            # trained on its own odds; a calibration is fitted again (calibration_fraction)
+            sim_config = replace(
+                start.sim_config, attention_window_steps=window, response_calibration=None
+            )
             start.model.sim_config = sim_config
         sim_config = sized_config(
             sim_config, cfg.context_length, cfg.text_encoder, logs, longest, prefix, start
@@ -247,6 +272,7 @@ class SimulatorTrainer:
         """Tokens of the packed rows: the context (recency attention: at least what the
         longest slate needs, see `simulators.slate_fit.window_length`)."""
         is_val = split_by_user(data.users, cfg.val_fraction, cfg.seed)
+        is_cal = calibration_mask(data.users, is_val, cfg.calibration_fraction, cfg.seed)
         prefix = 1 + data.tokenizer.profile_slots
         self.prefix = prefix
         win = lambda idx: [
@@ -259,22 +285,26 @@ class SimulatorTrainer:
                 prefix,
             )
         ]
-        self.train_windows = win(np.nonzero(~is_val)[0])
+        self.train_windows = win(np.nonzero(~is_val & ~is_cal)[0])
         self.val_windows = win(np.nonzero(is_val)[0])
         if not self.train_windows or not self.val_windows:
             raise ValueError("need sessions of at least two users to split training and validation")
         self.val_rows = pack_rows(
             self.val_windows, self.row_length, np.arange(len(self.val_windows))
         )
-        train_users = sorted({u for u, v in zip(data.users, is_val) if not v})
+        cal_windows = win(np.nonzero(is_cal)[0])
+        self.calibration_rows = pack_rows(cal_windows, self.row_length, np.arange(len(cal_windows)))
+        """Packed rows of the calibration users (empty without `calibration_fraction`)."""
+        self.calibration_users = len({u for u, c in zip(data.users, is_cal) if c})
+        train_users = sorted({u for u, v, c in zip(data.users, is_val, is_cal) if not (v or c)})
         seen = np.zeros(data.tokenizer.num_items, dtype=bool)
-        for s, v in zip(data.sessions, is_val):
-            if not v:
+        for s, v, c in zip(data.sessions, is_val, is_cal):
+            if not (v or c):
                 seen[s.items[s.items >= 0]] = True
         if cfg.dp is not None:  # no per-item bit computed from the private logs
             seen[:] = True
         self.item_known = seen
-        population = data.profiles[~is_val]
+        population = data.profiles[~is_val & ~is_cal]
         if len(population) > cfg.max_population:  # a seeded sample keeps checkpoints small
             pick = np.random.default_rng([cfg.seed, 7]).choice(
                 len(population), cfg.max_population, replace=False
@@ -697,27 +727,85 @@ class SimulatorTrainer:
             self.state["best_val"] = metrics["val_loss"]
             self.state["best_step"] = step
             self.state["bad_evals"] = 0
-            self.save_simulator(
-                self.out,
-                extra={
-                    "training": {
-                        "best_val_loss": metrics["val_loss"],
-                        **{k: v for k, v in metrics.items()},
-                        "step": step,
-                        "train_config": asdict(self.cfg),
-                        "log_meta": self.logs.meta,
-                        "train_users": len(self.train_users),
-                        "train_windows": len(self.train_windows),
+            calibration = self.calibrate()
+            with self._calibrated(calibration):
+                self.save_simulator(
+                    self.out,
+                    extra={
+                        "training": {
+                            "best_val_loss": metrics["val_loss"],
+                            **{k: v for k, v in metrics.items()},
+                            "step": step,
+                            "train_config": asdict(self.cfg),
+                            "log_meta": self.logs.meta,
+                            "train_users": len(self.train_users),
+                            "train_windows": len(self.train_windows),
+                            **({"calibration": calibration} if calibration else {}),
+                        },
+                        **self._privacy_extra(),
                     },
-                    **self._privacy_extra(),
-                },
-            )
+                )
         else:
             self.state["bad_evals"] += 1
             if self.dp is not None and self.is_main_process:  # the kept one depends on this step
                 update_extra(self.out, self._privacy_extra())
         log.info("train-sim %s", self.progress_line())
         return self.state["bad_evals"] >= self.cfg.patience
+
+    def calibrate(self) -> dict[str, Any] | None:
+        """Fit the engagement calibration of the current weights on the calibration users.
+
+        Returns:
+            slope, intercept, users, responses and their engagement log-loss before and after;
+            None without calibration users, or when their responses cannot be fitted (all
+            engaged or all skipped: logged as a warning, the model is saved uncalibrated).
+        """
+        if not self.calibration_rows:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        per = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        z, engaged = engagement_evidence(
+            model, self.calibration_rows, per, self.accelerator.device, self.accelerator.autocast
+        )
+        try:
+            slope, intercept = fit_platt(z, engaged)
+        except ValueError as e:
+            log.warning("train-sim: saved without calibration: %s", e)
+            return None
+        before = engagement_log_loss(z, engaged)
+        after = engagement_log_loss(z, engaged, slope, intercept)
+        log.info(
+            "train-sim calibration on %d users (%d responses): slope %.3f, intercept %.3f, "
+            "engagement log-loss %.4f -> %.4f",
+            self.calibration_users,
+            len(z),
+            slope,
+            intercept,
+            before,
+            after,
+        )
+        return {
+            "slope": slope,
+            "intercept": intercept,
+            "users": self.calibration_users,
+            "responses": len(z),
+            "log_loss_before": before,
+            "log_loss_after": after,
+        }
+
+    @contextlib.contextmanager
+    def _calibrated(self, calibration: dict[str, Any] | None) -> Iterator[None]:
+        """The network predicts through `calibration` for the duration (to save it)."""
+        model = self.accelerator.unwrap_model(self.model)
+        kept = model.sim_config
+        if calibration is not None:
+            model.sim_config = replace(
+                kept, response_calibration=(calibration["slope"], calibration["intercept"])
+            )
+        try:
+            yield
+        finally:
+            model.sim_config = kept
 
 
 class WeightAverage:
