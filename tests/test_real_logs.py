@@ -169,6 +169,29 @@ def test_300_item_slates_with_unseen_items_train_and_validate_with_no_flag(
     assert res["gbdt_click_auc"] is not None and res["logreg_click_auc"] is not None
 
 
+def test_train_sim_validates_items_no_training_user_saw_as_the_saved_simulator_reads_them(
+    tmp_path: Path,
+) -> None:
+    """Validation (early stopping) and calibration read an item unseen in training as
+    <unk_item>, as `validate` and the envs do, not through an embedding that never trained."""
+    from simulators.training import SimulatorTrainer, TrainConfig
+
+    src = write_impressions(tmp_path / "a", 0, range(360), users=10, sizes=(2, 3))
+    logs = read_logs(_import(src, tmp_path / "logs"))
+    cfg = TrainConfig(size="tiny", max_steps=1, calibration_fraction=0.2)
+    trainer = SimulatorTrainer(logs, tmp_path / "sim", cfg, progress=False)
+    known = trainer.item_known
+    tokenizer = trainer.data.tokenizer
+    cold_seen = 0
+    for row in [*trainer.val_rows, *trainer.calibration_rows]:
+        at = row["items"] >= 0
+        items, ids = row["items"][at], row["input_ids"][at]
+        expected = np.where(known[items], tokenizer.item_base + items, tokenizer.unk_item)
+        np.testing.assert_array_equal(ids, expected)
+        cold_seen += int((~known[items]).sum())
+    assert cold_seen > 0  # sparse slates: the held-out users saw items nobody trained on
+
+
 def test_validate_refuses_slates_longer_than_a_full_attention_simulator_takes(
     tiny_sim_dir: Path, tmp_path: Path, capsys
 ) -> None:

@@ -202,6 +202,23 @@ def drop_items(
     return out
 
 
+def hide_unknown_items(
+    rows: list[dict[str, np.ndarray]], known: np.ndarray, unk_item: int
+) -> list[dict[str, np.ndarray]]:
+    """Rows whose items outside `known` read as <unk_item>, as the saved simulator reads them.
+
+    Validation and calibration users can be shown items no training user saw; their own token
+    embeddings never trained, and the saved simulator (`validate`, the envs) reads such items
+    as <unk_item> plus their side information. Item tokens only (slate and re-stated items
+    carry the items channel); the rows are changed in place and returned.
+    """
+    for row in rows:
+        items = row["items"]
+        cold = (items >= 0) & ~known[np.clip(items, 0, None)]
+        row["input_ids"][cold] = unk_item
+    return rows
+
+
 def collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Stack packed rows into (B, T) tensors."""
     return {name: torch.from_numpy(np.stack([r[name] for r in rows])) for name in CHANNELS}

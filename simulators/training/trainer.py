@@ -52,6 +52,7 @@ from simulators.training.data import (
     collate,
     drop_items,
     encode_logs,
+    hide_unknown_items,
     pack_rows,
     session_windows,
     split_by_user,
@@ -330,6 +331,10 @@ class SimulatorTrainer:
             )
             if cfg.lora_rank:
                 add_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
+        known = self.model.item_known.detach().cpu().numpy()
+        unk = data.tokenizer.unk_item
+        hide_unknown_items(self.val_rows, known, unk)
+        hide_unknown_items(self.calibration_rows, known, unk)
         self.model.backbone.set_dropout(cfg.dropout)
         self.optimizer = torch.optim.AdamW(
             trainable_parameters(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay
