@@ -217,7 +217,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         out.append(
             f"Its click odds are calibrated (slope {cal['slope']:.3f}, intercept "
             f"{cal['intercept']:.3f}) on {cal['users']} calibration user"
-            f"{'' if cal['users'] == 1 else 's'} that train-sim did not train on (`--calibration-fraction`): a monotone map, so no AUC changes."
+            f"{'' if cal['users'] == 1 else 's'} that train-sim did not train on "
+            "(`--calibration-fraction`): a monotone map, so no AUC changes."
         )
     out.append("")
     out += ["## Headline figures", ""]
