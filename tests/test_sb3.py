@@ -64,6 +64,19 @@ def test_ppo_learns_a_few_steps_on_both_envs(which, policy, tiny_sim_dir):
             assert len(set(a.tolist())) == 3
 
 
+def test_make_model_leaves_no_sb3_folder_behind(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env_id, kwargs = PARAM
+    for verbose in (0, 1):
+        venv = make_sb3_vec_env(env_id, num_envs=2, seed=0, **kwargs)
+        model = make_model("ppo", venv, seed=0, verbose=verbose, n_steps=16, batch_size=32)
+        model.learn(32)
+    assert list(tmp_path.iterdir()) == []  # SB3's default logger makes SB3-<time> here
+    assert "total_timesteps" in capsys.readouterr().out  # verbose=1 still prints its table
+
+
 def test_plain_sb3_ppo_runs_on_the_adapter(tiny_sim_dir):
     venv = make_sb3_vec_env("LLMUserSim-v0", num_envs=2, simulator=str(tiny_sim_dir), **SMALL)
     PPO("MultiInputPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0).learn(64)

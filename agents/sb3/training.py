@@ -58,6 +58,19 @@ def default_hyperparams(algo: str) -> dict[str, Any]:
     raise ValueError(f"unknown algorithm {algo!r}; one of {', '.join(SB3_ALGOS)}")
 
 
+def console_logger(verbose: int) -> Any:
+    """An SB3 logger that writes to stdout (verbose >= 1) or nowhere, and no folder.
+
+    SB3's own logger without `tensorboard_log` still creates an empty folder in the temp
+    directory at every `learn()`.
+    """
+    import sys
+
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger
+
+    return Logger(folder=None, output_formats=[HumanOutputFormat(sys.stdout)] if verbose else [])
+
+
 def make_model(
     algo: str,
     venv: VecEnv,
@@ -126,6 +139,8 @@ def make_model(
         device=device,
         **hp,
     )
+    if tensorboard_log is None:  # SB3 would make an empty /tmp/SB3-<time> folder per learn()
+        model.set_logger(console_logger(verbose))
     spec = getattr(venv.unwrapped, "spec", None)
     setattr(
         model,
