@@ -56,8 +56,11 @@ def test_calibration_users_leave_the_validation_split_alone() -> None:
     assert all(is_cal[i] == is_cal[i % 40] for i in range(200))
     assert (calibration_mask(users, is_val, 0.25, 3) == is_cal).all()
     assert not calibration_mask(users, is_val, 0.0, 3).any()
-    with pytest.raises(ValueError, match="no training user"):
+    with pytest.raises(ValueError, match=r"no training user would remain; use at most 0\.875"):
         calibration_mask(users, is_val, 0.89, 3)
+    two = ["a", "a", "b"]  # one user left after validation: no share can work
+    with pytest.raises(ValueError, match="calibration needs a user of its own"):
+        calibration_mask(two, split_by_user(two, 0.1, 0), 1e-9, 0)
 
 
 def test_calibration_settings_are_checked(tmp_path: Path, tiny_logs_dir: Path, capsys) -> None:
@@ -67,8 +70,9 @@ def test_calibration_settings_are_checked(tmp_path: Path, tiny_logs_dir: Path, c
         TrainConfig(calibration_fraction=0.95)
     with pytest.raises(ValueError, match="dp-epsilon"):
         TrainConfig(calibration_fraction=0.1, dp=DPConfig(epsilon=8.0))
-    with pytest.raises(ValueError, match="slope > 0"):
-        SimulatorConfig(response_calibration=(0.0, 1.0))
+    for bad in [(0.0, 1.0), (1.0,), (1.0, float("nan")), 0.5, {"slope": 1, "intercept": 0}]:
+        with pytest.raises(ValueError, match=r"must be \(slope > 0, intercept\)"):
+            SimulatorConfig(response_calibration=bad)  # type: ignore[arg-type]
     argv = ["train-sim", "--logs", str(tiny_logs_dir), "--out", str(tmp_path / "s")]
     assert main([*argv, "--calibration-fraction", "1.5"]) == 2
     assert "--calibration-fraction: must be in [0, 1), got 1.5" in capsys.readouterr().err
@@ -104,7 +108,8 @@ def test_the_saved_simulator_predicts_through_its_calibration(calibrated_sim_dir
     cal = sim.sim_config.response_calibration
     assert cal == tuple(meta["simulator"]["response_calibration"])
     assert (record["slope"], record["intercept"]) == pytest.approx(cal)
-    assert record["users"] == 30 and record["log_loss_after"] <= record["log_loss_before"]
+    assert record["fitted"] and record["users"] == 30
+    assert record["log_loss_after"] <= record["log_loss_before"]
     rows = np.arange(4)
     slates = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
     sim.start_sessions(rows, sim.population[:4])
@@ -128,3 +133,28 @@ def test_validate_keeps_calibration_users_out_of_the_warm_users(
     assert any("30 calibration users" in n for n in res["notes"])
     assert res["setup"]["simulator_training"]["calibration"]["users"] == 30
     assert "calibration users that train-sim did not train on" in report.read_text()
+
+
+def test_a_calibration_that_cannot_be_fitted_is_reported_not_hidden(
+    tiny_logs_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import simulators.training.trainer as trainer_module
+
+    def refuse(z, engaged):
+        raise ValueError("calibration needs engaged and skipped responses, got 0 engaged")
+
+    monkeypatch.setattr(trainer_module, "fit_platt", refuse)
+    sim, summary = tmp_path / "sim", tmp_path / "train.json"
+    argv = ["train-sim", "--logs", str(tiny_logs_dir), "--out", str(sim), "--size", "tiny"]
+    argv += ["--max-steps", "2", "--eval-every", "2", "--context-length", "128"]
+    assert main([*argv, "--calibration-fraction", "0.2", "--json", str(summary)]) == 0
+    assert "NOT calibrated (24 calibration users held out" in capsys.readouterr().out
+    record = json.loads(summary.read_text())["calibration"]
+    assert record["fitted"] is False and "0 engaged" in record["reason"]
+    assert GPT2UserSimulator.from_pretrained(sim).sim_config.response_calibration is None
+    report = tmp_path / "v.md"
+    argv = ["validate", "--sim", str(sim), "--logs", str(tiny_logs_dir), "--no-ranking"]
+    assert main([*argv, "--report", str(report), "--json", str(tmp_path / "v.json")]) == 0
+    assert "Calibration on 24 calibration users (`--calibration-fraction`) was not fitted" in (
+        report.read_text()
+    )

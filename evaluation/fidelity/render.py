@@ -213,13 +213,20 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     )
     cal = (setup.get("simulator_training") or {}).get("calibration")
     if cal:
+        users = f"{cal['users']} calibration user{'' if cal['users'] == 1 else 's'}"
         out.append("")
-        out.append(
-            f"Its click odds are calibrated (slope {cal['slope']:.3f}, intercept "
-            f"{cal['intercept']:.3f}) on {cal['users']} calibration user"
-            f"{'' if cal['users'] == 1 else 's'} that train-sim did not train on "
-            "(`--calibration-fraction`): a monotone map, so no AUC changes."
-        )
+        if cal.get("fitted", True):
+            out.append(
+                f"Its click odds are calibrated (slope {cal['slope']:.3f}, intercept "
+                f"{cal['intercept']:.3f}) on {users} that train-sim did not train on "
+                "(`--calibration-fraction`): a monotone map of the click odds, so click AUC "
+                "is what the network's own odds give (a deeper behaviour's AUC can move)."
+            )
+        else:
+            out.append(
+                f"Calibration on {users} (`--calibration-fraction`) was not fitted "
+                f"({cal['reason']}): its probabilities are the network's own."
+            )
     out.append("")
     out += ["## Headline figures", ""]
     rows = [

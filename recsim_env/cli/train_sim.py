@@ -150,7 +150,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float_in(0.0, 1.0, high_open=True),
         default=d.calibration_fraction,
         help="share of users held out of training to calibrate the saved model's click odds on "
-        "(a Platt scaling; small real logs: 0.1; default 0: off)",
+        "(a Platt scaling; below 1 - --val-fraction, whole users, at least one; not with "
+        "--dp-epsilon; an --init-sim start's calibration is dropped and fitted anew; small "
+        "real logs: 0.1; default 0: off)",
     )
     p.add_argument(
         "--context-length",
@@ -330,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
         "pretrained_text": bool(trainer.sim_config.pretrained_text),
         "processes": trainer.world,
         "history": state["history"],
+        "calibration": state.get("calibration"),
         **_privacy_summary(trainer.privacy()),
     }
     print(
@@ -337,6 +340,14 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['trainable']:,} trained); "
         f"best validation loss {state['best_val']:.4f} at step {state.get('best_step')}; saved to {args.out}"
     )
+    cal = state.get("calibration")
+    if cal is not None:
+        users = f"{cal['users']} calibration user{'' if cal['users'] == 1 else 's'}"
+        print(
+            f"calibrated on {users}: slope {cal['slope']:.3f}, intercept {cal['intercept']:.3f}"
+            if cal["fitted"]
+            else f"NOT calibrated ({users} held out of training): {cal['reason']}"
+        )
     if trainer.dp is not None:
         priv = summary["privacy"]
         print(

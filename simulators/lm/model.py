@@ -97,12 +97,16 @@ class SimulatorConfig:
                 f"text_encoder must be one of {list(TEXT_ENCODERS)}, got {self.text_encoder!r}"
             )
         if self.response_calibration is not None:
-            cal = tuple(float(v) for v in self.response_calibration)  # JSON gives a list
+            bad = ValueError(
+                "response_calibration must be (slope > 0, intercept), finite, got "
+                f"{self.response_calibration!r}"
+            )
+            try:  # JSON gives a list
+                cal = tuple(float(v) for v in self.response_calibration)
+            except (TypeError, ValueError):
+                raise bad from None
             if len(cal) != 2 or not all(math.isfinite(v) for v in cal) or cal[0] <= 0:
-                raise ValueError(
-                    "response_calibration must be (slope > 0, intercept), finite, got "
-                    f"{self.response_calibration!r}"
-                )
+                raise bad
             object.__setattr__(self, "response_calibration", cal)
 
     def to_dict(self) -> dict:

@@ -9,7 +9,8 @@ users, the calibration users, and fits (slope, intercept) of p(engage) = sigmoid
 intercept) on their logged responses, z being the network's log p(engage) - log p(skip). The
 pair is saved in the checkpoint's `SimulatorConfig.response_calibration` and applied by
 `simulators.lm.model.calibrated_logits` to every prediction. A monotone map of z: it changes
-no ranking (click AUC), only the probabilities.
+no click ranking (click AUC), only the probabilities; a deeper behaviour's probability (p(engage)
+times its share of the engagements) can re-rank, so its AUC can move.
 """
 
 from __future__ import annotations
@@ -45,11 +46,19 @@ def calibration_mask(
         return mask
     everyone = sorted(set(users))
     candidates = sorted({u for u, v in zip(users, is_val) if not v})
-    n = max(1, round(fraction * len(everyone)))
+    n = max(1, round(fraction * len(everyone)))  # at least one whole user
+    if len(candidates) < 2:
+        raise ValueError(
+            f"calibration needs a user of its own: the logs leave {len(candidates)} user"
+            f"{'' if len(candidates) == 1 else 's'} after validation, for training; use "
+            "calibration_fraction 0 (or logs of more users)"
+        )
     if n >= len(candidates):
+        most = (len(candidates) - 1) / len(everyone)
         raise ValueError(
             f"calibration_fraction {fraction} takes {n} of the {len(candidates)} users left "
-            "after validation: no training user would remain; lower it (0.1 is typical)"
+            f"after validation (whole users, at least one): no training user would remain; "
+            f"use at most {most:.3g}"
         )
     rng = np.random.default_rng([seed, CALIBRATION_SEED])
     chosen = set(rng.permutation(np.array(candidates, dtype=object))[:n].tolist())

@@ -733,6 +733,7 @@ class SimulatorTrainer:
             self.state["best_step"] = step
             self.state["bad_evals"] = 0
             calibration = self.calibrate()
+            self.state["calibration"] = calibration  # of the kept model (--json, --resume)
             with self._calibrated(calibration):
                 self.save_simulator(
                     self.out,
@@ -761,9 +762,11 @@ class SimulatorTrainer:
         """Fit the engagement calibration of the current weights on the calibration users.
 
         Returns:
-            slope, intercept, users, responses and their engagement log-loss before and after;
-            None without calibration users, or when their responses cannot be fitted (all
-            engaged or all skipped: logged as a warning, the model is saved uncalibrated).
+            None without calibration users. Otherwise the record saved with the checkpoint:
+            `fitted`, `users`, `responses`, and either slope, intercept and the engagement
+            log-loss before and after, or the `reason` it could not be fitted (all engaged, all
+            skipped, or odds that do not rank the responses: the model is then saved
+            uncalibrated, with a warning).
         """
         if not self.calibration_rows:
             return None
@@ -772,17 +775,25 @@ class SimulatorTrainer:
         z, engaged = engagement_evidence(
             model, self.calibration_rows, per, self.accelerator.device, self.accelerator.autocast
         )
+        users = f"{self.calibration_users} user{'' if self.calibration_users == 1 else 's'}"
+        record: dict[str, Any] = {"users": self.calibration_users, "responses": len(z)}
         try:
             slope, intercept = fit_platt(z, engaged)
         except ValueError as e:
-            log.warning("train-sim: saved without calibration: %s", e)
-            return None
+            log.warning(
+                "train-sim: step %d saved without calibration on %s: %s (more calibration "
+                "users or more training may help)",
+                self.state["step"],
+                users,
+                e,
+            )
+            return {"fitted": False, "reason": str(e), **record}
         before = engagement_log_loss(z, engaged)
         after = engagement_log_loss(z, engaged, slope, intercept)
         log.info(
-            "train-sim calibration on %d users (%d responses): slope %.3f, intercept %.3f, "
+            "train-sim calibration on %s (%d responses): slope %.3f, intercept %.3f, "
             "engagement log-loss %.4f -> %.4f",
-            self.calibration_users,
+            users,
             len(z),
             slope,
             intercept,
@@ -790,10 +801,10 @@ class SimulatorTrainer:
             after,
         )
         return {
+            "fitted": True,
             "slope": slope,
             "intercept": intercept,
-            "users": self.calibration_users,
-            "responses": len(z),
+            **record,
             "log_loss_before": before,
             "log_loss_after": after,
         }
@@ -803,7 +814,7 @@ class SimulatorTrainer:
         """The network predicts through `calibration` for the duration (to save it)."""
         model = self.accelerator.unwrap_model(self.model)
         kept = model.sim_config
-        if calibration is not None:
+        if calibration is not None and calibration["fitted"]:
             model.sim_config = replace(
                 kept, response_calibration=(calibration["slope"], calibration["intercept"])
             )
