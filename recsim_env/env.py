@@ -116,7 +116,8 @@ class SlateUserEnv(gym.Env):
     slot, the lowest-index candidate not yet in the slate (`duplicate_policy='dedupe'`, default;
     a policy sampling slots independently repeats often, 42-47% of slates for SB3's plain PPO)
     or raises ValueError (`'error'`). Either way `info["slate"]` holds the candidate indices
-    actually shown. Wrong shape, dtype, NaN or out-of-range values raise ValueError.
+    actually shown. Wrong shape, dtype or NaN values, and slate indices out of range, raise
+    ValueError; weights and scores outside the Box are accepted (only their order counts).
 
     ## Observation Space
     See `recsim_env.spaces.make_observation_space`. `observation='context'` (default): profile

@@ -7,7 +7,8 @@
   one, so the earlier complete output survives any interruption.
 - `exclusive_output(out)`: an advisory lock (`flock`) on a hidden sibling of `out`, held while a
   command writes it: a second writer fails at once with `OutputBusyError`, and the lock goes
-  with the process if it dies.
+  with the process if it dies. The holder removes the lock file when it is done (a process
+  that locked a removed file notices and locks the new one), so only a killed writer leaves it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ class OutputBusyError(RuntimeError):
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Call write(tmp_path) then rename tmp_path onto path (see the module docstring)."""
+    """Call write(tmp_path) then rename tmp_path onto path (see the module docstring).
+
+    A symbolic link is followed (its target is replaced, the link kept).
+
+    Raises:
+        ValueError: `path` is a device, FIFO or socket (renaming over it would replace it).
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ValueError(f"{path} is not a regular file (a device, FIFO or socket)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -124,17 +135,26 @@ def exclusive_output(out: str | Path) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
-    try:
+    while True:
+        fh = open(path, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
+            fh.close()
             raise OutputBusyError(
                 f"{out}: {holder} is writing this output right now (lock {path}); wait for it "
                 "or choose another output"
             ) from None
+        try:  # the file may have been removed by its last holder before we locked it
+            same = os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(f"llm-usersim (pid {os.getpid()})")
@@ -144,6 +164,8 @@ def exclusive_output(out: str | Path) -> Iterator[None]:
             yield
         finally:
             _HELD.discard(key)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # still locked: a process that opened it retries on the new one
     finally:
         fh.close()
 

@@ -107,3 +107,14 @@ def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(
     bad = ["train-sim", "--logs", str(other_dir), "--out", str(tmp_path / "x")]
     proc = _cli(*bad, "--init-sim", str(tiny_sim_dir), *args)
     assert proc.returncode == 2 and "--init-sim" in proc.stderr and "items" in proc.stderr
+
+
+def test_common_options_before_the_command_say_where_they_go(capsys):
+    for argv, flag in (
+        (["--quiet", "benchmark"], "--quiet"),
+        (["--threads", "2", "benchmark"], "--threads"),
+        (["--debug", "--threads=2", "benchmark"], "--threads"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} goes after the command: llm-usersim benchmark {flag}" in err, err

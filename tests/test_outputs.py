@@ -93,6 +93,32 @@ def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path, tiny_logs_di
     finally:
         holder.kill()
         holder.wait()
+    # the killed holder's lock file stays; the next writer takes it and removes it when done
+    assert (tmp_path / ".sim.lock").exists()
+    assert main(["generate-logs", "--quiet", "--users", "2", "--out", str(out)]) == 0
+    assert not (tmp_path / ".sim.lock").exists()
+
+
+def test_a_lock_file_removed_before_it_was_locked_is_not_trusted(tmp_path, monkeypatch) -> None:
+    import fcntl
+
+    from simulators.atomic import exclusive_output, lock_path
+
+    out = tmp_path / "out"
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_the_holder_left(fd, op):
+        if not calls:  # the earlier holder removes the file between our open and our lock
+            os.unlink(lock_path(out))
+        calls.append(fd)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_left)
+    with exclusive_output(out):
+        assert len(calls) == 2  # locked the removed file, noticed, locked the new one
+        assert lock_path(out).exists()
+        assert os.path.samestat(os.fstat(calls[1]), os.stat(lock_path(out)))
+    assert not lock_path(out).exists()
 
 
 def test_an_interrupted_checkpoint_save_reads_whole(tmp_path, tiny_sim_dir) -> None:
@@ -208,3 +234,28 @@ def test_a_planted_payload_is_never_unpickled_without_the_flag(tmp_path, capsys)
     finally:
         os.chdir(cwd)
     assert not marker.exists()
+
+
+def test_output_paths_that_cannot_take_the_file_are_refused_before_any_work(
+    tmp_path, capsys
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    run = ["benchmark", "--users", "2", "--agents", "random", "--quiet", "--json"]
+    assert main([*run, str(fifo)]) == 2
+    assert "fifo is not a regular file (a device, FIFO or socket)" in capsys.readouterr().err
+    assert fifo.is_fifo()  # not replaced
+    assert main([*run, "/proc/llm-usersim-none/x.json"]) == 2
+    assert "/proc takes no new file" in capsys.readouterr().err
+    assert main(["train-sim", "--logs", str(tmp_path), "--out", "/proc/llm-usersim-none"]) == 2
+    assert "/proc takes no new file" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".llm-usersim-probe.*"))
+
+
+def test_a_symlinked_output_is_written_through_and_the_link_kept(tmp_path) -> None:
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("earlier")
+    link.symlink_to(target)
+    argv = ["benchmark", "--users", "2", "--agents", "random", "--quiet", "--json", str(link)]
+    assert main(argv) == 0
+    assert link.is_symlink() and "random" in json.loads(target.read_text())["agents"]

@@ -95,6 +95,29 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _common_option_before_command(argv: list[str]) -> str | None:
+    """The error for a subcommand's common option given before the subcommand (None: none).
+
+    Only --debug belongs to the top level; `--threads 2 benchmark` would otherwise read "2" as
+    the command.
+    """
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return None
+        flag = arg.split("=", 1)[0]
+        if flag in ("--quiet", "--threads"):
+            rest = [a for a in argv[i + 1 :] if not a.startswith("-")]
+            value = " N" if flag == "--threads" else ""
+            if flag == "--threads" and "=" not in arg and rest:
+                rest = rest[1:]
+            command = next((a for a in rest if a in SUBCOMMANDS), "COMMAND")
+            return (
+                f"{flag} goes after the command: llm-usersim {command} {flag}{value} ... "
+                "(only --debug comes before it)"
+            )
+    return None
+
+
 def unknown_arguments(unknown: list[str], options: list[str]) -> str:
     """The error for arguments no flag takes, with the closest flag for each misspelt one."""
     from recsim_env.cli.args import closest
@@ -112,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        misplaced = _common_option_before_command(argv)
+        if misplaced:
+            OneLineParser(prog="llm-usersim").error(misplaced)
         parser = build_parser(argv)
         args, unknown = parser.parse_known_args(argv)
         if unknown:

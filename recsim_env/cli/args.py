@@ -12,7 +12,9 @@ import argparse
 import difflib
 import json
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -95,18 +97,46 @@ unit_interval = float_in(0.0, 1.0)
 """A probability or discount in [0, 1]."""
 
 
-def output_file(text: str) -> Path:
-    """A file to write: not an existing directory, its folder not a file (created if needed)."""
-    p = Path(text)
-    if text.strip() == "":
-        raise argparse.ArgumentTypeError("expected a file path, got ''")
-    if p.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+def _check_writable_folder(p: Path, text: str) -> None:
+    """The nearest existing folder on the way to `p` takes a new file (tried, then removed).
+
+    Outputs are written as a temporary sibling renamed into place, so what counts is whether a
+    file can be created there; a folder that refuses it (read-only, /sys, /proc) is refused
+    now rather than after the work.
+    """
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be written")
-            break
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".llm-usersim-probe.", dir=parent)
+            except OSError as e:
+                raise argparse.ArgumentTypeError(
+                    f"cannot write {text}: {parent} takes no new file ({e.strerror})"
+                ) from None
+            os.close(fd)
+            os.unlink(probe)
+            return
+
+
+def output_file(text: str) -> Path:
+    """A file to write: a regular file or none yet, in a folder that takes files.
+
+    A symbolic link is followed (its target is written, the link kept); a device, FIFO or
+    socket is refused, since the output replaces the file by renaming a new one over it.
+    """
+    if text.strip() == "":
+        raise argparse.ArgumentTypeError("expected a file path, got ''")
+    p = Path(text)
+    if p.is_dir():  # these follow symbolic links
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+    if p.exists() and not p.is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a regular file (a device, FIFO or socket); give a file path"
+        )
+    if p.is_symlink():
+        p = p.resolve()
+    _check_writable_folder(p, text)
     return p
 
 
@@ -117,11 +147,7 @@ def output_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError("expected a directory path, got ''")
     if p.exists() and not p.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a directory path")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be created")
-            break
+    _check_writable_folder(p, text)
     return p
 
 

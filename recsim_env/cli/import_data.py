@@ -97,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "per item (an item's response is the deepest behaviour flagged)",
     )
     imp.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
-    _gap(imp, DEFAULT_SESSION_GAP_MINUTES, " (default 30; ignored with a session_id column)")
+    _gap(imp, DEFAULT_SESSION_GAP_MINUTES, "; ignored with a session_id column")
 
     ml = sub.add_parser(
         "movielens",
@@ -108,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ml.add_argument("dir", type=existing_dir, help="folder with ratings.csv and movies.csv")
     ml.add_argument("--out", type=output_dir, required=True, help=OUT_HELP)
     ml.add_argument("--slate-size", type=int_at_least(1, 300), default=5, help="ratings per slate")
-    _gap(ml, DEFAULT_SESSION_GAP_MINUTES, " (default 30)")
+    _gap(ml, DEFAULT_SESSION_GAP_MINUTES)
     ml.add_argument(
         "--genres-in-title",
         action="store_true",
