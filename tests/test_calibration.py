@@ -132,7 +132,10 @@ def test_validate_keeps_calibration_users_out_of_the_warm_users(
     res = json.loads(out.read_text())
     assert any("30 calibration users" in n for n in res["notes"])
     assert res["setup"]["simulator_training"]["calibration"]["users"] == 30
-    assert "calibration users that train-sim did not train on" in report.read_text()
+    text = report.read_text()
+    assert "calibration users that train-sim did not train on" in text
+    cold = res["warm_cold"]["items"]["cold"]["events"]  # the headline says what it rests on
+    assert f"cold-item click AUC ({cold:,} events" in text
 
 
 def test_a_calibration_that_cannot_be_fitted_is_reported_not_hidden(

@@ -200,6 +200,16 @@ def write_report(res: dict[str, Any], path: str | Path) -> list[Path]:
     return [path, *written.values()]
 
 
+def _cold_item_label(res: dict[str, Any]) -> str:
+    """The headline's cold-item row, with the events behind it (a handful decides nothing)."""
+    cold = ((res.get("warm_cold") or {}).get("items") or {}).get("cold") or {}
+    n = cold.get("events")
+    if n is None:
+        return "cold-item click AUC"
+    few = ": too few to decide anything" if n < 100 else ""
+    return f"cold-item click AUC ({n:,} events{few})"
+
+
 def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     """The report text (images: plot name -> file name relative to the report)."""
     setup = res["setup"]
@@ -236,7 +246,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             res.get("best_baseline_click_auc"),
             None,
         ],
-        ["cold-item click AUC", res.get("cold_item_click_auc"), None],
+        [_cold_item_label(res), res.get("cold_item_click_auc"), None],
         [f"{deeper_label(res)} AUC", res["buy_auc"], res["oracle_buy_auc"]],
         ["click log-loss", res["click_logloss"], res["oracle_click_logloss"]],
         ["click ECE (15 bins)", res["ece_click"], res["oracle_ece_click"]],
