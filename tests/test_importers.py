@@ -195,6 +195,7 @@ MALFORMED = [
     ("u,1,a b,click 3\n", "row 1, column 'responses': unknown response '3'"),
     ("u,1,a,click\nu,2,,\n", "row 2, column 'items': no items"),
     (",1,a,click\n", "row 1, column 'user_id': user id is empty"),
+    ("u,1,a,click\nu,2,a,click,extra\n", "row 2: 5 fields where the header has 4"),
 ]
 
 

@@ -11,6 +11,7 @@ line of a JSON-lines file.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise ImportFormatError(f"{path}: the file is empty (expected a header row)") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             msg = str(exc).strip().splitlines()[0]
+            fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", msg)
+            if fields:  # pandas counts CSV lines; errors here name data rows (line - 1)
+                want, line, saw = (int(g) for g in fields.groups())
+                raise ImportFormatError(
+                    f"{path}, row {line - 1}: {saw} fields where the header has {want} (a comma "
+                    "inside a value needs quotes)"
+                ) from None
             raise ImportFormatError(f"{path}: not a readable CSV file ({msg})") from None
     raise ImportFormatError(f"{path}: unknown file type (expected .csv, .csv.gz or .parquet)")
 
