@@ -43,12 +43,13 @@ def tiny_logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_logs(logs, tmp_path_factory.mktemp("logs"))
 
 
-def _train_tiny(logs_dir: Path, out: Path, sim_config: SimulatorConfig) -> Path:
-    """Train a tiny GPT-2 simulator (2 layers, 32 dims) for 8 steps on logs."""
+def train_tiny(logs_dir: Path, out: Path, sim_config: SimulatorConfig, **train: object) -> Path:
+    """Train a tiny GPT-2 simulator (2 layers, 32 dims) for 8 steps on logs (`train`: other
+    TrainConfig fields)."""
     from simulators.logs import read_logs
 
     cfg = TrainConfig(
-        size="tiny", max_steps=8, eval_every=4, batch_size=4, context_length=128, lr=3e-3
+        size="tiny", max_steps=8, eval_every=4, batch_size=4, context_length=128, lr=3e-3, **train
     )
     SimulatorTrainer(read_logs(logs_dir), out, cfg, sim_config, progress=False).train()
     return out
@@ -57,7 +58,7 @@ def _train_tiny(logs_dir: Path, out: Path, sim_config: SimulatorConfig) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 simulator (full attention) briefly trained on the tiny logs."""
-    return _train_tiny(
+    return train_tiny(
         tiny_logs_dir,
         tmp_path_factory.mktemp("sim"),
         SimulatorConfig(context_length=128, window_steps=3),
@@ -67,7 +68,7 @@ def tiny_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def tiny_recency_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny simulator with recency attention over a 2-step window (a ring of 3 steps)."""
-    return _train_tiny(
+    return train_tiny(
         tiny_logs_dir,
         tmp_path_factory.mktemp("recency_sim"),
         SimulatorConfig(context_length=128, window_steps=3, attention_window_steps=2),

@@ -13,10 +13,10 @@ import torch
 from recsim_env.cli import main
 from simulators.gpt2_user import GPT2UserSimulator
 from simulators.lm.model import SimulatorConfig, calibrated_logits, engagement_log_odds
-from simulators.logs import read_logs
-from simulators.training import SimulatorTrainer, TrainConfig
+from simulators.training import TrainConfig
 from simulators.training.calibration import calibration_mask, engagement_log_loss, fit_platt
 from simulators.training.data import split_by_user
+from tests.conftest import train_tiny
 
 
 def test_calibrated_logits_scale_the_engagement_odds_and_keep_the_rest() -> None:
@@ -84,26 +84,15 @@ def test_calibration_settings_are_checked(tmp_path: Path, tiny_logs_dir: Path, c
 def calibrated_sim_dir(tiny_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny simulator trained with a quarter of the users held out for calibration."""
     out = tmp_path_factory.mktemp("calibrated")
-    cfg = TrainConfig(
-        size="tiny",
-        max_steps=8,
-        eval_every=4,
-        batch_size=4,
-        context_length=128,
-        lr=3e-3,
-        calibration_fraction=0.25,
+    return train_tiny(
+        tiny_logs_dir, out, SimulatorConfig(context_length=128), calibration_fraction=0.25
     )
-    trainer = SimulatorTrainer(
-        read_logs(tiny_logs_dir), out, cfg, SimulatorConfig(context_length=128), progress=False
-    )
-    assert len(trainer.train_users) == 120 - 12 - 30  # validation 10%, calibration 25%
-    trainer.train()
-    return out
 
 
 def test_the_saved_simulator_predicts_through_its_calibration(calibrated_sim_dir: Path) -> None:
     meta = json.loads((calibrated_sim_dir / "simulator_config.json").read_text())
     record = meta["extra"]["training"]["calibration"]
+    assert meta["extra"]["training"]["train_users"] == 120 - 12 - 30  # validation 10%, cal. 25%
     sim = GPT2UserSimulator.from_pretrained(calibrated_sim_dir, capacity=4)
     cal = sim.sim_config.response_calibration
     assert cal == tuple(meta["simulator"]["response_calibration"])

@@ -41,6 +41,7 @@ from evaluation.fidelity.events import (
     select_users,
 )
 from simulators.logs import InteractionLogs
+from simulators.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,7 @@ def _prepare_logs(
         )
         if calibration_users:
             notes.append(
-                f"{len(calibration_users)} calibration user"
-                f"{'' if len(calibration_users) == 1 else 's'} (not trained on) in the "
+                f"{plural(len(calibration_users), 'calibration user')} (not trained on) in the "
                 "baselines' training part, not among the warm users"
             )
         train = select_users(logs, set(train_users))

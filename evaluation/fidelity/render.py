@@ -21,6 +21,7 @@ from evaluation.fidelity.render_sections import (
     table,
 )
 from simulators.atomic import atomic_write, atomic_write_text
+from simulators.wording import plural
 
 
 def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Any, Any]:
@@ -223,7 +224,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     )
     cal = (setup.get("simulator_training") or {}).get("calibration")
     if cal:
-        users = f"{cal['users']} calibration user{'' if cal['users'] == 1 else 's'}"
+        users = plural(cal["users"], "calibration user")
         out.append("")
         if cal.get("fitted", True):
             out.append(

@@ -101,16 +101,13 @@ def _common_option_before_command(argv: list[str]) -> str | None:
     Only --debug belongs to the top level; `--threads 2 benchmark` would otherwise read "2" as
     the command.
     """
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if not arg.startswith("-"):
             return None
         flag = arg.split("=", 1)[0]
         if flag in ("--quiet", "--threads"):
-            rest = [a for a in argv[i + 1 :] if not a.startswith("-")]
+            command = next((a for a in argv if a in SUBCOMMANDS), "COMMAND")
             value = " N" if flag == "--threads" else ""
-            if flag == "--threads" and "=" not in arg and rest:
-                rest = rest[1:]
-            command = next((a for a in rest if a in SUBCOMMANDS), "COMMAND")
             return (
                 f"{flag} goes after the command: llm-usersim {command} {flag}{value} ... "
                 "(only --debug comes before it)"

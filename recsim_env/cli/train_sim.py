@@ -32,6 +32,7 @@ from simulators.training import SimulatorTrainer, TrainConfig
 from simulators.training.dp import DPConfig, require_opacus
 from simulators.training.lora import parameter_counts, require_peft
 from simulators.training.parallel import launched_rank
+from simulators.wording import plural
 
 HELP = "Fine-tune a GPT-2 user simulator on interaction logs (loss on user tokens only)."
 
@@ -342,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     )
     cal = state.get("calibration")
     if cal is not None:
-        users = f"{cal['users']} calibration user{'' if cal['users'] == 1 else 's'}"
+        users = plural(cal["users"], "calibration user")
         print(
             f"calibrated on {users}: slope {cal['slope']:.3f}, intercept {cal['intercept']:.3f}"
             if cal["fitted"]

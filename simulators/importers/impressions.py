@@ -51,12 +51,9 @@ from simulators.importers._common import (
     users_with_missing,
 )
 from simulators.logs import InteractionLogs
+from simulators.wording import plural
 
 REQUIRED_COLUMNS = ("user_id", "timestamp", "items", "responses")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _ids(df: pd.DataFrame, file: str | Path, column: str) -> list[str]:
@@ -178,7 +175,7 @@ def _flag_codes(
         for r, (cell, n) in enumerate(zip(df[name], n_items), start=1):
             flags = split_cell(cell)
             if len(flags) != n:
-                raise fail(path, r, name, f"{_plural(len(flags), 'flag')} for {_plural(n, 'item')}")
+                raise fail(path, r, name, f"{plural(len(flags), 'flag')} for {plural(n, 'item')}")
             for j, f in enumerate(flags):
                 flag = _flag(f)
                 if flag is None:
@@ -251,7 +248,7 @@ def import_impressions(
                     path,
                     r,
                     "responses",
-                    f"{_plural(len(tokens), 'response')} for {_plural(len(ids), 'item')}",
+                    f"{plural(len(tokens), 'response')} for {plural(len(ids), 'item')}",
                 )
             responses.append(_codes(tokens, vocab, path, r))
         if has_sessions:

@@ -457,7 +457,7 @@ def packed_inputs(
     return tokens, torch.zeros_like(batch["position_ids"]), FullAttention(bias)
 
 
-def _target_logits(
+def target_logits(
     model: UserLM, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, R + 2) at every target of packed rows (row-major) and their target kinds."""
@@ -481,7 +481,7 @@ def packed_loss(
     Returns:
         (mean loss over targets, summed response NLL, summed leave NLL, number of targets).
     """
-    logits, k = _target_logits(model, batch)
+    logits, k = target_logits(model, batch)
     r = model.num_behaviours
     tgt = batch["target"][batch["target_kind"] > 0]
     resp = k == 1
@@ -500,7 +500,7 @@ def packed_probs(
         (probs (N, R + 2) with the R response or 2 leave classes filled and the rest 0,
         target_kind (N,)), in row-major position order.
     """
-    logits, k = _target_logits(model, batch)
+    logits, k = target_logits(model, batch)
     r = model.num_behaviours
     probs = torch.zeros_like(logits)
     resp = k == 1

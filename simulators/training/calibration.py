@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from simulators.lm.model import UserLM, engagement_log_odds, packed_inputs
+from simulators.lm.model import UserLM, engagement_log_odds, target_logits
 from simulators.training.data import collate
+from simulators.wording import plural
 
 CALIBRATION_SEED = 11
 """Mixed with the training seed to draw the calibration users (apart from the validation
@@ -49,8 +50,8 @@ def calibration_mask(
     n = max(1, round(fraction * len(everyone)))  # at least one whole user
     if len(candidates) < 2:
         raise ValueError(
-            f"calibration needs a user of its own: the logs leave {len(candidates)} user"
-            f"{'' if len(candidates) == 1 else 's'} after validation, for training; use "
+            "calibration needs a user of its own: the logs leave "
+            f"{plural(len(candidates), 'user')} after validation, for training; use "
             "calibration_fraction 0 (or logs of more users)"
         )
     if n >= len(candidates):
@@ -83,12 +84,11 @@ def engagement_evidence(
     for i in range(0, len(rows), per):
         batch = {k: v.to(device) for k, v in collate(rows[i : i + per]).items()}
         with autocast():
-            tokens, pos, attend = packed_inputs(model, batch)
-            h = model(tokens, pos, attend)
-        resp = batch["target_kind"] == 1
-        logits = model.output_logits(h[resp]).float()
-        zs.append(engagement_log_odds(logits, model.num_behaviours).double().cpu().numpy())
-        ys.append((batch["target"][resp] > 0).cpu().numpy())
+            logits, kind = target_logits(model, batch)
+        resp = kind == 1
+        target = batch["target"][batch["target_kind"] > 0][resp]
+        zs.append(engagement_log_odds(logits[resp], model.num_behaviours).double().cpu().numpy())
+        ys.append((target > 0).cpu().numpy())
     model.train(was_training)
     if not zs:
         return np.zeros(0), np.zeros(0, dtype=bool)

@@ -69,6 +69,7 @@ from simulators.training.parallel import (
 )
 from simulators.training.progress import Progress
 from simulators.training.sizing import sized_config
+from simulators.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,8 @@ class SimulatorTrainer:
                 prefix,
             )
         ]
-        self.train_windows = win(np.nonzero(~is_val & ~is_cal)[0])
+        is_train = ~is_val & ~is_cal
+        self.train_windows = win(np.nonzero(is_train)[0])
         self.val_windows = win(np.nonzero(is_val)[0])
         if not self.train_windows or not self.val_windows:
             raise ValueError("need sessions of at least two users to split training and validation")
@@ -297,15 +299,15 @@ class SimulatorTrainer:
         self.calibration_rows = pack_rows(cal_windows, self.row_length, np.arange(len(cal_windows)))
         """Packed rows of the calibration users (empty without `calibration_fraction`)."""
         self.calibration_users = len({u for u, c in zip(data.users, is_cal) if c})
-        train_users = sorted({u for u, v, c in zip(data.users, is_val, is_cal) if not (v or c)})
+        train_users = sorted({u for u, t in zip(data.users, is_train) if t})
         seen = np.zeros(data.tokenizer.num_items, dtype=bool)
-        for s, v, c in zip(data.sessions, is_val, is_cal):
-            if not (v or c):
+        for s, t in zip(data.sessions, is_train):
+            if t:
                 seen[s.items[s.items >= 0]] = True
         if cfg.dp is not None:  # no per-item bit computed from the private logs
             seen[:] = True
         self.item_known = seen
-        population = data.profiles[~is_val & ~is_cal]
+        population = data.profiles[is_train]
         if len(population) > cfg.max_population:  # a seeded sample keeps checkpoints small
             pick = np.random.default_rng([cfg.seed, 7]).choice(
                 len(population), cfg.max_population, replace=False
@@ -341,6 +343,8 @@ class SimulatorTrainer:
         )
         self.rows_per_step = max(1, cfg.batch_size * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
         """Packed rows per optimiser step (`TrainConfig.batch_size` rows of 512 tokens)."""
+        self.rows_per_eval_batch = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        """Packed rows per forward of validation and calibration (32 rows of 512 tokens)."""
         self.accelerator = make_accelerator(cfg.bf16)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
@@ -416,7 +420,7 @@ class SimulatorTrainer:
         tot = resp = leave = n = 0.0
         n_resp = 0.0
         dev = self.accelerator.device
-        per = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
+        per = self.rows_per_eval_batch
         for j, i in enumerate(range(0, len(self.val_rows), per)):
             if j % self.world != self.rank:  # data-parallel: every rank its share of batches
                 continue
@@ -771,11 +775,14 @@ class SimulatorTrainer:
         if not self.calibration_rows:
             return None
         model = self.accelerator.unwrap_model(self.model)
-        per = max(1, 32 * ROW_TOKENS // max(ROW_TOKENS, self.row_length))
         z, engaged = engagement_evidence(
-            model, self.calibration_rows, per, self.accelerator.device, self.accelerator.autocast
+            model,
+            self.calibration_rows,
+            self.rows_per_eval_batch,
+            self.accelerator.device,
+            self.accelerator.autocast,
         )
-        users = f"{self.calibration_users} user{'' if self.calibration_users == 1 else 's'}"
+        users = plural(self.calibration_users, "user")
         record: dict[str, Any] = {"users": self.calibration_users, "responses": len(z)}
         try:
             slope, intercept = fit_platt(z, engaged)
