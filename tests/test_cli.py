@@ -48,7 +48,7 @@ def test_a_misspelt_flag_is_refused_with_the_closest_one(tmp_path, capsys):
     assert "--usres=3 surplus (--usres: did you mean --users?)" in err
 
 
-def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path):
+def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path, capsys):
     out = tmp_path / "ck"
     assert (
         main(
@@ -77,6 +77,11 @@ def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path):
     summary = json.loads((tmp_path / "t.json").read_text())
     assert summary["steps"] == 4 and summary["best_val_loss"] > 0
     assert (out / "model.safetensors").exists() and (out / "training" / "tb").is_dir()
+    assert "replaces it" not in capsys.readouterr().err
+    again = [*"--size tiny --max-steps 1 --batch-size 2 --context-length 128".split()]
+    assert main(["train-sim", "--logs", str(tiny_logs_dir), "--out", str(out), *again]) == 0
+    err = capsys.readouterr().err  # a second run into the same folder says what it does
+    assert f"{out} holds a trained simulator; this run trains afresh and replaces it" in err
 
 
 def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(

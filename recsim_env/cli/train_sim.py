@@ -301,6 +301,12 @@ def run(args: argparse.Namespace) -> int:
             load_base_tokenizer(cfg.base_model)
     if args.resume and not (args.out / "training" / "state.safetensors").is_file():
         raise UsageError(f"--resume: {args.out} holds no training state (train without --resume)")
+    if not args.resume and (args.out / "training" / "state.safetensors").is_file():
+        print(
+            f"train-sim: {args.out} holds a trained simulator; this run trains afresh and "
+            "replaces it (--resume continues it instead)",
+            file=sys.stderr,
+        )
     # a second run into the same --out fails at once; data-parallel ranks > 0 write nothing
     lock = exclusive_output(args.out) if launched_rank() == 0 else contextlib.nullcontext()
     with lock:
