@@ -8,6 +8,7 @@ arguments (TorchRL's `GymEnv` passes `frameskip=`) recognise and drop.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,14 +59,17 @@ def reject_unknown(owner: str, rest: dict[str, Any], own: Iterable[str]) -> None
         own: the callable's own keywords besides the EnvConfig fields.
 
     Raises:
-        TypeError: "<owner>() got an unexpected keyword argument 'x'; valid: ...".
+        TypeError: "<owner>() got an unexpected keyword argument 'x' [(did you mean 'y'?)];
+            valid: ...".
     """
     if not rest:
         return
     name = next(iter(rest))
     valid = [*EnvConfig.field_names(), "<behaviour>_reward", *own]
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise TypeError(
-        f"{owner}() got an unexpected keyword argument {name!r}; valid: {', '.join(valid)}"
+        f"{owner}() got an unexpected keyword argument {name!r}{hint}; valid: {', '.join(valid)}"
     )
 
 

@@ -77,6 +77,9 @@ def test_unknown_keywords_in_pythons_own_phrasing():
         msg = str(err.value)
         assert "got an unexpected keyword argument 'frameskip'" in msg
         assert "valid: slate_size, num_candidates" in msg and "max_episode_steps" in msg
+        assert "did you mean" not in msg  # nothing close to 'frameskip'
+    with pytest.raises(TypeError, match=r"'slate_sise' \(did you mean 'slate_size'\?\); valid: "):
+        gym.make("ParametricUserSim-v0", slate_sise=3)
 
 
 def test_torchrl_gym_env_builds_from_the_id():
