@@ -167,6 +167,12 @@ def test_300_item_slates_with_unseen_items_train_and_validate_with_no_flag(
     assert main(["validate", "--sim", str(sim_dir), "--logs", str(train), "--json", str(vj)]) == 0
     res = json.loads(vj.read_text())
     assert res["gbdt_click_auc"] is not None and res["logreg_click_auc"] is not None
+    # one held-out user: no interval over users, said as None rather than a zero width
+    ci = res["baselines"]["intervals"]
+    assert ci["users"] == res["setup"]["heldout_users"] == 1
+    assert ci["baseline"] == res["best_baseline"] and ci["ece_click_ci95"] is None
+    target = res["targets"]["click_auc_minus_best_baseline"]
+    assert target["ci95"] is None and target["bound_in_ci95"] is None
 
 
 def test_train_sim_validates_items_no_training_user_saw_as_the_saved_simulator_reads_them(
@@ -495,6 +501,14 @@ def test_validate_reports_every_baseline_and_the_profile_effect(
             for metric in ("click_auc", "click_logloss", "ece_click"):
                 assert group[f"{name}_{metric}"] is not None, (name, metric)
     assert res["best_baseline"] in ("popularity", "popularity_by_category", "logreg", "gbdt")
+    # how sure the comparison is: intervals over the 60 held-out users
+    ci = res["baselines"]["intervals"]
+    assert ci["users"] == 60 and ci["baseline"] == res["best_baseline"]
+    lo, hi = ci["click_auc_minus_best_baseline_ci95"]
+    assert lo <= res["click_auc"] - res["best_baseline_click_auc"] <= hi
+    ece = res["targets"]["ece_click"]
+    assert ece["ci95"] == ci["ece_click_ci95"] and ece["ci95"][0] <= ece["value"] <= ece["ci95"][1]
+    assert ece["bound_in_ci95"] == (ece["ci95"][0] <= 0.01 <= ece["ci95"][1])
     pe = res["profile_effect"]
     assert pe["users"] == 60 and pe["sessions_with_another_profile"] > 0.5
     # the tiny world's users click by their profile: shuffling them costs the oracle

@@ -17,6 +17,7 @@ from evaluation.fidelity import metrics as M
 from evaluation.fidelity.events import Events, build_events, teacher_forced
 from evaluation.fidelity.inputs import ValidationRun
 from evaluation.fidelity.sections import click_probability, group_metrics
+from evaluation.fidelity.uncertainty import comparison_intervals
 
 BASELINES = ("popularity", "popularity_by_category", "logreg", "gbdt")
 """The click baselines, weakest first (`evaluation.fidelity.baselines`)."""
@@ -92,6 +93,8 @@ def baseline_section(run: ValidationRun) -> tuple[dict[str, Any], dict[str, Any]
     best = max(ranked, key=lambda n: baselines[f"{n}_click_auc"]) if ranked else None
     baselines["best"] = best
     baselines["best_click_auc"] = None if best is None else baselines[f"{best}_click_auc"]
+    users = events.session_user[events.session]
+    baselines["intervals"] = comparison_intervals(events.clicked, preds, best, users)
     kl = None if run.true_probs is None else M.kl_categorical(run.true_probs, run.sim_probs)
     item_warm = known[events.item]
     every = np.ones(len(events), dtype=bool)

@@ -262,10 +262,28 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     out += ["### Targets", ""]
     out.append(
         table(
-            ["target", "value", "bound", "met"],
-            [[k, v["value"], v["target"], v["met"]] for k, v in res["targets"].items()],
+            ["target", "value", "bound", "met", "95% interval over users"],
+            [
+                [k, v["value"], v["target"], v["met"], _interval_cell(v.get("ci95"))]
+                for k, v in res["targets"].items()
+            ],
         )
     )
+    intervals = (res.get("baselines") or {}).get("intervals") or {}
+    undecided = [k for k, v in res["targets"].items() if v.get("bound_in_ci95")]
+    if intervals.get("users"):
+        out += [
+            "",
+            f"Intervals: {intervals['resamples']:,} bootstrap resamples of the "
+            f"{plural(intervals['users'], 'held-out user')} (each drawn user brings all of "
+            "their events; the AUC difference is paired, both models on the same resample). "
+            + (
+                f"The bound lies inside the interval of {', '.join(undecided)}: other users "
+                "like these could turn that verdict."
+                if undecided
+                else "No target's bound lies inside its interval."
+            ),
+        ]
     if res.get("kl_floor_note") and not res.get("ground_truth"):
         out += ["", f"**Floor.** {res['kl_floor_note']}"]  # (else said once, in section 3)
     out += ["", "## 1. Responses on held-out events", ""]
@@ -465,3 +483,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
 
 def _ci(ci: list[float] | None) -> str:
     return "–" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _interval_cell(ci: list[float] | None) -> str:
+    """'[lo, hi]' with 4 decimals, or '–'."""
+    return "–" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"

@@ -398,10 +398,14 @@ def _targets(res: dict[str, Any]) -> dict[str, Any]:
         "sim2real_ratio": res["sim2real_ratio"],
         "click_auc_minus_best_baseline": over_best,
     }
+    intervals = res["baselines"].get("intervals") or {}
     out = {}
     targets = TARGETS if res["ground_truth"] is not None else REAL_LOG_TARGETS
     for key, (op, bound) in targets.items():
         v = values[key]
         met = None if v is None else (v <= bound if op == "<=" else v >= bound - 1e-12)
-        out[key] = {"value": v, "target": f"{op} {bound}", "met": met}
+        ci = intervals.get(f"{key}_ci95")
+        out[key] = {"value": v, "target": f"{op} {bound}", "met": met, "ci95": ci}
+        # the bound inside the interval: other users of the same kind could turn the verdict
+        out[key]["bound_in_ci95"] = None if ci is None else bool(ci[0] <= bound <= ci[1])
     return out
