@@ -326,6 +326,34 @@ def test_movielens_fixture(tmp_path):
     assert back.items.set_index("item_id").loc["m60", "genres"] == "Adventure|Children|Fantasy"
 
 
+def test_session_gap_inf_makes_each_users_history_one_session(tmp_path, capsys):
+    from recsim_env.cli import main
+
+    out = tmp_path / "whole"
+    assert (
+        main(["import", "movielens", str(MOVIELENS), "--session-gap", "inf", "--out", str(out)])
+        == 0
+    )
+    logs = read_logs(out)
+    ratings = pd.read_csv(MOVIELENS / "ratings.csv")
+    sessions = logs.steps.groupby("user_id")["session_id"].nunique()
+    assert (sessions == 1).all() and len(sessions) == ratings["userId"].nunique()
+    per_user = ratings.groupby("userId").size()
+    assert len(logs.steps) == sum(math.ceil(n / 5) for n in per_user)  # slates of 5 across gaps
+    assert logs.meta["session_gap_minutes"] is None  # JSON has no infinity: words say it
+    assert logs.meta["sessions_from"] == "one session per user (never split at a gap)"
+    otto = tmp_path / "otto"
+    assert main(["import", "otto", str(OTTO), "--session-gap", "INF", "--out", str(otto)]) == 0
+    assert read_logs(otto).meta["sessions_from"].startswith("OTTO sessions one session per user")
+    capsys.readouterr()
+    for bad, says in (("0", "must be in (0, inf)"), ("nan", "expected a finite number")):
+        assert (
+            main(["import", "movielens", str(MOVIELENS), "--session-gap", bad, "--out", str(out)])
+            == 2
+        )
+        assert says in capsys.readouterr().err
+
+
 def test_movielens_slate_size_genres_in_title_and_bad_rating(tmp_path):
     logs = import_movielens(MOVIELENS, slate_size=1, genres_in_title=True)
     assert len(logs.steps) == len(pd.read_csv(MOVIELENS / "ratings.csv"))

@@ -9,6 +9,7 @@ which of them are proxies, are documented in docs/importers.md.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,24 @@ OUT_HELP = "output log directory (new, empty, or an earlier log set, replaced wh
 HELP = "Import real interaction data (impressions CSV/Parquet, MovieLens, Open Bandit, OTTO)."
 
 
+def session_gap(text: str) -> float:
+    """Minutes > 0, or `inf`: never split, each user's rows are one session (whole history)."""
+    if text.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    return positive_float(text)
+
+
+session_gap.__name__ = "session gap"
+
+
 def _gap(p: argparse.ArgumentParser, default: float | None, extra: str = "") -> None:
     p.add_argument(
         "--session-gap",
-        type=positive_float,
+        type=session_gap,
         default=default,
         metavar="MINUTES",
-        help=f"a gap longer than this between a user's consecutive rows starts a new session{extra}",
+        help="a gap longer than this between a user's consecutive rows starts a new session; "
+        f"inf: never, each user's rows are one session (its whole history in view){extra}",
     )
 
 

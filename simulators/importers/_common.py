@@ -11,6 +11,7 @@ line of a JSON-lines file.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,17 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SESSION_GAP_MINUTES = 30.0
 """A user's next slate starts a new session when it comes more than this long after the last."""
+
+
+def gap_sessions(minutes: float) -> tuple[str, float | None]:
+    """meta.json's `sessions_from` wording and `session_gap_minutes` value of a session gap.
+
+    An infinite gap (`--session-gap inf`) never splits: each user's rows are one session. JSON
+    has no infinity, so its value is recorded as None beside words that say so.
+    """
+    if math.isinf(minutes):
+        return "one session per user (never split at a gap)", None
+    return f"split at gaps of more than {minutes:g} minutes", minutes
 
 
 class ImportFormatError(LogFormatError):

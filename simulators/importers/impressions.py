@@ -37,6 +37,7 @@ from simulators.importers._common import (
     MAX_SLATE_ITEMS,
     fail,
     finish_steps,
+    gap_sessions,
     is_missing,
     items_with_missing,
     parse_timestamps,
@@ -314,12 +315,10 @@ def import_impressions(
         "items_file": None if items_path is None else str(items_path),
         "users_file": None if users_path is None else str(users_path),
         "proxy": False,
-        "sessions_from": (
-            "session_id column"
-            if has_sessions
-            else f"split at gaps of more than {session_gap_minutes:g} minutes"
-        ),
-        "session_gap_minutes": None if has_sessions else session_gap_minutes,
+        "sessions_from": "session_id column"
+        if has_sessions
+        else gap_sessions(session_gap_minutes)[0],
+        "session_gap_minutes": None if has_sessions else gap_sessions(session_gap_minutes)[1],
         "max_slate_items": MAX_SLATE_ITEMS,
         "behaviours": vocab.to_dict(),
         "responses_from": (

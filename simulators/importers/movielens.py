@@ -28,6 +28,7 @@ from simulators.importers._common import (
     DEFAULT_SESSION_GAP_MINUTES,
     fail,
     finish_steps,
+    gap_sessions,
     items_with_missing,
     read_table,
     require_columns,
@@ -179,8 +180,8 @@ def import_movielens(
             "click, otherwise skip"
         ),
         "slate_size": slate_size,
-        "sessions_from": f"split at gaps of more than {session_gap_minutes:g} minutes",
-        "session_gap_minutes": session_gap_minutes,
+        "sessions_from": gap_sessions(session_gap_minutes)[0],
+        "session_gap_minutes": gap_sessions(session_gap_minutes)[1],
         "response_from_stars": {"buy": f">= {BUY_STARS}", "click": f">= {CLICK_STARS}"},
         "genres_in_title": genres_in_title,
         "items_without_metadata": missing,

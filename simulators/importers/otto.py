@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from simulators.behaviours import BehaviourSet
-from simulators.importers._common import fail, finish_steps, session_numbers, summarize
+from simulators.importers._common import (
+    fail,
+    finish_steps,
+    gap_sessions,
+    session_numbers,
+    summarize,
+)
 from simulators.logs import InteractionLogs
 
 OTTO_BEHAVIOURS = BehaviourSet(("skip", "click", "cart", "buy"))
@@ -199,9 +205,11 @@ def import_otto(path: str | Path, session_gap_minutes: float | None = None) -> I
         "sessions_from": (
             "one per OTTO session"
             if session_gap_minutes is None
-            else f"OTTO sessions split at gaps of more than {session_gap_minutes:g} minutes"
+            else f"OTTO sessions {gap_sessions(session_gap_minutes)[0]}"
         ),
-        "session_gap_minutes": session_gap_minutes,
+        "session_gap_minutes": (
+            None if session_gap_minutes is None else gap_sessions(session_gap_minutes)[1]
+        ),
         "licence": LICENCE,
     }
     logs = InteractionLogs(steps=steps, items=items, users=users, meta=meta)
