@@ -9,7 +9,9 @@ steps and calibrates its click odds on 10% of the users it does not train on (th
 README, "Real logs at real sizes", has the figures with and without them).
 
 MovieLens has ratings, not impressions, so the import is a proxy (see docs/importers.md): each
-slate is 5 consecutive ratings of one user and stars map to skip/click/buy. The validate step
+slate is 5 consecutive ratings of one user and stars map to skip/click/buy. Each user's ratings
+are one session (`--session-gap inf`), so the simulator reads the user's earlier ratings when it
+predicts the next ones, as the baselines' history features do. The validate step
 scores the simulator on held-out users against the baselines (item popularity, a logistic
 regression and gradient-boosted trees with history features: AUC, log-loss, ECE) and splits the
 figures into warm and cold items and users.
@@ -46,6 +48,9 @@ class Args:
     eval_every: int = 25
     """Validate often: the best checkpoint comes within a few hundred steps."""
     patience: int = 4
+    session_gap: str = "inf"
+    """Import's session gap in minutes; inf: each user's ratings are one session (30: sessions
+    split at half-hour gaps, each starting without the user's history)."""
     calibration_fraction: float = 0.1
     """Users held out of training to calibrate the click odds on (the regularised network is
     over-confident on users it has not seen: a Platt scaling fitted on these fixes the slope)."""
@@ -63,7 +68,8 @@ def run(args: Args) -> dict:
     """Import, train, validate; returns the validation figures."""
     out = Path(args.out)
     logs, ckpt, report = out / "logs", out / "sim", out / "validate.json"
-    assert cli(["import", "movielens", args.data, "--out", str(logs), "--genres-in-title"]) == 0
+    imp = ["import", "movielens", args.data, "--out", str(logs), "--genres-in-title"]
+    assert cli([*imp, "--session-gap", args.session_gap]) == 0
     train = ["train-sim", "--logs", str(logs), "--out", str(ckpt)]
     flags = ("size", "max_minutes", "dropout", "weight_decay", "item_dropout", "lr", "ema_decay")
     for name in (*flags, "eval_every", "patience", "calibration_fraction", "seed"):
