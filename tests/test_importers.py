@@ -341,17 +341,28 @@ def test_session_gap_inf_makes_each_users_history_one_session(tmp_path, capsys):
     per_user = ratings.groupby("userId").size()
     assert len(logs.steps) == sum(math.ceil(n / 5) for n in per_user)  # slates of 5 across gaps
     assert logs.meta["session_gap_minutes"] is None  # JSON has no infinity: words say it
+    assert json.loads((out / "meta.json").read_text(), parse_constant=_no_constants)
     assert logs.meta["sessions_from"] == "one session per user (never split at a gap)"
-    otto = tmp_path / "otto"
+    otto = tmp_path / "otto"  # OTTO: never splitting is its default (whole OTTO sessions)
     assert main(["import", "otto", str(OTTO), "--session-gap", "INF", "--out", str(otto)]) == 0
-    assert read_logs(otto).meta["sessions_from"].startswith("OTTO sessions one session per user")
+    assert read_logs(otto).meta["sessions_from"] == "one per OTTO session"
+    assert json.loads((otto / "meta.json").read_text(), parse_constant=_no_constants)
     capsys.readouterr()
-    for bad, says in (("0", "must be in (0, inf)"), ("nan", "expected a finite number")):
-        assert (
-            main(["import", "movielens", str(MOVIELENS), "--session-gap", bad, "--out", str(out)])
-            == 2
-        )
-        assert says in capsys.readouterr().err
+    for bad in ("0", "nan", "-1", "abc", ""):
+        argv = ["import", "movielens", str(MOVIELENS), "--out", str(out), f"--session-gap={bad}"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "must be > 0 minutes, or inf (never split" in err and repr(bad) in err
+    for bad in (float("nan"), 0, "inf", None, True):  # the Python API says the same
+        with pytest.raises(ValueError, match=r"must be > 0 minutes, or inf"):
+            import_movielens(MOVIELENS, session_gap_minutes=bad)  # type: ignore[arg-type]
+    assert (
+        import_movielens(MOVIELENS, session_gap_minutes=1e400).meta["session_gap_minutes"] is None
+    )
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"not strict JSON: {name}")
 
 
 def test_movielens_slate_size_genres_in_title_and_bad_rating(tmp_path):

@@ -9,7 +9,6 @@ which of them are proxies, are documented in docs/importers.md.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,14 @@ from recsim_env.cli.args import (
     existing_file,
     int_at_least,
     output_dir,
-    positive_float,
 )
 from simulators.atomic import exclusive_output
 from simulators.importers import (
     CAMPAIGNS,
     DEFAULT_SESSION_GAP_MINUTES,
     POLICIES,
+    SESSION_GAP_RULE,
+    check_session_gap,
     import_impressions,
     import_movielens,
     import_open_bandit,
@@ -40,9 +40,10 @@ HELP = "Import real interaction data (impressions CSV/Parquet, MovieLens, Open B
 
 def session_gap(text: str) -> float:
     """Minutes > 0, or `inf`: never split, each user's rows are one session (whole history)."""
-    if text.strip().lower() in ("inf", "infinity"):
-        return math.inf
-    return positive_float(text)
+    try:
+        return check_session_gap(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {SESSION_GAP_RULE}, got {text!r}") from None
 
 
 session_gap.__name__ = "session gap"

@@ -13,7 +13,9 @@ Example:
 from simulators.importers._common import (
     DEFAULT_SESSION_GAP_MINUTES,
     MAX_SLATE_ITEMS,
+    SESSION_GAP_RULE,
     ImportFormatError,
+    check_session_gap,
     summarize,
 )
 from simulators.importers.impressions import import_impressions, read_items, read_users
@@ -27,7 +29,9 @@ __all__ = [
     "EVENT_RESPONSES",
     "MAX_SLATE_ITEMS",
     "POLICIES",
+    "SESSION_GAP_RULE",
     "ImportFormatError",
+    "check_session_gap",
     "import_impressions",
     "import_movielens",
     "import_open_bandit",

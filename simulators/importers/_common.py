@@ -31,6 +31,25 @@ DEFAULT_SESSION_GAP_MINUTES = 30.0
 """A user's next slate starts a new session when it comes more than this long after the last."""
 
 
+SESSION_GAP_RULE = "> 0 minutes, or inf (never split: each user's rows are one session)"
+
+
+def check_session_gap(minutes: object) -> float:
+    """A session gap as a float: a number > 0 minutes, or +inf.
+
+    Raises:
+        ValueError: anything else (NaN, <= 0, not a number), naming what is allowed.
+    """
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float, np.integer, np.floating)):
+        raise ValueError(
+            f"session gap must be {SESSION_GAP_RULE}, got {minutes!r} ({type(minutes).__name__})"
+        )
+    value = float(minutes)
+    if not value > 0:  # NaN fails too
+        raise ValueError(f"session gap must be {SESSION_GAP_RULE}, got {minutes!r}")
+    return value
+
+
 def gap_sessions(minutes: float) -> tuple[str, float | None]:
     """meta.json's `sessions_from` wording and `session_gap_minutes` value of a session gap.
 

@@ -35,6 +35,7 @@ from simulators.behaviours import DEFAULT_BEHAVIOURS, BehaviourSet
 from simulators.importers._common import (
     DEFAULT_SESSION_GAP_MINUTES,
     MAX_SLATE_ITEMS,
+    check_session_gap,
     fail,
     finish_steps,
     gap_sessions,
@@ -214,8 +215,7 @@ def import_impressions(
     Raises:
         ImportFormatError: a malformed cell, naming file, 1-based data row and column.
     """
-    if session_gap_minutes <= 0:
-        raise ValueError(f"session gap must be > 0 minutes, got {session_gap_minutes}")
+    session_gap_minutes = check_session_gap(session_gap_minutes)
     vocab = behaviour_set(behaviours)
     df = read_table(path)
     required = [c for c in REQUIRED_COLUMNS if not (behaviour_columns and c == "responses")]

@@ -26,6 +26,7 @@ import pandas as pd
 from simulators.base import Response  # the default behaviours' codes
 from simulators.importers._common import (
     DEFAULT_SESSION_GAP_MINUTES,
+    check_session_gap,
     fail,
     finish_steps,
     gap_sessions,
@@ -119,8 +120,7 @@ def import_movielens(
     """
     if slate_size < 1:
         raise ValueError(f"slate size must be >= 1, got {slate_size}")
-    if session_gap_minutes <= 0:
-        raise ValueError(f"session gap must be > 0 minutes, got {session_gap_minutes}")
+    session_gap_minutes = check_session_gap(session_gap_minutes)
     d = Path(directory)
     if not d.is_dir():
         raise NotADirectoryError(f"{d}: not a directory (expected ratings.csv and movies.csv)")

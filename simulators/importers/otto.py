@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ import pandas as pd
 
 from simulators.behaviours import BehaviourSet
 from simulators.importers._common import (
+    check_session_gap,
     fail,
     finish_steps,
     gap_sessions,
@@ -156,8 +158,10 @@ def import_otto(path: str | Path, session_gap_minutes: float | None = None) -> I
     Raises:
         ImportFormatError: a malformed line, naming file, line (row) and field (column).
     """
-    if session_gap_minutes is not None and session_gap_minutes <= 0:
-        raise ValueError(f"session gap must be > 0 minutes, got {session_gap_minutes}")
+    if session_gap_minutes is not None:
+        session_gap_minutes = check_session_gap(session_gap_minutes)
+        if math.isinf(session_gap_minutes):
+            session_gap_minutes = None  # never split: each OTTO session stays whole
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -207,9 +211,7 @@ def import_otto(path: str | Path, session_gap_minutes: float | None = None) -> I
             if session_gap_minutes is None
             else f"OTTO sessions {gap_sessions(session_gap_minutes)[0]}"
         ),
-        "session_gap_minutes": (
-            None if session_gap_minutes is None else gap_sessions(session_gap_minutes)[1]
-        ),
+        "session_gap_minutes": session_gap_minutes,
         "licence": LICENCE,
     }
     logs = InteractionLogs(steps=steps, items=items, users=users, meta=meta)
