@@ -76,3 +76,51 @@ def test_ece_interval_holds_the_point_value_and_the_comparison_names_its_baselin
     assert res["click_auc_minus_best_baseline_ci95"] == paired_auc_difference(y, good, coarse, user)
     none = comparison_intervals(y, {"sim": good}, None, user)
     assert none["click_auc_minus_best_baseline_ci95"] is None and none["ece_click_ci95"] is not None
+
+
+def test_bad_input_is_named_and_an_ece_interval_never_goes_below_zero():
+    user, y, good, _ = _events(40, 10)
+    with pytest.raises(ValueError, match="399 users for 400 events"):
+        ece_interval(y, good, user[1:])
+    with pytest.raises(ValueError, match="p_other: 399 probabilities for 400 events"):
+        paired_auc_difference(y, good, good[1:], user)
+    nan = good.copy()
+    nan[7] = np.nan
+    with pytest.raises(
+        ValueError, match="p_sim: probabilities must be finite in \\[0, 1\\], event 7"
+    ):
+        paired_auc_difference(y, nan, good, user)
+    with pytest.raises(ValueError, match="needs the simulator's predictions"):
+        comparison_intervals(y, {"sim": None}, None, user)
+    # a calibrated predictor's ECE is near 0: its interval stops at 0
+    rate = np.repeat(np.linspace(0.2, 0.8, 40), 10)
+    calibrated = np.random.default_rng(2).random(400) < rate
+    lo, hi = ece_interval(calibrated, rate, user)
+    assert lo >= 0.0 and hi > lo
+
+
+def test_the_report_says_why_there_is_no_interval_and_counts_its_verdicts():
+    from evaluation.fidelity.render import interval_lines
+
+    def res(users, **cis):
+        targets = {
+            k: {"ci95": ci, "bound_in_ci95": None if ci is None else ci[0] <= 0.0 <= ci[1]}
+            for k, ci in cis.items()
+        }
+        return {"targets": targets, "baselines": {"intervals": {"users": users, "resamples": 1000}}}
+
+    one = interval_lines(res(1, ece_click=None, click_auc_minus_best_baseline=None))
+    assert one == [
+        "Intervals over users: none (they need at least 2 held-out users (1 held-out user here))."
+    ]
+    both = interval_lines(
+        res(67, ece_click=[-0.1, 0.1], click_auc_minus_best_baseline=[-0.01, 0.02])
+    )
+    assert "of the 67 held-out users" in both[0] and "paired" in both[0]
+    assert (
+        "The bounds lie inside the intervals of ece_click, click_auc_minus_best_baseline" in both[0]
+    )
+    ece_only = interval_lines(res(9, ece_click=[0.1, 0.2], click_auc_minus_best_baseline=None))
+    assert (
+        "paired" not in ece_only[0] and "No target's bound lies inside its interval." in ece_only[0]
+    )

@@ -269,21 +269,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
             ],
         )
     )
-    intervals = (res.get("baselines") or {}).get("intervals") or {}
-    undecided = [k for k, v in res["targets"].items() if v.get("bound_in_ci95")]
-    if intervals.get("users"):
-        out += [
-            "",
-            f"Intervals: {intervals['resamples']:,} bootstrap resamples of the "
-            f"{plural(intervals['users'], 'held-out user')} (each drawn user brings all of "
-            "their events; the AUC difference is paired, both models on the same resample). "
-            + (
-                f"The bound lies inside the interval of {', '.join(undecided)}: other users "
-                "like these could turn that verdict."
-                if undecided
-                else "No target's bound lies inside its interval."
-            ),
-        ]
+    out += ["", *interval_lines(res)]
     if res.get("kl_floor_note") and not res.get("ground_truth"):
         out += ["", f"**Floor.** {res['kl_floor_note']}"]  # (else said once, in section 3)
     out += ["", "## 1. Responses on held-out events", ""]
@@ -488,3 +474,40 @@ def _ci(ci: list[float] | None) -> str:
 def _interval_cell(ci: list[float] | None) -> str:
     """'[lo, hi]' with 4 decimals, or '–'."""
     return "–" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def interval_lines(res: dict[str, Any]) -> list[str]:
+    """What the targets' intervals are, and which verdicts other users could turn."""
+    intervals = (res.get("baselines") or {}).get("intervals") or {}
+    users = int(intervals.get("users") or 0)
+    with_ci = [k for k, v in res["targets"].items() if v.get("ci95") is not None]
+    if not with_ci:
+        why = (
+            f"they need at least 2 held-out users ({plural(users, 'held-out user')} here)"
+            if users < 2
+            else "no target could be scored on both classes of held-out events"
+        )
+        return [f"Intervals over users: none ({why})."]
+    paired = (
+        "; the AUC difference is paired, both models on the same resample"
+        if "click_auc_minus_best_baseline" in with_ci
+        else ""
+    )
+    undecided = [k for k in with_ci if res["targets"][k].get("bound_in_ci95")]
+    if not undecided:
+        verdict = "No target's bound lies inside its interval."
+    elif len(undecided) == 1:
+        verdict = (
+            f"The bound lies inside the interval of {undecided[0]}: other users like these "
+            "could turn that verdict."
+        )
+    else:
+        verdict = (
+            f"The bounds lie inside the intervals of {', '.join(undecided)}: other users like "
+            "these could turn those verdicts."
+        )
+    return [
+        f"Intervals: {int(intervals['resamples']):,} bootstrap resamples of the "
+        f"{plural(users, 'held-out user')} (each drawn user brings all of their events{paired}). "
+        + verdict
+    ]

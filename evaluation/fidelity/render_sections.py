@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from simulators.wording import plural
+
 SOURCES = {
     "sim": "simulator",
     "oracle": "oracle (true probabilities)",
@@ -194,7 +196,7 @@ def profile_lines(res: dict[str, Any]) -> list[str]:
     header += ["log-loss shuffled", "log-loss difference"]
     return [
         *out,
-        f"{pe['users']} held-out users, profile fields {', '.join(pe['profile_fields'])}: "
+        f"{plural(pe['users'], 'held-out user')}, profile fields {', '.join(pe['profile_fields'])}: "
         f"{pe['note']}.",
         "",
         table(header, rows),

@@ -98,13 +98,32 @@ def _count_users(users: np.ndarray) -> int:
     return len(np.unique(np.asarray(users).astype(str)))
 
 
-def _interval(point: float | None, values: np.ndarray) -> list[float] | None:
-    """Point ± Z95 standard deviations of the finite resampled values (None: undefined)."""
+def _interval(point: float | None, values: np.ndarray, low: float = -np.inf) -> list[float] | None:
+    """Point ± Z95 standard deviations of the finite resampled values, not below `low`.
+
+    None where undefined (no point value, fewer than two finite resamples).
+    """
     values = values[np.isfinite(values)]
     if point is None or not np.isfinite(point) or len(values) < 2:
         return None
     half = Z95 * float(values.std(ddof=1))
-    return [float(point) - half, float(point) + half]
+    return [max(float(point) - half, low), float(point) + half]
+
+
+def _check(y: np.ndarray, users: np.ndarray, **probs: np.ndarray) -> None:
+    """One outcome, user and probability per event, probabilities finite in [0, 1]."""
+    n = len(np.asarray(y).reshape(-1))
+    if len(np.asarray(users).reshape(-1)) != n:
+        raise ValueError(f"{len(np.asarray(users).reshape(-1))} users for {n} events")
+    for name, p in probs.items():
+        p = np.asarray(p, dtype=np.float64).reshape(-1)
+        if len(p) != n:
+            raise ValueError(f"{name}: {len(p)} probabilities for {n} events")
+        if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+            bad = int(np.argmax(~np.isfinite(p) | (p < 0) | (p > 1)))
+            raise ValueError(
+                f"{name}: probabilities must be finite in [0, 1], event {bad} is {p[bad]}"
+            )
 
 
 def paired_auc_difference(
@@ -118,7 +137,11 @@ def paired_auc_difference(
     """95% interval of AUC(p_sim) - AUC(p_other), users resampled with replacement.
 
     None with fewer than two users or no resample holding both classes.
+
+    Raises:
+        ValueError: lengths that differ, or probabilities not finite in [0, 1].
     """
+    _check(y, users, p_sim=p_sim, p_other=p_other)
     if _count_users(users) < 2:
         return None
     sim, other = _Levels(y, p_sim), _Levels(y, p_other)
@@ -134,11 +157,15 @@ def ece_interval(
     resamples: int = RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> list[float] | None:
-    """95% interval of the click ECE over users resampled with replacement (None: < 2 users)."""
+    """95% interval of the click ECE over users resampled with replacement (None: < 2 users).
+
+    Its low end is clipped at 0 (an ECE is never negative).
+    """
+    _check(y, users, p=p)
     if _count_users(users) < 2:
         return None
     resampled = weighted_ece(y, p, user_weights(users, resamples, seed))
-    return _interval(float(weighted_ece(y, p, [np.ones(len(p))])[0]), resampled)
+    return _interval(float(weighted_ece(y, p, [np.ones(len(p))])[0]), resampled, low=0.0)
 
 
 def comparison_intervals(
@@ -155,8 +182,9 @@ def comparison_intervals(
         best: the best baseline's name on all events (None: none fitted).
         users: (n,) the user of each event.
     """
-    sim = preds["sim"]
-    assert sim is not None
+    sim = preds.get("sim")
+    if sim is None:
+        raise ValueError("comparison_intervals needs the simulator's predictions (preds['sim'])")
     other = preds.get(best) if best else None
     return {
         "users": _count_users(users),

@@ -24,6 +24,7 @@ from recsim_env.cli.args import (
     positive_int,
 )
 from recsim_env.log_generation import POLICIES
+from simulators.wording import plural
 
 HELP = "Fidelity report: responses, sessions, ground truth, policy ranking, sim-to-real."
 
@@ -231,8 +232,8 @@ def summary(res: dict) -> str:
     s = res["setup"]
     deeper = deeper_label(res)  # the "buy" figures, named after the logs' behaviours
     lines = [
-        f"validate: {s['simulator']} on {s['heldout_users']} held-out users "
-        f"({s['heldout_events']} slot events), {s['seconds']['total']:.0f}s",
+        f"validate: {s['simulator']} on {plural(s['heldout_users'], 'held-out user')} "
+        f"({plural(s['heldout_events'], 'slot event')}), {s['seconds']['total']:.0f}s",
         f"  click AUC {f(res['click_auc'])} (oracle {f(res['oracle_click_auc'])}, popularity "
         f"{f(res['popularity_click_auc'])}, logreg {f(res['logreg_click_auc'])}, gbdt "
         f"{f(res['gbdt_click_auc'])}); cold items {f(res['cold_item_click_auc'])}",
