@@ -22,6 +22,7 @@ from recsim_env.config import EnvConfig
 from recsim_env.sessions import SlateSessionBatch, validate_actions
 from recsim_env.spaces import make_action_space
 from simulators.base import UserSimulator
+from simulators.behaviours import DEFAULT_BEHAVIOURS
 
 _ROW = np.zeros(1, dtype=np.int64)
 RENDER_MODES: tuple[str, ...] = ("ansi",)
@@ -66,7 +67,10 @@ def reject_unknown(owner: str, rest: dict[str, Any], own: Iterable[str]) -> None
         return
     name = next(iter(rest))
     valid = [*EnvConfig.field_names(), "<behaviour>_reward", *own]
-    close = difflib.get_close_matches(str(name), valid, n=1)
+    # the default behaviours' reward keywords stand for the placeholder; case is ignored
+    rewards = [f"{b}_reward" for b in DEFAULT_BEHAVIOURS.names]
+    candidates = [v for v in valid if not v.startswith("<")] + rewards
+    close = difflib.get_close_matches(str(name).lower(), candidates, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise TypeError(
         f"{owner}() got an unexpected keyword argument {name!r}{hint}; valid: {', '.join(valid)}"

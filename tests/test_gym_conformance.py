@@ -80,6 +80,9 @@ def test_unknown_keywords_in_pythons_own_phrasing():
         assert "did you mean" not in msg  # nothing close to 'frameskip'
     with pytest.raises(TypeError, match=r"'slate_sise' \(did you mean 'slate_size'\?\); valid: "):
         gym.make("ParametricUserSim-v0", slate_sise=3)
+    for typo, meant in (("buy_rewrd", "buy_reward"), ("Click_Reward", "click_reward")):
+        with pytest.raises(TypeError, match=f"'{typo}' \\(did you mean '{meant}'\\?\\)"):
+            gym.make("ParametricUserSim-v0", **{typo: 1.0})
 
 
 def test_torchrl_gym_env_builds_from_the_id():
