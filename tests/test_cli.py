@@ -82,6 +82,7 @@ def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path, capsy
     assert main(["train-sim", "--logs", str(tiny_logs_dir), "--out", str(out), *again]) == 0
     err = capsys.readouterr().err  # a second run into the same folder says what it does
     assert f"{out} holds a trained simulator; this run trains afresh and replaces it" in err
+    assert len(list((out / "training" / "tb").glob("events.out.tfevents.*"))) == 1
 
 
 def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(

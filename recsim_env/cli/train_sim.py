@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and (args.out / "training" / "state.safetensors").is_file():
         print(
             f"train-sim: {args.out} holds a trained simulator; this run trains afresh and "
-            "replaces it (--resume continues it instead)",
+            "replaces it and its TensorBoard curves (--resume continues it instead)",
             file=sys.stderr,
         )
     # a second run into the same --out fails at once; data-parallel ranks > 0 write nothing

@@ -604,7 +604,11 @@ class SimulatorTrainer:
         model = self.model
         model.train()
         dev = self.accelerator.device
-        writer = _summary_writer(self.out / "training" / "tb") if self.is_main_process else None
+        tb = self.out / "training" / "tb"
+        if not resume and self.is_main_process:  # a fresh run: the curves it replaces go
+            for old in tb.glob("events.out.tfevents.*"):
+                old.unlink()
+        writer = _summary_writer(tb) if self.is_main_process else None
         bar = progress_bar(
             total,
             "train-sim",
