@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -124,3 +125,16 @@ def test_common_options_before_the_command_say_where_they_go(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"{flag} goes after the command: llm-usersim benchmark {flag}" in err, err
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
+    """`llm-usersim import ... | head -0`: no BrokenPipeError traceback, the shell's 141."""
+    fixture = Path(__file__).parent / "fixtures" / "movielens"
+    argv = ["import", "movielens", str(fixture), "--out", str(tmp_path / "logs")]
+    cmd = [sys.executable, "-m", "recsim_env.cli", *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the interpreter has even started: every print meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+    assert (tmp_path / "logs" / "meta.json").is_file()  # the work itself was done

@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--weight-decay",
         type=float_in(0.0, 10.0),
         default=d.weight_decay,
-        help=f"AdamW weight decay (default {d.weight_decay:g})",
+        help="AdamW weight decay",
     )
     p.add_argument(
         "--dropout",
@@ -131,8 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-every",
         type=positive_int,
         default=d.eval_every,
-        help=f"optimiser steps between validations (default {d.eval_every}; also every "
-        f"{d.eval_minutes:g} minutes of training)",
+        help=f"optimiser steps between validations (also every {d.eval_minutes:g} minutes of "
+        "training)",
     )
     p.add_argument(
         "--patience",
