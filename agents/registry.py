@@ -196,9 +196,14 @@ def load_sb3_agent(spec: str, env: Any = None, trust_sb3_zip: bool = False) -> A
     kind, path = parse_agent_spec(spec)
     assert path is not None
     if path.is_dir():
-        from agents.sb3.policy_files import load_policy
+        from agents.sb3.policy_files import METADATA_ATTR, load_policy
 
         agent = load_policy(path)
+        saved = str((getattr(agent.model, METADATA_ATTR, None) or {}).get("algo") or "")
+        if saved in SB3_ALGOS and saved != kind:  # a label that would mislead the results
+            raise ValueError(
+                f"{spec}: {path} holds a {saved} policy, not {kind} (write {saved}:{path})"
+            )
     else:
         from agents.sb3 import load_sb3_model
 

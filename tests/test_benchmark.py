@@ -119,6 +119,9 @@ def test_sb3_model_in_benchmark(tmp_path, capsys) -> None:
     args = ["benchmark", "--env", "ParametricUserSim-v0", "--users", "6", "--json", str(out)]
     assert main([*args, "--agents", f"random,ppo:{tmp_path / 'pol'}"]) == 0
     assert list(json.loads(out.read_text())["agents"]) == ["random", "ppo:pol"]
+    capsys.readouterr()
+    assert main([*args, "--agents", f"a2c:{tmp_path / 'pol'}"]) == 2  # a label that would mislead
+    assert f"holds a ppo policy, not a2c (write ppo:{tmp_path / 'pol'})" in capsys.readouterr().err
     zipped = [*args, "--agents", f"ppo:{tmp_path / 'pol.zip'}"]
     assert main(zipped) == 2  # an SB3 zip is unpickled on load: only with the flag
     assert main([*zipped, "--trust-sb3-zip"]) == 0
