@@ -490,7 +490,7 @@ def test_gradient_boosting_finds_what_the_session_history_says() -> None:
 
 
 def test_validate_reports_every_baseline_and_the_profile_effect(
-    tiny_sim_dir: Path, tmp_path: Path
+    tiny_sim_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "v.json"
     argv = ["validate", "--sim", str(tiny_sim_dir), "--users", "60", "--baseline-users", "80"]
@@ -509,6 +509,9 @@ def test_validate_reports_every_baseline_and_the_profile_effect(
     ece = res["targets"]["ece_click"]
     assert ece["ci95"] == ci["ece_click_ci95"] and ece["ci95"][0] <= ece["value"] <= ece["ci95"][1]
     assert ece["bound_in_ci95"] == (ece["ci95"][0] <= 0.01 <= ece["ci95"][1])
+    lo, hi = ece["ci95"]  # the printed summary names the interval too
+    assert f"ece_click {ece['value']:.4f} (<= 0.01: " in (out_text := capsys.readouterr().out)
+    assert f"95% over users [{lo:.4f}, {hi:.4f}])" in out_text
     pe = res["profile_effect"]
     assert pe["users"] == 60 and pe["sessions_with_another_profile"] > 0.5
     # the tiny world's users click by their profile: shuffling them costs the oracle

@@ -222,6 +222,10 @@ def _validate(cfg: Any, ray: Any) -> dict:
         raise UsageError(str(exc)) from exc
 
 
+def _span(ci: list[float]) -> str:
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def summary(res: dict) -> str:
     """The headline figures as aligned text lines."""
     from evaluation.fidelity.render_sections import deeper_label
@@ -243,6 +247,15 @@ def summary(res: dict) -> str:
         f"KL leave {f(res['kl_leave'])}  session-length KS {f(res['session_length_ks'])}",
         f"  Kendall tau-b {f(res['kendall_tau'])}  sim2real ratio {f(res['sim2real_ratio'])}",
     ]
+    targets = [
+        f"{name} {f(t['value'])} ({t['target']}: {'met' if t['met'] else 'not met'}"
+        + ("" if t.get("ci95") is None else f"; 95% over users {_span(t['ci95'])}")
+        + ")"
+        for name, t in res["targets"].items()
+        if name in ("click_auc_minus_best_baseline", "ece_click") and t["value"] is not None
+    ]
+    if targets:
+        lines.append("  targets: " + ", ".join(targets))
     pe = res.get("profile_effect") or {}
     if pe.get("sim"):
         oracle = pe.get("oracle") or {}
