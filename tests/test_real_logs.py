@@ -171,6 +171,7 @@ def test_300_item_slates_with_unseen_items_train_and_validate_with_no_flag(
     ci = res["baselines"]["intervals"]
     assert ci["users"] == res["setup"]["heldout_users"] == 1
     assert ci["baseline"] == res["best_baseline"] and ci["ece_click_ci95"] is None
+    assert ci["none_because"] == "intervals need at least 2 held-out users, here 1"
     target = res["targets"]["click_auc_minus_best_baseline"]
     assert target["ci95"] is None and target["bound_in_ci95"] is None
 

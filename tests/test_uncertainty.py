@@ -102,17 +102,17 @@ def test_bad_input_is_named_and_an_ece_interval_never_goes_below_zero():
 def test_the_report_says_why_there_is_no_interval_and_counts_its_verdicts():
     from evaluation.fidelity.render import interval_lines
 
-    def res(users, **cis):
+    def res(users, none_because=None, **cis):
         targets = {
             k: {"ci95": ci, "bound_in_ci95": None if ci is None else ci[0] <= 0.0 <= ci[1]}
             for k, ci in cis.items()
         }
-        return {"targets": targets, "baselines": {"intervals": {"users": users, "resamples": 1000}}}
+        intervals = {"users": users, "resamples": 1000, "none_because": none_because}
+        return {"targets": targets, "baselines": {"intervals": intervals}}
 
-    one = interval_lines(res(1, ece_click=None, click_auc_minus_best_baseline=None))
-    assert one == [
-        "Intervals over users: none (they need at least 2 held-out users (1 held-out user here))."
-    ]
+    why = "intervals need at least 2 held-out users, here 1"
+    one = interval_lines(res(1, why, ece_click=None, click_auc_minus_best_baseline=None))
+    assert one == [f"Intervals over users: none ({why})."]
     both = interval_lines(
         res(67, ece_click=[-0.1, 0.1], click_auc_minus_best_baseline=[-0.01, 0.02])
     )
@@ -123,4 +123,22 @@ def test_the_report_says_why_there_is_no_interval_and_counts_its_verdicts():
     ece_only = interval_lines(res(9, ece_click=[0.1, 0.2], click_auc_minus_best_baseline=None))
     assert (
         "paired" not in ece_only[0] and "No target's bound lies inside its interval." in ece_only[0]
+    )
+
+
+def test_a_handful_of_clicks_gives_no_interval_and_says_so():
+    """Open Bandit's held-out users hold 4 clicks: resampling them says little, so no interval."""
+    user, y, good, coarse = _events(30, 20)
+    few = y.copy()
+    few[np.flatnonzero(y)[19:]] = False  # 19 clicks left
+    assert paired_auc_difference(few, good, coarse, user) is None
+    assert ece_interval(few, good, user) is None
+    res = comparison_intervals(few, {"sim": good, "gbdt": coarse}, "gbdt", user)
+    assert res["none_because"] == (
+        "intervals need at least 20 held-out events with a click and 20 without, here 19 and 581"
+    )
+    few[np.flatnonzero(y)[19]] = True  # 20: enough
+    assert (
+        comparison_intervals(few, {"sim": good, "gbdt": coarse}, "gbdt", user)["none_because"]
+        is None
     )

@@ -482,11 +482,7 @@ def interval_lines(res: dict[str, Any]) -> list[str]:
     users = int(intervals.get("users") or 0)
     with_ci = [k for k, v in res["targets"].items() if v.get("ci95") is not None]
     if not with_ci:
-        why = (
-            f"they need at least 2 held-out users ({plural(users, 'held-out user')} here)"
-            if users < 2
-            else "no target could be scored on both classes of held-out events"
-        )
+        why = intervals.get("none_because") or "no target has one"
         return [f"Intervals over users: none ({why})."]
     paired = (
         "; the AUC difference is paired, both models on the same resample"

@@ -28,6 +28,10 @@ from evaluation.stats import Z95
 RESAMPLES = 1000
 """Bootstrap resamples of the held-out users."""
 BOOTSTRAP_SEED = 0
+MIN_CLASS_EVENTS = 20
+"""Clicks, and events without one, needed for an interval: with a handful of clicks (Open
+Bandit's held-out users hold 4) the resamples keep or drop the same few clicking users, and the
+interval comes out far narrower than what those clicks can tell."""
 
 
 def user_weights(users: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -94,6 +98,21 @@ def weighted_ece(
     return np.array(out)
 
 
+def too_few(y: np.ndarray, users: np.ndarray) -> str | None:
+    """Why no interval can be given (None: one can): fewer than 2 users or `MIN_CLASS_EVENTS`."""
+    y = np.asarray(y, dtype=bool).reshape(-1)
+    n_users = _count_users(users)
+    if n_users < 2:
+        return f"intervals need at least 2 held-out users, here {n_users}"
+    clicks, others = int(y.sum()), int((~y).sum())
+    if min(clicks, others) < MIN_CLASS_EVENTS:
+        return (
+            f"intervals need at least {MIN_CLASS_EVENTS} held-out events with a click and "
+            f"{MIN_CLASS_EVENTS} without, here {clicks} and {others}"
+        )
+    return None
+
+
 def _count_users(users: np.ndarray) -> int:
     return len(np.unique(np.asarray(users).astype(str)))
 
@@ -136,13 +155,14 @@ def paired_auc_difference(
 ) -> list[float] | None:
     """95% interval of AUC(p_sim) - AUC(p_other), users resampled with replacement.
 
-    None with fewer than two users or no resample holding both classes.
+    None where `too_few` says why (fewer than two users, or fewer than `MIN_CLASS_EVENTS`
+    clicks or non-clicks).
 
     Raises:
         ValueError: lengths that differ, or probabilities not finite in [0, 1].
     """
     _check(y, users, p_sim=p_sim, p_other=p_other)
-    if _count_users(users) < 2:
+    if too_few(y, users):
         return None
     sim, other = _Levels(y, p_sim), _Levels(y, p_other)
     diffs = [sim.auc(w) - other.auc(w) for w in user_weights(users, resamples, seed)]
@@ -157,12 +177,12 @@ def ece_interval(
     resamples: int = RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> list[float] | None:
-    """95% interval of the click ECE over users resampled with replacement (None: < 2 users).
+    """95% interval of the click ECE over users resampled with replacement (None: `too_few`).
 
     Its low end is clipped at 0 (an ECE is never negative).
     """
     _check(y, users, p=p)
-    if _count_users(users) < 2:
+    if too_few(y, users):
         return None
     resampled = weighted_ece(y, p, user_weights(users, resamples, seed))
     return _interval(float(weighted_ece(y, p, [np.ones(len(p))])[0]), resampled, low=0.0)
@@ -192,6 +212,7 @@ def comparison_intervals(
         "method": "value ± 1.96 bootstrap standard errors over held-out users (each drawn "
         "user brings all of their events), seeded",
         "baseline": best,
+        "none_because": too_few(y, users),
         "click_auc_minus_best_baseline_ci95": (
             None if other is None else paired_auc_difference(y, sim, other, users)
         ),
