@@ -77,14 +77,22 @@ def reject_unknown(owner: str, rest: dict[str, Any], own: Iterable[str]) -> None
     )
 
 
+class RenderModeError(ValueError, TypeError):
+    """An unsupported render mode: a ValueError, and a TypeError too, because tools probe for it.
+
+    SB3's `make_vec_env` first passes `render_mode="rgb_array"` and falls back to no render mode
+    only on a TypeError, as for a keyword the env does not take.
+    """
+
+
 def check_render_mode(render_mode: str | None) -> str | None:
     """Validate a render mode (None or one of RENDER_MODES).
 
     Raises:
-        ValueError: naming the allowed modes.
+        RenderModeError: naming the allowed modes (a ValueError and a TypeError).
     """
     if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(
+        raise RenderModeError(
             f"render_mode must be None or one of {list(RENDER_MODES)}, got {render_mode!r}"
         )
     return render_mode

@@ -270,3 +270,15 @@ def test_sb3_gets_a_redirect_and_a_one_line_fast_path():
     PPO("MultiInputPolicy", fast, n_steps=16, batch_size=16, n_epochs=1).learn(32)
     env = gym.make("ParametricUserSim-v0", **PARAM)
     assert as_sb3_env(env) is env
+
+
+def test_sb3_make_vec_env_builds_from_the_id():
+    """SB3 first asks for render_mode="rgb_array" and falls back on a TypeError."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from recsim_env.env import RenderModeError
+
+    vec = make_vec_env("ParametricUserSim-v0", n_envs=2, env_kwargs={"world": WORLD, **SMALL})
+    obs = vec.reset()
+    assert vec.num_envs == 2 and all(v.shape[0] == 2 for v in obs.values())
+    assert issubclass(RenderModeError, ValueError) and issubclass(RenderModeError, TypeError)

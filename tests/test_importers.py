@@ -454,3 +454,15 @@ def test_otto_session_gap_and_errors(tmp_path):
     )
     with pytest.raises(ImportFormatError, match=r"row 2, column 'events\[0\]\.type'"):
         import_otto(bad)
+
+
+def test_a_cut_gzip_input_is_named_in_one_line(tmp_path, capsys):
+    from recsim_env.cli import main
+
+    whole = gzip.compress((IMPRESSIONS / "impressions.csv").read_bytes())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[:100])
+    assert main(["import", "impressions", str(cut), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cut}: not a readable compressed file (Compressed file ended" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

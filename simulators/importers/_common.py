@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
                     "inside a value needs quotes)"
                 ) from None
             raise ImportFormatError(f"{path}: not a readable CSV file ({msg})") from None
+        except (EOFError, OSError, zlib.error) as exc:  # a cut or corrupt .gz
+            raise ImportFormatError(f"{path}: not a readable compressed file ({exc})") from None
     raise ImportFormatError(f"{path}: unknown file type (expected .csv, .csv.gz or .parquet)")
 
 
