@@ -125,7 +125,18 @@ class ProfileEncoder:
         return cls({t for ts in toks for t in ts}, fields, max(slots, 1))
 
     def encode(self, users: pd.DataFrame) -> np.ndarray:
-        """(n, slots) int64 token indices, PROFILE_PAD where absent or unknown."""
+        """(n, slots) int64 token indices, PROFILE_PAD where absent or unknown.
+
+        Raises:
+            ValueError: the users table lacks one of the profile fields (a column of empty
+                values is how to say that nothing is known).
+        """
+        missing = [f for f in self.fields if f not in users.columns]
+        if missing:
+            raise ValueError(
+                f"the users table has no {', '.join(missing)} column (profile fields of this "
+                f"simulator: {', '.join(self.fields)})"
+            )
         out = np.full((len(users), self.slots), PROFILE_PAD, dtype=np.int64)
         for i, row in enumerate(users[self.fields].to_dict("records") if self.fields else []):
             ids = [self.index[t] for t in profile_tokens(row, self.fields) if t in self.index]

@@ -593,3 +593,22 @@ def test_minilm_embeds_titles_offline() -> None:
     e = embed_minilm(["Toy Story (1995)", "Toy Story 2 (1999)", "Heat (1995)", ""])
     assert e.shape == (4, 384) and not e[3].any()
     assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_validate_refuses_logs_without_the_simulators_profile_fields(
+    tiny_sim_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Up front and by name, not as a pandas KeyError from deep in the encoding."""
+    fixture = Path(__file__).parent / "fixtures" / "movielens"
+    logs = tmp_path / "ml"
+    assert main(["import", "movielens", str(fixture), "--out", str(logs)]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--sim", str(tiny_sim_dir), "--logs", str(logs)]) == 2
+    err = capsys.readouterr().err
+    assert f"{logs}/users.parquet: the simulator reads the profile fields" in err
+    assert "has no" in err and f"train-sim --logs {logs}" in err and "KeyError" not in err
+    from simulators.catalog import ProfileEncoder
+
+    encoder = ProfileEncoder(["age=30"], ["age", "city"], 2)
+    with pytest.raises(ValueError, match="the users table has no city column"):
+        encoder.encode(pd.DataFrame({"user_id": ["u"], "age": ["30"]}))

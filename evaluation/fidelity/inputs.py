@@ -143,7 +143,8 @@ def _check_fits(logs: InteractionLogs, sim: Any) -> None:
 
     Raises:
         LogFormatError: a slate longer than the simulator takes (naming file, row, column).
-        ValueError: the logs' behaviours are not the simulator's.
+        ValueError: the logs' behaviours are not the simulator's, or their users table lacks
+            one of the simulator's profile fields.
     """
     from simulators.slate_fit import check_slates, max_slate_items
 
@@ -160,6 +161,15 @@ def _check_fits(logs: InteractionLogs, sim: Any) -> None:
             f"{logs.source}/meta.json: the logs' behaviours {list(logs.behaviours.names)} are not "
             f"the simulator's {list(sim.behaviours.names)}; validate on logs of the same "
             "behaviours"
+        )
+    fields = list(sim.profile_encoder.fields)
+    missing = [f for f in fields if f not in logs.users.columns]
+    if missing:
+        raise ValueError(
+            f"{logs.source}/users.parquet: the simulator reads the profile fields {fields} and "
+            f"the logs' users table has no {', '.join(missing)} column; validate on logs with "
+            "those columns (an empty value counts as unknown) or on a simulator trained on these "
+            f"logs (llm-usersim train-sim --logs {logs.source})"
         )
 
 
