@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -83,10 +84,21 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def temporary_sibling(out: str | Path) -> Path:
-    """A fresh, empty hidden directory beside `out` (same filesystem, for the final rename)."""
+    """A fresh, empty hidden directory beside `out` (same filesystem, for the final rename).
+
+    Call it holding `exclusive_output(out)`: earlier siblings of the same output were left by
+    writers that died (a kill), so they are deleted first. The directory gets the mode a plain
+    `mkdir` would give (mkdtemp's 0700 would become the output's mode after the swap).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
 
 
 def swap_directory(tmp: str | Path, out: str | Path) -> None:

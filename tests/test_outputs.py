@@ -54,9 +54,17 @@ def test_a_killed_import_leaves_the_earlier_log_set(tmp_path) -> None:
     assert proc.returncode == 9, proc.stderr
     after = read_logs(out)
     assert after.steps.equals(before)  # the earlier complete set, not a mixture
-    # the next write cleans nothing it should not, and replaces the set whole
-    assert main(["generate-logs", "--quiet", "--users", "7", "--seed", "2", "--out", str(out)]) == 0
+    assert len(list(tmp_path.glob(".logs.*.tmp"))) == 1  # the killed writer's staging folder
+    # the next write removes that leftover, cleans nothing it should not, replaces the set whole
+    old_umask = os.umask(0o022)
+    try:
+        argv = ["generate-logs", "--quiet", "--users", "7", "--seed", "2", "--out", str(out)]
+        assert main(argv) == 0
+    finally:
+        os.umask(old_umask)
     assert read_logs(out).steps["user_id"].nunique() == 7
+    assert not list(tmp_path.glob(".logs.*.tmp"))
+    assert out.stat().st_mode & 0o777 == 0o755  # a plain folder's mode, not mkdtemp's 0700
 
 
 def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path, tiny_logs_dir, capsys) -> None:
