@@ -30,13 +30,27 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every flag's default, except where there is none to show."""
+    """Shows every flag's default once, except where there is none to show.
+
+    A help text that already names its default ("(default 60; ...)") gets no second one, and a
+    list or tuple default reads as comma-separated values, not a Python repr.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, argparse.SUPPRESS, False):
+        default = action.default  # identity: 0 == False, and a seed of 0 is worth showing
+        if (
+            "%(default)" in text
+            or "default" in text.lower()
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            if isinstance(default, (list, tuple)):
+                shown = ", ".join(str(v) for v in default).replace("%", "%%")
+                return f"{text} (default: {shown})"
             return text + " (default: %(default)s)"
         return text
 
