@@ -77,6 +77,7 @@ def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path, capsy
     )
     summary = json.loads((tmp_path / "t.json").read_text())
     assert summary["steps"] == 4 and summary["best_val_loss"] > 0
+    assert summary["stop_reason"] == "4 optimiser steps (--max-steps)"
     assert (out / "model.safetensors").exists() and (out / "training" / "tb").is_dir()
     assert "replaces it" not in capsys.readouterr().err
     again = [*"--size tiny --max-steps 1 --batch-size 2 --context-length 128".split()]
@@ -84,6 +85,12 @@ def test_train_sim_cli_writes_checkpoint_and_json(tiny_logs_dir, tmp_path, capsy
     err = capsys.readouterr().err  # a second run into the same folder says what it does
     assert f"{out} holds a trained simulator; this run trains afresh and replaces it" in err
     assert len(list((out / "training" / "tb").glob("events.out.tfevents.*"))) == 1
+    epochs = ["--size", "tiny", "--epochs", "1", "--batch-size", "2", "--context-length", "128"]
+    assert (
+        main(["train-sim", "--logs", str(tiny_logs_dir), "--out", str(tmp_path / "e"), *epochs])
+        == 0
+    )
+    assert "stopped after 1 pass over the data (--epochs), " in capsys.readouterr().out
 
 
 def test_train_sim_continues_from_a_checkpoint_and_rejects_another_catalog(

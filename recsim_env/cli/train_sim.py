@@ -338,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
         "lora_adapter_parameters": counts["adapters"],
         "pretrained_text": bool(trainer.sim_config.pretrained_text),
         "processes": trainer.world,
+        "stop_reason": state.get("stop_reason"),
         "history": state["history"],
         "calibration": state.get("calibration"),
         **_privacy_summary(trainer.privacy()),
@@ -347,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
         f"{counts['trainable']:,} trained); "
         f"best validation loss {state['best_val']:.4f} at step {state.get('best_step')}; saved to {args.out}"
     )
+    if state.get("stop_reason"):
+        print(f"stopped after {state['stop_reason']}")
     cal = state.get("calibration")
     if cal is not None:
         users = plural(cal["users"], "calibration user")

@@ -669,9 +669,19 @@ class SimulatorTrainer:
                 if self.state["step"] % cfg.eval_every == 0 or last or due:
                     if self._evaluate(writer):
                         stop = True
+                        self.state["stop_reason"] = (
+                            f"{plural(cfg.patience, 'validation')} without improvement (--patience)"
+                        )
                     self.save_state()
-                if last:
+                if last and not stop:
                     stop = True
+                    self.state["stop_reason"] = (
+                        f"the time budget of {cfg.max_minutes:g} minutes (--max-minutes)"
+                        if out_of_time
+                        else f"{plural(total, 'optimiser step')} (--max-steps)"
+                        if cfg.max_steps
+                        else _epochs_done(cfg.epochs, total)
+                    )
                 if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                     bar.close()
                     return self.state  # simulate an interruption (tests)
@@ -680,6 +690,8 @@ class SimulatorTrainer:
             if not stop:
                 self.state["epoch"] += 1
                 self.state["batch_in_epoch"] = 0
+                if self.state["epoch"] >= cfg.epochs:
+                    self.state["stop_reason"] = _epochs_done(cfg.epochs, self.state["step"])
         if not self.state["history"] or self.state["history"][-1]["step"] != self.state["step"]:
             self._evaluate(writer)  # the epochs ran out between two validations
         self.state["done"] = True
@@ -914,6 +926,12 @@ def _dp_differences(
     if mechanism is not None and saved_state is not None:
         diffs += mechanism.resume_differences(json.loads(saved_state))
     return diffs
+
+
+def _epochs_done(epochs: int, steps: int) -> str:
+    """The stop reason when the passes over the data ran out."""
+    passes = "1 pass" if epochs == 1 else f"{epochs} passes"
+    return f"{passes} over the data (--epochs), {plural(steps, 'optimiser step')}"
 
 
 def _summary_writer(path: Path) -> Any:
