@@ -301,3 +301,18 @@ def test_validate_a_recency_simulator_under_the_varied_policy(
     res = json.loads(out.read_text())
     assert 0.0 <= res["kl_per_slot"] < 1.0 and 0.0 <= res["click_auc"] <= 1.0
     assert "varied" in res["sessions"]["simulated_with"]
+
+
+def test_membership_attack_gives_no_interval_for_a_handful_of_users():
+    """1 member against 1 non-member scores AUC 0 or 1: no zero-width interval for it."""
+    import numpy as np
+
+    from evaluation.fidelity.privacy import MIN_ATTACK_USERS, membership_attack
+
+    one = membership_attack(np.array([1.0]), np.array([2.0]))
+    assert one["membership_attack_auc"] == 1.0 and one["membership_attack_auc_ci95"] is None
+    rng = np.random.default_rng(0)
+    n = MIN_ATTACK_USERS
+    enough = membership_attack(rng.normal(0, 1, n), rng.normal(0.5, 1, n))
+    lo, hi = enough["membership_attack_auc_ci95"]
+    assert 0.0 <= lo < enough["membership_attack_auc"] < hi <= 1.0

@@ -71,14 +71,25 @@ def auc_ci95(auc: float, positives: int, negatives: int) -> list[float]:
     return [max(0.0, auc - half), min(1.0, auc + half)]
 
 
+MIN_ATTACK_USERS = 10
+"""Members and non-members each needed for the attack AUC's interval: with fewer, the normal
+approximation collapses (1 vs 1 users gives AUC 0 or 1 with a zero-width interval)."""
+
+
 def membership_attack(member_nll: np.ndarray, nonmember_nll: np.ndarray) -> dict[str, Any]:
-    """The loss-threshold attack's AUC from per-user NLLs of members and non-members."""
+    """The loss-threshold attack's AUC from per-user NLLs of members and non-members.
+
+    No interval (None) below `MIN_ATTACK_USERS` on either side.
+    """
     y = np.concatenate([np.ones(len(member_nll)), np.zeros(len(nonmember_nll))])
     auc = roc_auc(y, -np.concatenate([member_nll, nonmember_nll]))
+    enough = min(len(member_nll), len(nonmember_nll)) >= MIN_ATTACK_USERS
     return {
         "membership_attack_auc": auc,
         "membership_attack_auc_ci95": (
-            None if auc is None else auc_ci95(auc, len(member_nll), len(nonmember_nll))
+            None
+            if auc is None or not enough
+            else auc_ci95(auc, len(member_nll), len(nonmember_nll))
         ),
         "membership_members": len(member_nll),
         "membership_nonmembers": len(nonmember_nll),

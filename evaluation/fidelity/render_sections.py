@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.fidelity.privacy import MIN_ATTACK_USERS
 from simulators.wording import plural
 
 SOURCES = {
@@ -226,7 +227,12 @@ def privacy_lines(priv: dict[str, Any] | None) -> list[str]:
     ci = priv["membership_attack_auc_ci95"]
     rows = [
         ["attack AUC (0.5: no better than chance)", priv["membership_attack_auc"]],
-        ["95% interval", f"[{ci[0]:.3f}, {ci[1]:.3f}]"],
+        [
+            "95% interval",
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            if ci
+            else f"– (needs {MIN_ATTACK_USERS} members and {MIN_ATTACK_USERS} non-members)",
+        ],
         [
             "members / non-members (users)",
             f"{priv['membership_members']} / {priv['membership_nonmembers']}",
