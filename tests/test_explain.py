@@ -99,3 +99,5 @@ def test_explain_cli(tiny_sim_dir, tiny_logs_dir, tmp_path, capsys) -> None:
         main([*base, "--logs", str(tiny_logs_dir), "--session", session, "--slate", "nope,i1"]) == 2
     )
     assert "not in the simulator's catalog" in capsys.readouterr().err
+    assert main([*base, "--slate", "i1,i2,i1"]) == 2
+    assert "i1 appear(s) more than once; a slate shows each item once" in capsys.readouterr().err

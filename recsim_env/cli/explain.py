@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--slate",
-        type=name_list,
+        type=slate_items,
         default=None,
         help="item ids of the slate to explain (comma-separated)",
     )
@@ -69,6 +69,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=positive_int, default=100, help="fresh users of --check-world")
     p.add_argument("--json", type=output_file, default=None, help="write the figures as JSON")
     p.add_argument("--plot", type=output_file, default=None, help="write the attributions as a PNG")
+
+
+def slate_items(text: str) -> tuple[str, ...]:
+    """Comma-separated item ids of one slate, each at most once."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(twice)} appear(s) more than once; a slate shows each item once"
+        )
+    return name_list(text)
 
 
 def run(args: argparse.Namespace) -> int:
