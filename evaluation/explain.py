@@ -73,7 +73,11 @@ def situation_from_logs(sim: UserSimulator, logs: Any, session: str, step: int |
     """
     steps = logs.steps[logs.steps["session_id"].astype(str) == str(session)]
     if steps.empty:
-        raise ValueError(f"session {session!r} is not in the logs")
+        ids = list(dict.fromkeys(logs.steps["session_id"].astype(str).head(200)))[:3]
+        raise ValueError(
+            f"session {session!r} is not in the logs; their session ids look like "
+            f"{', '.join(ids)}, ..."
+        )
     steps = steps.sort_values("step")
     last = int(steps["step"].max())
     t = last if step is None else step

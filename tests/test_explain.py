@@ -95,6 +95,7 @@ def test_explain_cli(tiny_sim_dir, tiny_logs_dir, tmp_path, capsys) -> None:
     assert data["explanation"]["behaviours"] == ["skip", "click", "buy"]
     assert main([*base, "--logs", str(tiny_logs_dir)]) == 2
     assert main([*base, "--logs", str(tiny_logs_dir), "--session", "no-such-session"]) == 2
+    assert "is not in the logs; their session ids look like " in capsys.readouterr().err
     assert (
         main([*base, "--logs", str(tiny_logs_dir), "--session", session, "--slate", "nope,i1"]) == 2
     )
