@@ -216,6 +216,7 @@ def import_impressions(
         ImportFormatError: a malformed cell, naming file, 1-based data row and column.
     """
     session_gap_minutes = check_session_gap(session_gap_minutes)
+    sessions_from, gap_value = gap_sessions(session_gap_minutes)
     vocab = behaviour_set(behaviours)
     df = read_table(path)
     required = [c for c in REQUIRED_COLUMNS if not (behaviour_columns and c == "responses")]
@@ -315,10 +316,8 @@ def import_impressions(
         "items_file": None if items_path is None else str(items_path),
         "users_file": None if users_path is None else str(users_path),
         "proxy": False,
-        "sessions_from": "session_id column"
-        if has_sessions
-        else gap_sessions(session_gap_minutes)[0],
-        "session_gap_minutes": None if has_sessions else gap_sessions(session_gap_minutes)[1],
+        "sessions_from": "session_id column" if has_sessions else sessions_from,
+        "session_gap_minutes": None if has_sessions else gap_value,
         "max_slate_items": MAX_SLATE_ITEMS,
         "behaviours": vocab.to_dict(),
         "responses_from": (

@@ -121,6 +121,7 @@ def import_movielens(
     if slate_size < 1:
         raise ValueError(f"slate size must be >= 1, got {slate_size}")
     session_gap_minutes = check_session_gap(session_gap_minutes)
+    sessions_from, gap_value = gap_sessions(session_gap_minutes)
     d = Path(directory)
     if not d.is_dir():
         raise NotADirectoryError(f"{d}: not a directory (expected ratings.csv and movies.csv)")
@@ -180,8 +181,8 @@ def import_movielens(
             "click, otherwise skip"
         ),
         "slate_size": slate_size,
-        "sessions_from": gap_sessions(session_gap_minutes)[0],
-        "session_gap_minutes": gap_sessions(session_gap_minutes)[1],
+        "sessions_from": sessions_from,
+        "session_gap_minutes": gap_value,
         "response_from_stars": {"buy": f">= {BUY_STARS}", "click": f">= {CLICK_STARS}"},
         "genres_in_title": genres_in_title,
         "items_without_metadata": missing,
