@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,15 @@ def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
     assert (tmp_path / "logs" / "meta.json").is_file()  # the work itself was done
+
+
+def test_help_shows_each_default_once_and_zero_too(capsys):
+    for command in ("import", "generate-logs", "train-sim", "validate", "benchmark", "explain"):
+        assert main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert not re.search(r"\(default[^)]*\) \(default: ", text), command  # said twice
+        assert "default: (" not in text, command  # a tuple's repr
+    assert main(["benchmark", "--help"]) == 0
+    assert "user i is seeded with seed + i (default: 0)" in " ".join(
+        capsys.readouterr().out.split()
+    )

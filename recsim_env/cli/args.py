@@ -41,7 +41,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         default = action.default  # identity: 0 == False, and a seed of 0 is worth showing
         if (
             "%(default)" in text
-            or "default" in text.lower()
+            or "(default" in text.lower()
             or default is None
             or default is False
             or default == argparse.SUPPRESS
