@@ -174,7 +174,8 @@ def feature_labels(expl: Explanation, situation: Situation, titles: list[str]) -
     """Readable names of the inputs.
 
     Profile fields, and each history step with what the user did there (e.g.
-    `step 3: buy 'premium jazz album'`).
+    `step 3: buy 'premium jazz album'`). Steps count from 0, as the logs' `step` column and
+    `explain --step` do.
     """
     out = []
     for name in expl.features:
@@ -190,7 +191,7 @@ def feature_labels(expl: Explanation, situation: Situation, titles: list[str]) -
         engaged = [
             f"{expl.behaviours[r]} '{titles[i][:24]}'" for i, r in zip(items, responses) if r > 0
         ]
-        out.append(f"step {t + 1}: " + ("; ".join(engaged) if engaged else "nothing engaged"))
+        out.append(f"step {t}: " + ("; ".join(engaged) if engaged else "nothing engaged"))
     return out
 
 
@@ -202,7 +203,7 @@ def short_labels(expl: Explanation, situation: Situation) -> list[str]:
         if kind == "history":
             deepest = int(np.max(situation.history[int(key)][1], initial=0))
             what = expl.behaviours[deepest] if deepest > 0 else "nothing"
-            out.append(f"step {int(key) + 1} ({what})")
+            out.append(f"step {int(key)} ({what})")
         elif kind == "item":
             out.append(f"items' {key}")
         else:

@@ -93,6 +93,12 @@ def test_explain_cli(tiny_sim_dir, tiny_logs_dir, tmp_path, capsys) -> None:
     )
     data = json.loads(out.read_text())
     assert data["explanation"]["behaviours"] == ["skip", "click", "buy"]
+    argv = [*base, "--logs", str(tiny_logs_dir), "--session", session, "--step", "2"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    shown = capsys.readouterr().out  # the history of step 2 is steps 0 and 1, as --step counts
+    assert "step 2 of the logs" in shown and "step 0" in shown and "step 1" in shown
+    assert "step 2:" not in shown and "step 2 (" not in shown
     assert main([*base, "--logs", str(tiny_logs_dir)]) == 2
     assert main([*base, "--logs", str(tiny_logs_dir), "--session", "no-such-session"]) == 2
     assert "is not in the logs; their session ids look like " in capsys.readouterr().err
