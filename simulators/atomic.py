@@ -92,8 +92,7 @@ def temporary_sibling(out: str | Path) -> Path:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(out.parent, f".{glob.escape(out.name)}.*.tmp")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -182,12 +181,16 @@ def exclusive_output(out: str | Path) -> Iterator[None]:
         fh.close()
 
 
-def remove_stale_temporaries(directory: str | Path) -> None:
-    """Delete `.NAME.*.tmp` leftovers of interrupted atomic writes inside a directory."""
+def remove_stale_temporaries(directory: str | Path, pattern: str = ".*.tmp") -> None:
+    """Delete `.NAME.*.tmp` leftovers of interrupted atomic writes inside a directory.
+
+    `pattern` narrows them to one output's (a glob); call it only while no live writer can own
+    a match (holding that output's `exclusive_output`).
+    """
     d = Path(directory)
     if not d.is_dir():
         return
-    for p in d.glob(".*.tmp"):
+    for p in d.glob(pattern):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

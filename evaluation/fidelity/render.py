@@ -264,7 +264,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         table(
             ["target", "value", "bound", "met", "95% interval over users"],
             [
-                [k, v["value"], v["target"], v["met"], _interval_cell(v.get("ci95"))]
+                [k, v["value"], v["target"], v["met"], interval_cell(v.get("ci95"))]
                 for k, v in res["targets"].items()
             ],
         )
@@ -471,8 +471,8 @@ def _ci(ci: list[float] | None) -> str:
     return "–" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _interval_cell(ci: list[float] | None) -> str:
-    """'[lo, hi]' with 4 decimals, or '–'."""
+def interval_cell(ci: list[float] | None) -> str:
+    """'[lo, hi]' with 4 decimals, or '–' (the report's table and validate's summary)."""
     return "–" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 

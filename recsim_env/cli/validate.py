@@ -222,12 +222,9 @@ def _validate(cfg: Any, ray: Any) -> dict:
         raise UsageError(str(exc)) from exc
 
 
-def _span(ci: list[float]) -> str:
-    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
-
-
 def summary(res: dict) -> str:
     """The headline figures as aligned text lines."""
+    from evaluation.fidelity.render import interval_cell
     from evaluation.fidelity.render_sections import deeper_label
 
     def f(v: object) -> str:
@@ -249,7 +246,7 @@ def summary(res: dict) -> str:
     ]
     targets = [
         f"{name} {f(t['value'])} ({t['target']}: {'met' if t['met'] else 'not met'}"
-        + ("" if t.get("ci95") is None else f"; 95% over users {_span(t['ci95'])}")
+        + ("" if t.get("ci95") is None else f"; 95% over users {interval_cell(t['ci95'])}")
         + ")"
         for name, t in res["targets"].items()
         if name in ("click_auc_minus_best_baseline", "ece_click") and t["value"] is not None
